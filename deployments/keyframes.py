@@ -1,0 +1,60 @@
+"""KeyframeSelector: diverse, suspicious frames and hotspot ranges from motion + triage scores."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+from ray import serve
+
+from deployments.common import ModelInfo, Timer
+from media import Clip, select_keyframes
+from media.keyframes import Hotspot, Keyframe
+
+ALGORITHM_VERSION = "flow-kmeans-1"
+
+
+class KeyframeConfig(BaseModel):
+    """user_config of KeyframeSelector."""
+
+    k: int = Field(4, ge=1, le=64)
+    hotspot_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+@dataclass
+class KeyframeResult:
+    keyframes: list[Keyframe] = field(default_factory=list)
+    hotspots: list[Hotspot] = field(default_factory=list)
+    model: ModelInfo | None = None
+    timing_ms: float = 0.0
+
+    @property
+    def indices(self) -> list[int]:
+        return [k.index for k in self.keyframes]
+
+
+@serve.deployment(name="KeyframeSelector", ray_actor_options={"num_cpus": 0.5})
+class KeyframeSelectorDeployment:
+    def __init__(self) -> None:
+        self.config = KeyframeConfig()
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.config = KeyframeConfig.model_validate(user_config or {})
+
+    def _run(self, clip: Clip, frame_scores: np.ndarray) -> KeyframeResult:
+        cfg = self.config
+        with Timer() as timer:
+            sel = select_keyframes(
+                clip.frames, clip.timestamps, frame_scores,
+                k=cfg.k, hotspot_threshold=cfg.hotspot_threshold, seed=cfg.seed,
+            )
+        return KeyframeResult(sel.keyframes, sel.hotspots, self.info(), timer.ms)
+
+    async def __call__(self, clip: Clip, frame_scores: np.ndarray) -> KeyframeResult:
+        return await asyncio.to_thread(self._run, clip, frame_scores)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(deployment="KeyframeSelector", version=ALGORITHM_VERSION, trained=None)

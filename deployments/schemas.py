@@ -1,0 +1,116 @@
+"""The HTTP API's response models: the single source of `/openapi.json` and `/docs`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ModalityName = Literal["triage", "visual", "av", "audio"]
+
+
+class ModalityReport(BaseModel):
+    status: Literal["ok", "skipped", "failed"] = Field(description="ok: ran; skipped: see reason; failed: raised")
+    score: float | None = Field(None, description="P(fake) from this modality alone (uncalibrated)")
+    reason: str | None = Field(None, description="why it did not run, or a caveat (no face, no audio, early exit)")
+    details: dict[str, float | int | str | bool | list[float] | None] = Field(default_factory=dict)
+
+
+class KeyframeOut(BaseModel):
+    t: float = Field(description="seconds from the start")
+    score: float = Field(description="triage P(fake) of that frame")
+
+
+class HotspotOut(BaseModel):
+    start: float
+    end: float
+    score: float = Field(description="mean triage P(fake) over the range")
+
+
+class ModelVersion(BaseModel):
+    version: str | None = Field(description="weights bundle `<model>/<version>`, or the algorithm's version")
+    trained: bool | None = Field(description="false for untrained (random) weights; null where nothing is learned")
+    sha256: str | None = None
+    requested_version: str | None = None
+    error: str | None = Field(None, description="last version that failed to load; the reported version keeps serving")
+
+
+class AudioMismatch(BaseModel):
+    detected: bool | None = Field(description="null when the AV branch did not run")
+    score: float | None = None
+    sync_probability: float | None = None
+    offset_ms: float | None = Field(None, description="estimated audio lead (+) or lag (-) against the lips")
+    spoof_probability: float | None = None
+
+
+class VisualAnomalies(BaseModel):
+    detected: bool | None = Field(description="null when the visual branch did not run")
+    score: float | None = None
+    reconstruction_error: float | None = Field(None, description="denoising-autoencoder error on the analysed crops")
+    frames_analyzed: int = 0
+
+
+class Artifacts(BaseModel):
+    audio_mismatch: AudioMismatch
+    visual_anomalies: VisualAnomalies
+
+
+class MediaInfo(BaseModel):
+    kind: Literal["video", "image", "audio"]
+    duration_s: float
+    native_fps: float | None
+    width: int
+    height: int
+    rotation: int
+    has_audio: bool
+    face_coverage: float
+    frames_analyzed: int
+    variable_frame_rate: bool
+    container: str
+    video_codec: str | None
+    audio_codec: str | None
+    size_bytes: int
+
+
+class AnalyzeResponse(BaseModel):
+    request_id: str
+    filename: str | None
+    is_fake: bool
+    confidence: float = Field(description="probability of the stated verdict: P(fake) if is_fake else 1 - P(fake)")
+    fake_probability: float = Field(description="calibrated P(fake) of the fused verdict")
+    verdict: Literal["fake", "real", "uncertain"]
+    early_exit: bool = Field(description="true when FastTriage settled the clip and later stages did not run")
+    artifacts: Artifacts
+    gate_weights: dict[str, float] = Field(description="Fusion's weight per modality; 0 for a modality that did not run")
+    modalities: dict[str, ModalityReport]
+    keyframes: list[KeyframeOut]
+    hotspots: list[HotspotOut]
+    media: MediaInfo
+    models: dict[str, ModelVersion] = Field(description="deployment -> the weights version that answered")
+    timings_ms: dict[str, float] = Field(description="wall time per stage as seen by the ingress, plus total")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="machine-readable kind, e.g. not_media, too_large, unusable_media")
+    detail: str
+    request_id: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class DeploymentState(BaseModel):
+    status: str
+    replicas: dict[str, int] = Field(description="replica state -> count")
+    model: ModelVersion | None = None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    deployments: dict[str, DeploymentState]
+
+
+class ModelsResponse(BaseModel):
+    application: str
+    deployments: dict[str, DeploymentState]

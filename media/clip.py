@@ -1,0 +1,62 @@
+"""The decoded unit of work that flows through the object store from MediaDecoder to every branch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+MediaKind = Literal["video", "image", "audio"]
+
+AUDIO_SAMPLE_RATE = 16_000
+FACE_CROP_SIZE = 128  # aligned face crop side, pixels
+MOUTH_CROP_SHAPE = (48, 96)  # mouth ROI (height, width), grayscale
+N_LIP_POINTS = 20  # dlib points 48..67
+
+
+@dataclass
+class ClipMeta:
+    """What the container says plus what analysis found; cheap to copy, JSON-friendly."""
+
+    kind: MediaKind
+    duration_s: float
+    native_fps: float | None  # average frame rate of the video stream; None for image/audio
+    width: int  # display width after rotation; 0 for audio
+    height: int  # display height after rotation; 0 for audio
+    rotation: int  # degrees applied to make frames upright (0, 90, 180, 270)
+    has_audio: bool
+    has_video: bool
+    face_coverage: float  # fraction of sampled frames with a face (detected or tracked)
+    container: str
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    variable_frame_rate: bool = False
+    n_frames: int = 0  # sampled frames in the Clip
+    size_bytes: int = 0
+
+
+@dataclass
+class Clip:
+    """Arrays for one upload. Shapes use T = sampled frames (1 for images, 0 for audio-only).
+
+    Every per-frame array has a leading T axis, so branches can index by keyframe.
+    Frames without a face have NaN landmarks and `face_found == False`; their face crop
+    is the centre square of the frame so that visual models always get an input.
+    """
+
+    meta: ClipMeta
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB at analysis resolution
+    timestamps: np.ndarray  # (T,) float64 seconds of each sampled frame
+    face_found: np.ndarray  # (T,) bool, detected or tracked
+    face_boxes: np.ndarray  # (T, 4) float32 x0, y0, x1, y1 in frame pixels; NaN without a face
+    landmarks: np.ndarray  # (T, 68, 2) float32 in frame pixels; NaN without a face
+    face_crops: np.ndarray  # (T, FACE_CROP_SIZE, FACE_CROP_SIZE, 3) uint8 RGB, eye-aligned
+    mouth_crops: np.ndarray  # (T, *MOUTH_CROP_SHAPE) uint8 grayscale mouth ROI; zeros without a face
+    lip_trajectory: np.ndarray  # (T, N_LIP_POINTS, 2) float32 lips, centred on the mouth, scaled by inter-ocular distance; 0 without a face
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (N,) float32 mono, AUDIO_SAMPLE_RATE
+    sample_rate: int = AUDIO_SAMPLE_RATE
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])

@@ -1,0 +1,102 @@
+"""One Serve instance per test session: the real `serve run cluster/serve.cpu.yaml`, on a free port.
+
+Starting Ray and seven deployments costs tens of seconds on two cores, so every Serve test
+shares this fixture. The instance runs in its own process group with its own Ray temp dir
+and is torn down with SIGINT (Serve's own shutdown), then SIGKILL if it lingers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 420
+TEST_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    log: Path
+    config: dict
+    config_path: Path
+
+    def client(self, timeout: float = 180.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+def _tail(path: Path, n: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("serve")
+    config = yaml.safe_load((REPO / "cluster" / "serve.cpu.yaml").read_text())
+    port = _free_port()
+    config["http_options"]["port"] = port
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    ingress["user_config"]["max_upload_bytes"] = TEST_MAX_UPLOAD_BYTES  # so a 413 test needs no 200 MB body
+    config_path = tmp / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = tmp / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A short private temp dir isolates this Ray from any other local one (unix socket paths max ~107 chars).
+    ray_tmp = tempfile.mkdtemp(prefix="ss-ray-")
+    env["RAY_TMPDIR"] = ray_tmp
+    serve_cli = Path(sys.executable).with_name("serve")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(serve_cli), "run", str(config_path)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve run exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=15).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"service not ready after {READY_TIMEOUT_S}s:\n{_tail(log)}")
+            time.sleep(2)
+        yield Service(url=url, log=log, config=config, config_path=config_path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,0 +1,156 @@
+"""The served graph through real HTTP: every input kind, every documented error, and the probes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.mediagen import encode_audio, encode_image, speech_like_audio, talking_face_video
+
+MODEL_DEPLOYMENTS = {"MediaDecoder", "FastTriage", "KeyframeSelector", "CompressionResilient", "AVAlignment", "Fusion"}
+RESPONSE_FIELDS = {
+    "filename", "is_fake", "confidence", "verdict", "artifacts", "gate_weights", "modalities",
+    "keyframes", "hotspots", "early_exit", "models", "timings_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def talking_face() -> bytes:
+    return talking_face_video(seconds=3.0, size=(480, 360), fps=25, container="mp4", with_audio=True, seed=1)
+
+
+def _post(client, name: str, data: bytes, content_type: str = "application/octet-stream"):
+    return client.post("/v1/analyze", files={"file": (name, data, content_type)})
+
+
+def test_probes_and_models(service):
+    with service.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["ready"] is True
+        assert set(body["deployments"]) == MODEL_DEPLOYMENTS
+        models = c.get("/v1/models").json()
+    assert set(models["deployments"]) == MODEL_DEPLOYMENTS
+    for name, dep in models["deployments"].items():
+        assert dep["status"] == "HEALTHY", (name, dep)
+        assert dep["replicas"].get("RUNNING", 0) >= 1, (name, dep)
+        assert dep["model"]["version"], (name, dep)
+    for name in ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion"):
+        model = models["deployments"][name]["model"]
+        assert model["version"].endswith("/v0")
+        assert model["trained"] is False  # shipped v0 weights are random initialisations
+        assert len(model["sha256"]) == 64
+
+
+def test_talking_face_video_runs_every_modality(service, talking_face):
+    with service.client() as c:
+        r = _post(c, "clip.bin", talking_face)  # name says nothing: the kind comes from the bytes
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert RESPONSE_FIELDS <= set(body)
+    assert body["media"]["kind"] == "video" and body["media"]["has_audio"] is True
+    assert body["media"]["face_coverage"] > 0.8
+    assert body["filename"] == "clip.bin"
+    assert 0.0 <= body["fake_probability"] <= 1.0
+    assert body["confidence"] == pytest.approx(
+        body["fake_probability"] if body["is_fake"] else 1 - body["fake_probability"]
+    )
+    if body["early_exit"]:
+        assert body["modalities"]["visual"]["reason"].startswith("early exit")
+    else:
+        for m in ("triage", "visual", "av", "audio"):
+            assert body["modalities"][m]["status"] == "ok", (m, body["modalities"][m])
+            assert 0.0 <= body["modalities"][m]["score"] <= 1.0
+        assert set(body["models"]) == MODEL_DEPLOYMENTS
+        assert sum(body["gate_weights"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert all(w > 0 for w in body["gate_weights"].values())
+        times = [k["t"] for k in body["keyframes"]]
+        assert 1 <= len(times) <= 4 and times == sorted(times)
+        assert all(0.0 <= t <= 3.0 for t in times)
+        for stage in ("decode", "triage", "keyframes", "visual", "av", "fusion", "total"):
+            assert body["timings_ms"][stage] >= 0.0
+        assert body["artifacts"]["audio_mismatch"]["offset_ms"] is not None
+        assert body["artifacts"]["visual_anomalies"]["frames_analyzed"] == len(times)
+
+
+def test_image_runs_visual_only(service):
+    from skimage.data import astronaut
+
+    with service.client() as c:
+        r = _post(c, "face", encode_image(astronaut(), "png"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["media"]["kind"] == "image"
+    assert body["modalities"]["visual"]["status"] == "ok"
+    assert body["modalities"]["visual"]["details"]["frames_with_face"] == 1
+    for m in ("triage", "av", "audio"):
+        assert body["modalities"][m]["status"] == "skipped" and body["modalities"][m]["reason"]
+    assert body["gate_weights"]["visual"] == pytest.approx(1.0)
+    assert body["early_exit"] is False and body["keyframes"] == []
+
+
+def test_audio_file_runs_audio_only(service):
+    with service.client() as c:
+        r = _post(c, "speech", encode_audio(speech_like_audio(4.0, seed=3), 16_000, "wav"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["media"]["kind"] == "audio"
+    assert body["modalities"]["audio"]["status"] == "ok"
+    assert body["modalities"]["visual"]["status"] == "skipped"
+    assert body["modalities"]["av"]["status"] == "skipped"
+    assert body["gate_weights"]["audio"] == pytest.approx(1.0)
+    assert body["artifacts"]["audio_mismatch"]["spoof_probability"] is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "status", "error"),
+    [
+        ("empty.mp4", b"", 415, "not_media"),
+        ("notes.mp4", b"these are meeting notes, not a video\n" * 50, 415, "not_media"),
+    ],
+)
+def test_bad_inputs_get_documented_status(service, name, payload, status, error):
+    with service.client() as c:
+        r = _post(c, name, payload)
+        assert r.status_code == status, r.text
+        assert r.json()["error"] == error and r.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+
+
+def test_too_large_upload_is_413(service):
+    from tests.serve.conftest import TEST_MAX_UPLOAD_BYTES
+
+    payload = np.random.default_rng(0).integers(0, 256, TEST_MAX_UPLOAD_BYTES + 1, dtype=np.uint8).tobytes()
+    with service.client() as c:
+        r = _post(c, "huge.mp4", payload)
+        assert r.status_code == 413, r.text
+        assert r.json()["error"] == "too_large"
+        assert c.get("/healthz").status_code == 200
+
+
+def test_truncated_mp4_is_rejected_and_service_keeps_answering(service, talking_face):
+    with service.client() as c:
+        r = _post(c, "cut.mp4", talking_face[: len(talking_face) // 3])
+        assert r.status_code in (415, 422), r.text
+        assert r.json()["error"] in ("not_media", "unusable_media")
+        again = _post(c, "clip.mp4", talking_face)
+        assert again.status_code == 200, again.text
+
+
+def test_missing_file_field_is_422(service):
+    with service.client() as c:
+        r = c.post("/v1/analyze", data={"nothing": "here"})
+    assert r.status_code == 422
+
+
+def test_openapi_describes_the_api(service):
+    with service.client() as c:
+        spec = c.get("/openapi.json").json()
+        assert c.get("/docs").status_code == 200
+    assert {"/v1/analyze", "/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
+    analyze = spec["paths"]["/v1/analyze"]["post"]
+    assert {"200", "413", "415", "422"} <= set(analyze["responses"])
+    props = spec["components"]["schemas"]["AnalyzeResponse"]["properties"]
+    assert RESPONSE_FIELDS <= set(props)
