@@ -4,8 +4,6 @@ The DAG's wiring (which handle is which) is fixed in `graph.py`; this module onl
 handles in the order DESIGN.md draws, and turns typed media errors into 4xx answers.
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import time

@@ -1,0 +1,271 @@
+"""Audio-visual alignment: does the mouth move with the voice, and is the voice itself synthetic?
+
+Lip-sync deepfakes and dubbed voices keep faces photoreal but break the timing between
+phonemes and mouth shapes. Audio frames come from a Wav2Vec2 encoder (our own small config
+by default, or a local `from_pretrained` directory); visual frames from the lip-landmark
+trajectory plus a small CNN on the grey mouth crop. One transformer reads both sequences
+together, each token tagged with its modality and a sinusoidal encoding of its ABSOLUTE time
+in seconds, so audio and video frames at different rates meet on a common clock. A CLS token
+gives the sync logit, a bounded offset estimate and the joint embedding.
+
+The spoof (synthetic voice) head reads the audio encoder alone, so audio-only uploads get
+the same score as the audio track of a video, whatever the face does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from models.common import resize_to
+from models.registry import ARCHITECTURES, MODELS, Architecture
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class AVAlignmentConfig:
+    # Audio encoder: our own small Wav2Vec2 unless `pretrained_dir` / `wav2vec2_config` is set.
+    audio_hidden: int = 64
+    audio_layers: int = 2
+    audio_heads: int = 4
+    audio_intermediate: int = 128
+    audio_conv_dim: tuple[int, ...] = (32, 32, 32, 32, 32, 32, 32)
+    audio_conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2's: 25 ms window
+    audio_conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)  # wav2vec2's: 20 ms hop
+    audio_pos_conv_kernel: int = 32
+    audio_pos_conv_groups: int = 4
+    pretrained_dir: str | None = None  # local Wav2Vec2 `save_pretrained` directory; never the hub
+    wav2vec2_config: dict[str, Any] | None = None  # a full Wav2Vec2Config dict; bundles use this
+    sample_rate: int = SAMPLE_RATE
+    # Visual encoder.
+    n_lip_points: int = 20
+    mouth_size: tuple[int, int] = (48, 96)  # (height, width) of the grey mouth crop
+    mouth_channels: tuple[int, ...] = (8, 16, 32)
+    # Joint transformer.
+    d_model: int = 64  # also the size of both embeddings
+    n_heads: int = 4
+    n_layers: int = 2
+    ff_dim: int = 128
+    dropout: float = 0.1
+    time_min_period_s: float = 0.04  # shortest period of the time encoding: one frame at 25 fps
+    time_max_period_s: float = 200.0  # longest: longer than any clip we accept
+    max_offset_ms: float = 1000.0  # the offset head is tanh-bounded to +-this
+
+
+class AVOutput(NamedTuple):
+    sync_logit: Tensor  # (B,) > 0 means audio and lips are in sync
+    offset_ms: Tensor  # (B,) estimated audio-minus-video offset, in (-max_offset_ms, max_offset_ms)
+    embedding: Tensor  # (B, E) joint CLS embedding
+    spoof_logit: Tensor  # (B,) > 0 means synthetic voice; from audio alone
+
+
+class SpoofOutput(NamedTuple):
+    spoof_logit: Tensor  # (B,)
+    embedding: Tensor  # (B, E) audio-only embedding
+
+
+def small_wav2vec2_config(config: AVAlignmentConfig) -> Wav2Vec2Config:
+    """Our own Wav2Vec2 config; spec-augment and layerdrop off so every weight trains every step."""
+    return Wav2Vec2Config(
+        hidden_size=config.audio_hidden,
+        num_hidden_layers=config.audio_layers,
+        num_attention_heads=config.audio_heads,
+        intermediate_size=config.audio_intermediate,
+        conv_dim=list(config.audio_conv_dim),
+        conv_kernel=list(config.audio_conv_kernel),
+        conv_stride=list(config.audio_conv_stride),
+        num_feat_extract_layers=len(config.audio_conv_dim),
+        num_conv_pos_embeddings=config.audio_pos_conv_kernel,
+        num_conv_pos_embedding_groups=config.audio_pos_conv_groups,
+        apply_spec_augment=False,
+        mask_time_prob=0.0,
+        mask_feature_prob=0.0,
+        layerdrop=0.0,
+    )
+
+
+def build_audio_encoder(config: AVAlignmentConfig) -> Wav2Vec2Model:
+    """A local pretrained directory wins, then an embedded config dict, then our small config."""
+    if config.pretrained_dir is not None:
+        return Wav2Vec2Model.from_pretrained(config.pretrained_dir, local_files_only=True, dtype=torch.float32)
+    if config.wav2vec2_config is not None:
+        return Wav2Vec2Model(Wav2Vec2Config.from_dict(config.wav2vec2_config))
+    return Wav2Vec2Model(small_wav2vec2_config(config))
+
+
+def time_encoding(times: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
+    """Sinusoids of absolute time: times (...,) seconds -> (..., dim), periods geometric in [min, max]."""
+    half = dim // 2
+    periods = torch.logspace(
+        math.log10(min_period), math.log10(max_period), half, device=times.device, dtype=torch.float32
+    )
+    angles = times.float().unsqueeze(-1) * (2 * math.pi / periods)  # (..., half)
+    return F.pad(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1), (0, dim - 2 * half))
+
+
+class MouthCNN(nn.Module):
+    """Grey mouth crop -> vector: teeth and tongue visibility, which landmarks cannot show."""
+
+    def __init__(self, channels: tuple[int, ...], out_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 1
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            c = out
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.proj = nn.Linear(c, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, 1, h, w) normalized -> (N, out_dim)."""
+        return self.proj(self.body(x))
+
+
+class AVAlignmentModel(nn.Module):
+    """Wav2Vec2 audio frames + lip/mouth frames -> joint transformer -> sync, offset, spoof."""
+
+    def __init__(self, config: AVAlignmentConfig, audio_encoder: Wav2Vec2Model) -> None:
+        super().__init__()
+        self.config = config
+        self.audio_encoder = audio_encoder
+        w2v = audio_encoder.config
+        self.audio_stride = math.prod(w2v.conv_stride)
+        receptive = 1
+        jump = 1
+        for k, s in zip(w2v.conv_kernel, w2v.conv_stride, strict=True):
+            receptive += (k - 1) * jump
+            jump *= s
+        self.min_samples = receptive  # shorter audio is zero-padded to one full frame
+        hidden = w2v.hidden_size
+        d = config.d_model
+
+        self.audio_proj = nn.Linear(hidden, d)
+        self.spoof_pool = nn.Sequential(nn.Linear(2 * hidden, d), nn.GELU())
+        self.spoof_head = nn.Linear(d, 1)
+
+        lip_in = 2 * config.n_lip_points * 2  # positions and velocities
+        self.lip_mlp = nn.Sequential(nn.Linear(lip_in, d), nn.GELU(), nn.Linear(d, d))
+        self.mouth_cnn = MouthCNN(config.mouth_channels, d)
+        self.visual_proj = nn.Linear(2 * d, d)
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.modality_embedding = nn.Parameter(torch.zeros(2, d))  # 0 audio, 1 visual
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.modality_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, config.n_heads, config.ff_dim, config.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.sync_head = nn.Linear(d, 1)
+        self.offset_head = nn.Linear(d, 1)
+
+    def portable_config(self) -> AVAlignmentConfig:
+        """The config to save in a bundle: embeds the Wav2Vec2 config instead of a local path."""
+        if self.config.pretrained_dir is None:
+            return self.config
+        w2v = json.loads(self.audio_encoder.config.to_json_string(use_diff=False))
+        return replace(self.config, pretrained_dir=None, wav2vec2_config=w2v)
+
+    def encode_audio(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        """audio (B, N) 16 kHz -> hidden (B, L, H) and the centre time of each frame (L,) seconds."""
+        x = audio.float()
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, keepdim=True, correction=0) if x.shape[-1] > 0 else torch.ones_like(mean)
+        x = (x - mean) / torch.sqrt(var + 1e-7)  # what Wav2Vec2FeatureExtractor(do_normalize) does
+        if x.shape[-1] < self.min_samples:
+            x = F.pad(x, (0, self.min_samples - x.shape[-1]))
+        hidden = self.audio_encoder(input_values=x).last_hidden_state  # (B, L, H)
+        index = torch.arange(hidden.shape[1], device=x.device, dtype=torch.float32)
+        times = (index * self.audio_stride + (self.min_samples - 1) / 2) / self.config.sample_rate  # (L,)
+        return hidden, times
+
+    def spoof_from_hidden(self, hidden: Tensor) -> SpoofOutput:
+        """Statistics pooling (mean, std over frames) as in x-vector anti-spoofing models."""
+        mean = hidden.mean(dim=1)
+        std = torch.sqrt(hidden.var(dim=1, correction=0) + 1e-5)
+        embedding = self.spoof_pool(torch.cat([mean, std], dim=-1))  # (B, E)
+        return SpoofOutput(spoof_logit=self.spoof_head(embedding).squeeze(-1), embedding=embedding)
+
+    def spoof(self, audio: Tensor) -> SpoofOutput:
+        """Audio-only uploads: audio (B, N) float 16 kHz -> synthetic-voice logit and embedding."""
+        hidden, _ = self.encode_audio(audio)
+        return self.spoof_from_hidden(hidden)
+
+    def encode_visual(self, lips: Tensor, mouths: Tensor) -> Tensor:
+        """lips (B, T, P, 2), mouths (B, T, h, w) in [0, 1] -> visual tokens (B, T, d)."""
+        b, t = lips.shape[:2]
+        pos = lips.reshape(b, t, lips.shape[2] * lips.shape[3]).float()  # (B, T, 2P)
+        vel = torch.diff(pos, dim=1, prepend=pos[:, :1])  # (B, T, 2P), zero at the first frame
+        lip_feat = self.lip_mlp(torch.cat([pos, vel], dim=-1))  # (B, T, d)
+        m = mouths.reshape(b * t, 1, *mouths.shape[2:]).float()  # (B*T, 1, h, w)
+        m = (resize_to(m, self.config.mouth_size) - 0.5) / 0.25
+        mouth_feat = self.mouth_cnn(m).view(b, t, self.config.d_model)  # (B, T, d)
+        return self.visual_proj(torch.cat([lip_feat, mouth_feat], dim=-1))  # (B, T, d)
+
+    def time_tokens(self, times: Tensor) -> Tensor:
+        cfg = self.config
+        return time_encoding(times, cfg.d_model, cfg.time_min_period_s, cfg.time_max_period_s)
+
+    def forward(self, audio: Tensor, lips: Tensor, mouths: Tensor, frame_times: Tensor) -> AVOutput:
+        """audio (B, N) 16 kHz; lips (B, T, 20, 2); mouths (B, T, 48, 96) in [0, 1]; frame_times (B, T) s."""
+        cfg = self.config
+        b = audio.shape[0]
+        hidden, audio_times = self.encode_audio(audio)  # (B, L, H), (L,)
+        spoof = self.spoof_from_hidden(hidden)
+
+        audio_tokens = self.audio_proj(hidden) + self.modality_embedding[0] + self.time_tokens(audio_times)  # (B, L, d)
+        visual = self.encode_visual(lips, mouths)  # (B, T, d)
+        visual_tokens = visual + self.modality_embedding[1] + self.time_tokens(frame_times)  # (B, T, d)
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1), audio_tokens, visual_tokens], dim=1)  # (B, 1+L+T, d)
+        cls = self.norm(self.encoder(tokens)[:, 0])  # (B, d)
+        return AVOutput(
+            sync_logit=self.sync_head(cls).squeeze(-1),
+            offset_ms=torch.tanh(self.offset_head(cls).squeeze(-1)) * cfg.max_offset_ms,
+            embedding=cls,
+            spoof_logit=spoof.spoof_logit,
+        )
+
+
+def build_av_alignment(config: AVAlignmentConfig) -> AVAlignmentModel:
+    model = AVAlignmentModel(config, build_audio_encoder(config))
+    return model.train()  # from_pretrained returns eval mode; a fresh build is uniformly in training mode
+
+
+ARCHITECTURES.register("av_alignment", Architecture(AVAlignmentConfig, build_av_alignment))
+
+TEST_CONFIG = AVAlignmentConfig(
+    audio_hidden=16,
+    audio_layers=1,
+    audio_heads=2,
+    audio_intermediate=32,
+    audio_conv_dim=(8, 8, 8),
+    audio_conv_kernel=(10, 4, 4),
+    audio_conv_stride=(5, 4, 4),
+    audio_pos_conv_kernel=8,
+    audio_pos_conv_groups=2,
+    mouth_size=(12, 24),
+    mouth_channels=(4, 8),
+    d_model=16,
+    n_heads=2,
+    n_layers=1,
+    ff_dim=32,
+)
+
+
+@MODELS.register("av_alignment")
+def av_alignment() -> AVAlignmentModel:
+    return build_av_alignment(AVAlignmentConfig())
+
+
+@MODELS.register("av_alignment_test")
+def av_alignment_test() -> AVAlignmentModel:
+    return build_av_alignment(TEST_CONFIG)

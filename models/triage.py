@@ -1,0 +1,106 @@
+"""FastTriage: a cheap CNN-LSTM that scores a whole clip so obvious cases exit early.
+
+It runs on every video frame the decoder samples, so it must stay far cheaper than the
+branches it gates: each frame is shrunk to `image_size` and passed through a few
+depthwise-separable convolutions (MobileNet style), then an LSTM reads the per-frame
+vectors so that flicker between frames counts as evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.common import normalize_image, resize_to
+from models.registry import ARCHITECTURES, MODELS, Architecture
+
+
+@dataclass(frozen=True)
+class FastTriageConfig:
+    image_size: int = 64  # frames are resized to this square side before the CNN
+    stem_channels: int = 16
+    block_channels: tuple[int, ...] = (32, 64, 96)  # one stride-2 separable block each
+    lstm_hidden: int = 64
+    bidirectional: bool = True
+    dropout: float = 0.1
+
+
+class TriageOutput(NamedTuple):
+    clip_logit: Tensor  # (B,)
+    frame_logits: Tensor  # (B, T)
+
+
+class SeparableBlock(nn.Module):
+    """Depthwise 3x3 then pointwise 1x1 (MobileNetV1): most of the receptive field for few FLOPs."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu6(self.bn1(self.depthwise(x)))
+        return F.relu6(self.bn2(self.pointwise(x)))
+
+
+class FastTriage(nn.Module):
+    """Per-frame separable CNN + LSTM over time -> clip logit and per-frame logits."""
+
+    def __init__(self, config: FastTriageConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.stem_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU6(),
+        )
+        blocks = []
+        for out in config.block_channels:
+            blocks.append(SeparableBlock(c, out, stride=2))
+            c = out
+        self.blocks = nn.Sequential(*blocks)
+        self.lstm = nn.LSTM(c, config.lstm_hidden, batch_first=True, bidirectional=config.bidirectional)
+        seq_dim = config.lstm_hidden * (2 if config.bidirectional else 1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.frame_head = nn.Linear(seq_dim, 1)
+        self.clip_head = nn.Linear(2 * seq_dim, 1)
+
+    def forward(self, frames: Tensor) -> TriageOutput:
+        """frames: (B, T, 3, H, W) float in [0, 1], any H, W."""
+        b, t = frames.shape[:2]
+        x = frames.reshape(b * t, *frames.shape[2:])  # (B*T, 3, H, W)
+        x = normalize_image(resize_to(x, (self.config.image_size,) * 2))  # (B*T, 3, S, S)
+        x = self.blocks(self.stem(x))  # (B*T, C, s, s)
+        x = x.mean(dim=(2, 3)).view(b, t, -1)  # (B, T, C)
+        seq, _ = self.lstm(x)  # (B, T, D)
+        seq = self.dropout(seq)
+        frame_logits = self.frame_head(seq).squeeze(-1)  # (B, T)
+        pooled = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=-1)  # (B, 2D)
+        clip_logit = self.clip_head(pooled).squeeze(-1)  # (B,)
+        return TriageOutput(clip_logit=clip_logit, frame_logits=frame_logits)
+
+
+def build_fast_triage(config: FastTriageConfig) -> FastTriage:
+    return FastTriage(config)
+
+
+ARCHITECTURES.register("fast_triage", Architecture(FastTriageConfig, build_fast_triage))
+
+TEST_CONFIG = FastTriageConfig(image_size=32, stem_channels=8, block_channels=(8, 16), lstm_hidden=8)
+
+
+@MODELS.register("fast_triage")
+def fast_triage() -> FastTriage:
+    return build_fast_triage(FastTriageConfig())
+
+
+@MODELS.register("fast_triage_test")
+def fast_triage_test() -> FastTriage:
+    return build_fast_triage(TEST_CONFIG)

@@ -1,0 +1,179 @@
+"""Fusion: masking invariance, gate weights, calibration and the feature-builder contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import (
+    MODALITIES,
+    MODELS,
+    FusionConfig,
+    audio_features,
+    av_features,
+    fusion_config_for,
+    fusion_inputs,
+    triage_features,
+    visual_features,
+)
+from models.av_alignment import TEST_CONFIG as AV_TEST_CONFIG
+from models.compression import TEST_CONFIG as COMPRESSION_TEST_CONFIG
+from models.fusion import TEST_CONFIG as FUSION_TEST_CONFIG
+
+
+@pytest.fixture(params=["fusion", "fusion_test"])
+def fusion(request):
+    torch.manual_seed(0)
+    return MODELS.get(request.param)().eval()
+
+
+def random_features(model, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(batch, dim, generator=g) for name, dim in model.config.modalities}
+
+
+def test_modality_order_is_the_contract(fusion) -> None:
+    assert tuple(name for name, _ in fusion.config.modalities) == MODALITIES
+
+
+@pytest.mark.parametrize(
+    "present_row",
+    [(True, True, True, True), (True, True, False, False), (False, False, False, True), (True, False, True, False)],
+)
+def test_masked_features_do_not_change_output(fusion, present_row) -> None:
+    present = torch.tensor([present_row] * 2)
+    features = random_features(fusion, 2, seed=0)
+    changed = {k: v.clone() for k, v in features.items()}
+    for i, name in enumerate(MODALITIES):
+        if not present_row[i]:
+            changed[name] = torch.randn_like(changed[name]) * 100
+            changed[name][0, 0] = float("nan")
+    dropped = {name: v for i, (name, v) in enumerate(features.items()) if present_row[i]}
+    with torch.no_grad():
+        base = fusion(features, present)
+        other = fusion(changed, present)
+        absent = fusion(dropped, present)
+    for a, b, c in zip(base, other, absent, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+    # Present features do matter, so the equality above is not vacuous.
+    name = MODALITIES[present_row.index(True)]
+    changed_present = {**features, name: features[name] + 1.0}
+    with torch.no_grad():
+        assert not torch.equal(fusion(changed_present, present).logit, base.logit)
+
+
+def test_gate_weights_zero_for_missing_and_sum_to_one(fusion) -> None:
+    present = torch.tensor([[True, False, True, False], [False, True, False, False], [True, True, True, True]])
+    with torch.no_grad():
+        out = fusion(random_features(fusion, 3, seed=1), present)
+    assert torch.all(out.gate_weights[~present] == 0.0)
+    assert torch.all(out.gate_weights[present] > 0.0)
+    torch.testing.assert_close(out.gate_weights.sum(dim=1), torch.ones(3))
+    assert out.gate_weights[1, 1] == 1.0  # a single present modality takes all the weight
+    torch.testing.assert_close(out.probability, torch.sigmoid(out.logit))
+
+
+def test_no_present_modality_is_an_error(fusion) -> None:
+    present = torch.tensor([[True, False, False, False], [False, False, False, False]])
+    with pytest.raises(ValueError, match="at least one"):
+        fusion(random_features(fusion, 2, seed=0), present)
+
+
+def test_present_modality_without_features_is_an_error(fusion) -> None:
+    features = random_features(fusion, 1, seed=0)
+    del features["av"]
+    with pytest.raises(ValueError, match="'av'"):
+        fusion(features, torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_wrong_feature_dim_is_an_error(fusion) -> None:
+    features = random_features(fusion, 1, seed=0)
+    features["visual"] = torch.zeros(1, 3)
+    with pytest.raises(ValueError, match="visual"):
+        fusion(features, torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_temperature_scales_logit_and_is_saved(fusion) -> None:
+    features = random_features(fusion, 2, seed=2)
+    present = torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        before = fusion(features, present)
+        fusion.set_temperature(2.0)
+        after = fusion(features, present)
+    torch.testing.assert_close(after.logit, before.logit / 2.0)
+    torch.testing.assert_close(after.gate_weights, before.gate_weights)
+    assert "temperature" in fusion.state_dict()
+    assert not any(n == "temperature" for n, _ in fusion.named_parameters())
+    with pytest.raises(ValueError):
+        fusion.set_temperature(0.0)
+
+
+def test_triage_features_values() -> None:
+    frames = np.array([1.0, -1.0, 3.0], np.float32)
+    f = triage_features(torch.tensor(0.5), torch.from_numpy(frames))
+    assert f.dtype == np.float32 and f.shape == (4,)
+    np.testing.assert_allclose(f, [0.5, 1.0, 3.0, frames.std()], rtol=1e-6)
+    np.testing.assert_allclose(triage_features(2.0, []), [2.0, 2.0, 2.0, 0.0])
+
+
+def test_visual_av_audio_feature_values() -> None:
+    v = visual_features([1.0, 3.0], np.array([[0.0, 2.0], [2.0, 4.0]]), torch.tensor([0.1, 0.3]))
+    np.testing.assert_allclose(v, [2.0, 3.0, 0.2, 1.0, 3.0], rtol=1e-6)
+    a = av_features(torch.tensor([1.5]), 250.0, -2.0, torch.tensor([[7.0, 8.0]]))
+    np.testing.assert_allclose(a, [1.5, 0.25, -2.0, 7.0, 8.0])
+    s = audio_features(np.float32(-1.0), [4.0, 5.0])
+    np.testing.assert_allclose(s, [-1.0, 4.0, 5.0])
+    assert {v.dtype, a.dtype, s.dtype} == {np.dtype(np.float32)}
+    with pytest.raises(ValueError):
+        visual_features([], np.zeros((0, 2)), [])
+
+
+def test_fusion_config_for_defaults() -> None:
+    assert fusion_config_for() == FusionConfig()
+    assert fusion_config_for(COMPRESSION_TEST_CONFIG, AV_TEST_CONFIG).modalities == FUSION_TEST_CONFIG.modalities
+
+
+@pytest.mark.parametrize(
+    "triage_name, compression_name, av_name, fusion_name",
+    [
+        ("fast_triage", "compression_resilient", "av_alignment", "fusion"),
+        ("fast_triage_test", "compression_resilient_test", "av_alignment_test", "fusion_test"),
+    ],
+)
+def test_branch_outputs_through_builders_fit_fusion(
+    triage_name: str, compression_name: str, av_name: str, fusion_name: str
+) -> None:
+    """The deployments' path: branch outputs -> feature builders -> fusion_inputs -> FusionModel."""
+    torch.manual_seed(0)
+    triage, comp, av, fusion = (MODELS.get(n)().eval() for n in (triage_name, compression_name, av_name, fusion_name))
+    with torch.no_grad():
+        t = triage(torch.rand(1, 5, 3, 128, 128))
+        c = comp(torch.rand(4, 3, 128, 128))
+        times = torch.arange(5, dtype=torch.float32).view(1, 5) / 10
+        a = av(torch.randn(1, 16000) * 0.1, torch.randn(1, 5, 20, 2), torch.rand(1, 5, 48, 96), times)
+        s = av.spoof(torch.randn(1, 16000) * 0.1)
+    video = {
+        "triage": triage_features(t.clip_logit[0], t.frame_logits[0]),
+        "visual": visual_features(c.logit, c.embedding, c.recon_error),
+        "av": av_features(a.sync_logit[0], a.offset_ms[0], a.spoof_logit[0], a.embedding[0]),
+        "audio": audio_features(s.spoof_logit[0], s.embedding[0]),
+    }
+    dims = dict(fusion.config.modalities)
+    assert {k: v.shape for k, v in video.items()} == {k: (d,) for k, d in dims.items()}
+    image = {"visual": video["visual"]}
+    audio_only = {"audio": video["audio"], "triage": None}
+    features, present = fusion_inputs([video, image, audio_only], fusion.config)
+    assert present.tolist() == [[True] * 4, [False, True, False, False], [False, False, False, True]]
+    with torch.no_grad():
+        out = fusion(features, present)
+    assert out.logit.shape == (3,) and torch.isfinite(out.logit).all()
+
+
+def test_fusion_inputs_rejects_bad_samples() -> None:
+    config = FusionConfig()
+    with pytest.raises(ValueError, match="unknown"):
+        fusion_inputs([{"video": np.zeros(4)}], config)
+    with pytest.raises(ValueError, match="triage"):
+        fusion_inputs([{"triage": np.zeros(5)}], config)

@@ -1,0 +1,115 @@
+"""The bundles committed under weights/: they load strictly, say they are untrained, fit
+each other, and produce golden outputs (so a silent change to a model's code or its
+weights fails here).
+
+GOLDEN holds outputs on seeded inputs. When a bundle is deliberately replaced, copy the
+`actual` values from this test's failure message into GOLDEN in the same change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import BUNDLE_NAMES, MODELS, list_versions, load_bundle, modality_dims
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+MAX_TOTAL_BYTES = 5 * 1024 * 1024
+
+GOLDEN: dict[str, dict[str, list[float]]] = {
+    "fast_triage": {"clip_logit": [0.004485], "frame_logits": [-0.017563, -0.021978, -0.025489]},
+    "compression_resilient": {
+        "logit": [0.323246, 0.324206],
+        "recon_error": [0.008567, 0.008415],
+        "embedding": [-0.008803, -0.014025, -0.014451],
+    },
+    "av_alignment": {
+        "sync_logit": [0.868545],
+        "offset_s": [0.102659],
+        "spoof_logit": [0.196267],
+        "embedding": [1.161518, 1.756965, -0.982903],
+    },
+    "fusion": {"logit": [-0.072379, 0.003555], "gate_weights": [0.244401, 0.274569, 0.261109, 0.219921]},
+}
+
+
+def golden_outputs(name: str, model: torch.nn.Module) -> dict[str, list[float]]:
+    """A few output values per bundle, on inputs drawn from a fixed generator."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        if name == "fast_triage":
+            out = model(torch.rand(1, 6, 3, 128, 128, generator=g))
+            values = {"clip_logit": out.clip_logit, "frame_logits": out.frame_logits[0, :3]}
+        elif name == "compression_resilient":
+            out = model(torch.rand(2, 3, 128, 128, generator=g))
+            values = {"logit": out.logit, "recon_error": out.recon_error, "embedding": out.embedding[0, :3]}
+        elif name == "av_alignment":
+            t = 10
+            out = model(
+                torch.randn(1, 16000, generator=g) * 0.1,
+                torch.randn(1, t, 20, 2, generator=g) * 0.3,
+                torch.rand(1, t, 48, 96, generator=g),
+                torch.arange(t, dtype=torch.float32).view(1, t) / 10,
+            )
+            values = {
+                "sync_logit": out.sync_logit,
+                "offset_s": out.offset_ms / 1000,
+                "spoof_logit": out.spoof_logit,
+                "embedding": out.embedding[0, :3],
+            }
+        elif name == "fusion":
+            features = {k: torch.randn(2, d, generator=g) for k, d in model.config.modalities}
+            present = torch.tensor([[True, True, True, True], [False, True, False, True]])
+            out = model(features, present)
+            values = {"logit": out.logit, "gate_weights": out.gate_weights[0]}
+        else:
+            raise KeyError(name)
+    return {k: [round(float(x), 6) for x in v.reshape(-1)] for k, v in values.items()}
+
+
+@pytest.fixture(scope="module", params=BUNDLE_NAMES)
+def shipped(request):
+    return request.param, load_bundle(WEIGHTS / request.param / "v0")
+
+
+def test_every_bundle_has_v0() -> None:
+    for name in BUNDLE_NAMES:
+        assert "v0" in list_versions(name, root=WEIGHTS), name
+
+
+def test_loads_strictly_and_is_untrained(shipped) -> None:
+    name, bundle = shipped
+    assert bundle.trained is False
+    assert bundle.arch == name and bundle.version == "v0"
+    assert bundle.config == MODELS.get(name)().config  # v0 is the default preset
+    card = (bundle.path / "card.md").read_text()
+    assert "UNTRAINED" in card and "no" in card.lower()
+
+
+def test_golden_outputs(shipped) -> None:
+    name, bundle = shipped
+    actual = golden_outputs(name, bundle.model)
+    expected = GOLDEN[name]
+    assert actual.keys() == expected.keys(), f"actual = {actual!r}"
+    for key in expected:
+        torch.testing.assert_close(
+            torch.tensor(actual[key]),
+            torch.tensor(expected[key]),
+            atol=1e-4,
+            rtol=1e-4,
+            msg=f"{name}.{key}: actual = {actual!r}",
+        )
+
+
+def test_fusion_bundle_fits_branch_bundles() -> None:
+    compression = load_bundle(WEIGHTS / "compression_resilient" / "v0").config
+    av = load_bundle(WEIGHTS / "av_alignment" / "v0").config
+    fusion = load_bundle(WEIGHTS / "fusion" / "v0").config
+    assert fusion.modalities == modality_dims(compression, av)
+
+
+def test_weights_stay_small() -> None:
+    total = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
+    assert total < MAX_TOTAL_BYTES, f"weights/ is {total} bytes"
