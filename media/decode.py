@@ -1,0 +1,584 @@
+"""Upload bytes -> `Clip`: demux and decode with PyAV in-process, sample frames, analyse faces.
+
+What the upload is comes from its content (FFmpeg's probe, then OpenCV for stills FFmpeg
+cannot open), never from a filename. Video is sampled on a fixed time grid, audio is
+resampled to 16 kHz mono, frames come out upright and at most `max_side` pixels long.
+
+Sampling grid. Sample k shows what a player displays at t_k = k * step seconds after the
+first video frame: the latest decoded frame whose presentation time is <= t_k. Normally
+step = 1 / analysis_fps. A video longer than max_frames / analysis_fps gets
+step = duration / max_frames instead, so the max_frames samples cover the whole video at a
+lower effective rate rather than only its beginning: a manipulated segment can be anywhere.
+`Clip.timestamps` holds the grid times t_k, so variable-frame-rate input still yields a
+regular time axis. A cheap demux-only pass finds every frame's time first; groups of
+pictures (keyframe to keyframe) that hold no sampled frame are then never decoded (the
+previous group is kept when a sampled frame is an open-GOP leading picture that references
+it), and only sampled frames are converted to RGB.
+
+Rotation. Phones store portrait video sideways plus a display matrix; FFmpeg attaches it to
+each decoded frame (PyAV `VideoFrame.rotation`, counter-clockwise degrees), with the legacy
+`rotate` stream tag (clockwise degrees) as a fallback. Frames are rotated by it, rounded to a
+multiple of 90 (mirroring in a display matrix is ignored). JPEG EXIF orientation arrives the
+same way. `ClipMeta.width/height` are the upright display size (sample aspect ratio applied)
+and `ClipMeta.rotation` is the clockwise rotation applied, the convention of the legacy tag
+and of EXIF tools (an iPhone portrait video reports 90).
+
+Audio. `Clip.audio` sample 0 is the time of the first video frame (audio that starts later
+is padded with silence, audio that starts earlier is trimmed), so sample n lines up with
+frame time n / 16000. For audio-only input sample 0 is the first decoded sample. The first
+audio stream is used; channels are downmixed by FFmpeg's resampler.
+
+Shapes by kind: video T = sampled frames; image T = 1 with timestamps [0.0]; audio-only
+T = 0 with frames `(0, 0, 0, 3)` (there is no picture size, matching width = height = 0)
+and every other per-frame array `(0, ...)` with its usual trailing shape.
+
+Errors: empty or undemuxable bytes, and containers holding only subtitles or data ->
+NotMediaError (415); bytes over `max_bytes`, duration over `max_duration_s` or frames over
+`max_pixels` -> MediaTooLargeError (413); a recognised container with nothing decodable (no
+streams, no packets, a video stream none of whose frames decode) -> UnusableMediaError (422).
+What FFmpeg cannot open is "not media": an MP4 cut before its `moov` index (written last by
+default) raises NotMediaError, a fragmented MP4 cut after its header raises
+UnusableMediaError, and one cut mid-way decodes to the frames that survived. A video track
+with no packets at all is ignored (the upload is treated as audio). Nested resources
+(ffconcat lists, playlists) are never opened.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import av
+import av.error
+import cv2
+import numpy as np
+
+from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
+from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
+from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, faceless_track
+
+# FFmpeg demuxers that read one still image ("png_pipe", "jpeg_pipe", "webp_pipe", ...).
+_IMAGE_DEMUXERS = {"image2", "image2pipe"}
+# Codecs that make a still image when a stream without audio holds one packet (e.g. GIF).
+_STILL_CODECS = {"png", "apng", "mjpeg", "jpegls", "webp", "gif", "bmp", "tiff", "jpeg2000", "qoi", "jpegxl"}
+# Nested resources (ffconcat lists, playlists, external references) may not be opened: an
+# upload must never make us read local files or the network.
+_CONTAINER_OPTIONS = {"protocol_whitelist": "none"}
+_TIME_EPS = 1e-6  # seconds; absorbs time-base rounding when comparing frame and grid times
+_VFR_TOLERANCE = 0.10  # frame intervals spreading more than this (relative) make a stream variable-rate
+# Everything PyAV/OpenCV raise on malformed input; mapped to MediaErrors, never leaked.
+_DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, RuntimeError, cv2.error)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Limits and sampling choices for `decode_media`; frozen so it can live in a `user_config`."""
+
+    analysis_fps: float = 10.0  # sampling grid rate for videos up to max_frames / analysis_fps long
+    max_frames: int = 100  # longer videos spread this many samples over their whole duration
+    max_side: int = 640  # sampled frames are resized so the longer side is at most this (aspect kept)
+    max_bytes: int = 200 * 1024 * 1024  # uploads larger than this are refused before demuxing
+    max_duration_s: float = 600.0  # longer media is refused, before decoding where the container says
+    max_pixels: int = 50_000_000  # coded frame area above this is refused (decompression bombs)
+    face_detect_every: int = 5  # run the dlib HOG detector on every Nth sampled frame; track in between
+    detect_max_side: int = 480  # frames are downscaled to this longer side for HOG detection
+    analyze_faces: bool = True  # False skips dlib: every frame faceless, centre-square face crops
+
+    def __post_init__(self) -> None:
+        for name in ("analysis_fps", "max_frames", "max_side", "max_bytes", "max_duration_s", "max_pixels",
+                     "face_detect_every", "detect_max_side"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DecodeConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: FaceAnalyzer | None = None) -> Clip:
+    """Decode an upload into a `Clip`, or raise a `MediaError` subclass saying why not.
+
+    `analyzer` defaults to the per-process `FaceAnalyzer`: dlib objects are not thread-safe
+    and loading the landmark model per call would dominate small uploads. For malformed
+    input only `MediaError`s escape.
+    """
+    if not data:
+        raise NotMediaError("empty upload")
+    if len(data) > config.max_bytes:
+        raise MediaTooLargeError(f"upload is {len(data)} bytes; the limit is {config.max_bytes}")
+    try:
+        decoded = _decode(data, config)
+    except MediaError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise UnusableMediaError(f"could not decode media: {exc}") from exc
+    frames = decoded.frames  # (T, H, W, 3)
+    if config.analyze_faces and len(frames):
+        track = (analyzer or default_analyzer()).analyze(frames, config.face_detect_every, config.detect_max_side)
+    else:
+        track = faceless_track(frames)
+    decoded.meta.face_coverage = track.coverage
+    decoded.meta.n_frames = int(len(frames))
+    return _assemble(decoded, track)
+
+
+@dataclass
+class _Decoded:
+    """Everything but the face analysis."""
+
+    meta: ClipMeta
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    timestamps: np.ndarray  # (T,) float64
+    audio: np.ndarray  # (N,) float32 at AUDIO_SAMPLE_RATE
+
+
+def _assemble(decoded: _Decoded, track: FaceTrack) -> Clip:
+    return Clip(
+        meta=decoded.meta,
+        frames=decoded.frames,
+        timestamps=decoded.timestamps,
+        face_found=track.face_found,
+        face_boxes=track.face_boxes,
+        landmarks=track.landmarks,
+        face_crops=track.face_crops,
+        mouth_crops=track.mouth_crops,
+        lip_trajectory=track.lip_trajectory,
+        audio=decoded.audio,
+        sample_rate=AUDIO_SAMPLE_RATE,
+    )
+
+
+@dataclass
+class _VideoInfo:
+    """What the decode pass needs to know about the chosen video stream."""
+
+    index: int
+    codec: str
+    rate: float  # average frame rate, used only when frames carry no timestamps
+    native_fps: float | None
+    time_base: float
+    sar: float  # sample (pixel) aspect ratio
+    rotate_tag: int  # legacy clockwise `rotate` tag; 0 when absent
+
+
+def _decode(data: bytes, config: DecodeConfig) -> _Decoded:
+    """Probe, pick streams, scan, then decode: the whole pipeline minus faces."""
+    try:
+        container = av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace")
+    except _DECODE_ERRORS as exc:
+        still = _decode_with_opencv(data, config)
+        if still is None:
+            raise NotMediaError(f"not a recognised media format: {exc}") from exc
+        return still
+    with container:
+        fmt = container.format.name
+        name = _container_name(fmt, dict(container.metadata), data[:64])
+        video = _pick_video_stream(container)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            if not len(container.streams):  # a recognised container with nothing in it
+                raise UnusableMediaError(f"{name}: the container holds no stream")
+            raise NotMediaError(f"{name} data holds no audio or video stream")
+        if container.duration is not None and container.duration / 1e6 > config.max_duration_s + _TIME_EPS:
+            raise MediaTooLargeError(f"duration {container.duration / 1e6:.1f} s exceeds {config.max_duration_s:g} s")
+        audio_codec = audio.codec_context.name if audio is not None and audio.codec_context else None
+        first_audio_index = audio.index if audio is not None else None  # stream objects die with the container
+        info = scan = None
+        if video is not None:
+            info = _video_info(video, config)
+            scan = _scan_video(container, video, info, config)
+            if not len(scan.times):
+                info = scan = None  # a declared but empty video track: treat as absent
+    single_still = scan is not None and len(scan.times) == 1 and first_audio_index is None
+    is_image = info is not None and (
+        fmt.endswith("_pipe") or fmt in _IMAGE_DEMUXERS or (single_still and info.codec in _STILL_CODECS)
+    )
+    audio_index = None if is_image else first_audio_index
+    if info is None and audio_index is None:
+        raise UnusableMediaError(f"{name}: no video frames and no audio stream")
+    kind: MediaKind = "image" if is_image else "video" if info is not None else "audio"
+    grid = _plan_grid(scan, kind, info.native_fps, config) if info is not None and scan is not None else None
+    frames, audio_samples, rotation, display = _decode_streams(data, info, audio_index, scan, grid, config)
+    if info is not None and frames is None:
+        raise UnusableMediaError(f"{name}: the {info.codec} video stream has no decodable frame")
+    if kind == "audio" and not len(audio_samples):
+        raise UnusableMediaError(f"{name}: the {audio_codec} audio stream has no decodable sample")
+    audio_seconds = len(audio_samples) / AUDIO_SAMPLE_RATE
+    if kind == "audio":
+        frames = np.zeros((0, 0, 0, 3), np.uint8)  # (0, 0, 0, 3): no picture, width = height = 0
+        timestamps = np.zeros(0, np.float64)
+        duration = audio_seconds
+    elif kind == "image":
+        timestamps = np.zeros(1, np.float64)
+        duration = 0.0
+    else:
+        assert grid is not None
+        timestamps = grid.times - grid.times[0]  # (T,)
+        duration = max(grid.span, audio_seconds)
+    assert frames is not None
+    meta = ClipMeta(
+        kind=kind,
+        duration_s=float(duration),
+        native_fps=info.native_fps if kind == "video" and info is not None else None,
+        width=display[0],
+        height=display[1],
+        rotation=rotation,
+        has_audio=bool(len(audio_samples)),
+        has_video=kind != "audio",
+        face_coverage=0.0,
+        container=name,
+        video_codec=info.codec if info is not None else None,
+        audio_codec=audio_codec if len(audio_samples) else None,
+        variable_frame_rate=kind == "video" and _is_variable_rate(scan, info),
+        n_frames=int(len(frames)),
+        size_bytes=len(data),
+    )
+    return _Decoded(meta, frames, timestamps, audio_samples)
+
+
+def _video_info(video: av.video.stream.VideoStream, config: DecodeConfig) -> _VideoInfo:
+    """Stream facts, refusing oversized frames and codecs FFmpeg cannot decode."""
+    ctx = video.codec_context
+    if ctx is None:
+        raise UnusableMediaError("no decoder for the video stream's codec")
+    if ctx.width * ctx.height > config.max_pixels:
+        raise MediaTooLargeError(f"frame size {ctx.width}x{ctx.height} exceeds {config.max_pixels} pixels")
+    try:
+        rotate_tag = int(float(video.metadata.get("rotate", 0)))
+    except ValueError:
+        rotate_tag = 0
+    average = float(video.average_rate) if video.average_rate else None
+    guessed = float(video.guessed_rate) if video.guessed_rate else None
+    return _VideoInfo(
+        index=video.index,
+        codec=ctx.name,
+        rate=average or guessed or 25.0,
+        native_fps=average or guessed,
+        time_base=float(video.time_base) if video.time_base else 0.0,
+        sar=float(video.sample_aspect_ratio) if video.sample_aspect_ratio else 1.0,
+        rotate_tag=rotate_tag,
+    )
+
+
+@dataclass
+class _Scan:
+    """Demux-only pass over the video stream: one entry per packet, in decode order."""
+
+    times: np.ndarray  # (P,) presentation time, seconds
+    gops: np.ndarray  # (P,) index of the keyframe-to-keyframe group each packet belongs to
+    durations: np.ndarray  # (P,) packet duration, seconds (0 when the container omits it)
+
+
+@dataclass
+class _Grid:
+    times: np.ndarray  # (T,) absolute sample times, seconds (stream clock)
+    span: float  # video duration, seconds
+    needed_gops: set[int] = field(default_factory=set)
+
+
+def _pick_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """First video stream that is real video, not an MP3/M4A cover picture."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
+def _scan_video(
+    container: av.container.InputContainer, video: av.video.stream.VideoStream, info: _VideoInfo, config: DecodeConfig
+) -> _Scan:
+    """Read every video packet without decoding; a demux error ends the scan like EOF would."""
+    tb = info.time_base
+    times: list[float] = []
+    gops: list[int] = []
+    durations: list[float] = []
+    gop = 0
+    try:
+        for packet in container.demux(video):
+            if packet.size == 0:
+                continue
+            if packet.is_keyframe and times:
+                gop += 1
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            times.append(stamp * tb if stamp is not None else math.nan)
+            gops.append(gop)
+            durations.append(packet.duration * tb if packet.duration else 0.0)
+            if not math.isnan(times[-1]) and times[-1] - times[0] > config.max_duration_s + _TIME_EPS:
+                raise MediaTooLargeError(f"video lasts more than {config.max_duration_s:g} s")
+    except av.error.FFmpegError:
+        pass
+    t = np.array(times, np.float64)
+    if len(t) and np.isnan(t).any():  # no usable timestamps: assume constant rate in decode order
+        t = np.arange(len(t)) / info.rate
+    return _Scan(times=t, gops=np.array(gops, np.int64), durations=np.array(durations, np.float64))
+
+
+def _plan_grid(scan: _Scan, kind: MediaKind, native_fps: float | None, config: DecodeConfig) -> _Grid:
+    """Sample times and the groups of pictures that hold the frames shown at them."""
+    order = np.argsort(scan.times, kind="stable")
+    sorted_t = scan.times[order]
+    start = float(sorted_t[0])
+    intervals = np.diff(sorted_t)
+    intervals = intervals[intervals > 0]
+    typical = float(np.median(intervals)) if len(intervals) else 1.0 / (native_fps or config.analysis_fps)
+    last_duration = float(scan.durations[order[-1]]) or typical
+    span = float(sorted_t[-1] - start + last_duration)
+    if span > config.max_duration_s + _TIME_EPS:
+        raise MediaTooLargeError(f"video lasts {span:.1f} s; the limit is {config.max_duration_s:g} s")
+    if kind == "image":
+        n, step = 1, 0.0
+    else:
+        n = max(1, math.ceil(span * config.analysis_fps - 1e-6))
+        step = 1.0 / config.analysis_fps
+        if n > config.max_frames:
+            n, step = config.max_frames, span / config.max_frames
+    times = start + np.arange(n) * step  # (T,)
+    shown = order[np.maximum(np.searchsorted(sorted_t, times + _TIME_EPS, side="right") - 1, 0)]  # (T,) packet index
+    gop_start = {}  # gop -> presentation time of its first packet (the keyframe)
+    for packet in range(len(scan.gops) - 1, -1, -1):
+        gop_start[int(scan.gops[packet])] = float(scan.times[packet])
+    needed = set()
+    for packet in shown:
+        gop = int(scan.gops[packet])
+        needed.add(gop)
+        if scan.times[packet] < gop_start[gop] and gop > 0:
+            needed.add(gop - 1)  # a leading picture of an open GOP references the previous group
+    return _Grid(times=times, span=span, needed_gops=needed)
+
+
+def _is_variable_rate(scan: _Scan | None, info: _VideoInfo | None) -> bool:
+    """Frame intervals differ by more than 10% (and by more than time-base rounding)."""
+    if scan is None or info is None:
+        return False
+    intervals = np.diff(np.unique(scan.times))
+    if len(intervals) < 2:
+        return False
+    spread = float(intervals.max() - intervals.min())
+    return spread > max(_VFR_TOLERANCE * float(np.median(intervals)), 1.5 * info.time_base)
+
+
+class _FramePicker:
+    """Streams decoded frames in presentation order and keeps the one shown at each grid time."""
+
+    def __init__(self, grid_times: np.ndarray, info: _VideoInfo, config: DecodeConfig) -> None:
+        self._grid = grid_times
+        self._time_base = info.time_base
+        self._k = 0
+        self._sar = info.sar
+        self._period = 1.0 / info.rate
+        self._last_time = float(grid_times[0]) - self._period
+        self._prev: av.VideoFrame | None = None
+        self._prev_array: np.ndarray | None = None
+        self._rotate_tag = info.rotate_tag
+        self._config = config
+        self._geometry: tuple[int, int, int] | None = None  # (coded-orientation width, height, quarter turns)
+        self.rotation = 0
+        self.display = (0, 0)
+        self.picked: list[np.ndarray] = []
+
+    def offer(self, frame: av.VideoFrame) -> None:
+        if frame.is_corrupt:
+            return
+        # frame.time is unset on frames flushed out of the decoder; the stream time base is not
+        t = frame.pts * self._time_base if frame.pts is not None else self._last_time + self._period
+        self._last_time = t
+        while self._k < len(self._grid) and self._grid[self._k] < t - _TIME_EPS:
+            self._take(self._prev if self._prev is not None else frame)
+        if self._prev is not frame:
+            self._prev, self._prev_array = frame, None
+
+    def finish(self) -> np.ndarray | None:
+        """`(T, H, W, 3)` uint8, or None when no frame decoded."""
+        if self._prev is None:
+            return None
+        while self._k < len(self._grid):
+            self._take(self._prev)
+        return np.stack(self.picked)
+
+    def _take(self, frame: av.VideoFrame) -> None:
+        if frame is self._prev and self._prev_array is not None:
+            array = self._prev_array
+        else:
+            array = self._to_rgb(frame)
+            if frame is self._prev:
+                self._prev_array = array
+        self.picked.append(array)
+        self._k += 1
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        """Upright RGB `(H, W, 3)` at analysis size; geometry fixed by the first sampled frame."""
+        if self._geometry is None:
+            ccw = frame.rotation if frame.rotation else -self._rotate_tag
+            quarter_turns = round(ccw / 90) % 4
+            width, height = max(round(frame.width * self._sar), 1), frame.height
+            if quarter_turns % 2:
+                width, height = height, width
+            self.display = (int(width), int(height))
+            self.rotation = (-quarter_turns * 90) % 360  # clockwise, like the legacy `rotate` tag
+            scale = min(1.0, self._config.max_side / max(width, height))
+            out_w, out_h = max(round(width * scale), 1), max(round(height * scale), 1)
+            if quarter_turns % 2:
+                out_w, out_h = out_h, out_w
+            self._geometry = (out_w, out_h, quarter_turns)
+        out_w, out_h, quarter_turns = self._geometry
+        rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()  # (h, w, 3)
+        return np.ascontiguousarray(np.rot90(rgb, k=quarter_turns)) if quarter_turns else rgb
+
+
+def _decode_streams(
+    data: bytes,
+    info: _VideoInfo | None,
+    audio_index: int | None,
+    scan: _Scan | None,
+    grid: _Grid | None,
+    config: DecodeConfig,
+) -> tuple[np.ndarray | None, np.ndarray, int, tuple[int, int]]:
+    """One demux pass decoding the needed video GOPs and all audio.
+
+    Returns sampled frames `(T, H, W, 3)` (None if none decoded), audio `(N,)`, the rotation
+    applied and the upright display size.
+    """
+    picker = None
+    if info is not None and grid is not None:
+        picker = _FramePicker(grid.times, info, config)
+    with av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace") as container:
+        by_index = {stream.index: stream for stream in container.streams}
+        video = by_index[info.index] if info is not None else None
+        audio = by_index[audio_index] if audio_index is not None else None
+        audio_out = _AudioCollector(float(audio.time_base) if audio is not None and audio.time_base else 0.0, config)
+        if video is not None:
+            video.thread_type = "AUTO"
+        packet_no = -1
+        try:
+            for packet in container.demux([s for s in (video, audio) if s is not None]):
+                if packet.size == 0:
+                    continue
+                if packet.stream is video and picker is not None:
+                    packet_no += 1
+                    if scan is not None and grid is not None and packet_no < len(scan.gops):
+                        if int(scan.gops[packet_no]) not in grid.needed_gops:
+                            continue  # no sampled frame in this group of pictures
+                    for frame in _safe_decode(video, packet):
+                        picker.offer(frame)
+                elif packet.stream is audio:
+                    for frame in _safe_decode(audio, packet):
+                        audio_out.add(frame)
+        except av.error.FFmpegError:
+            pass  # truncated or corrupt tail: keep what decoded
+        if video is not None and picker is not None:
+            for frame in _safe_decode(video, None):
+                picker.offer(frame)
+        if audio is not None:
+            for frame in _safe_decode(audio, None):
+                audio_out.add(frame)
+    frames = picker.finish() if picker is not None else None
+    samples = audio_out.finish(float(grid.times[0]) if grid is not None else None)
+    if picker is None:
+        return frames, samples, 0, (0, 0)
+    return frames, samples, picker.rotation, picker.display
+
+
+def _safe_decode(stream: av.stream.Stream, packet: av.Packet | None) -> list:
+    """Frames from one packet (None flushes); a packet the decoder rejects yields none."""
+    try:
+        return stream.decode(packet)
+    except (av.error.FFmpegError, EOFError):
+        return []
+
+
+class _AudioCollector:
+    """Resamples decoded audio to 16 kHz mono float32 as it arrives."""
+
+    def __init__(self, time_base: float, config: DecodeConfig) -> None:
+        self._time_base = time_base
+        self._resampler: av.AudioResampler | None = None
+        self._chunks: list[np.ndarray] = []
+        self._n = 0
+        self._limit = int((config.max_duration_s + 1.0) * AUDIO_SAMPLE_RATE)
+        self._max_duration_s = config.max_duration_s
+        self.start: float | None = None  # stream time of the first decoded sample, seconds
+
+    def add(self, frame: av.AudioFrame) -> None:
+        if self.start is None and frame.pts is not None and self._time_base:
+            self.start = frame.pts * self._time_base
+        if self._resampler is None:
+            self._resampler = _mono_resampler()
+        try:
+            out = self._resampler.resample(frame)
+        except ValueError:  # sample format or layout changed mid-stream: start a new resampler
+            self._drain()
+            self._resampler = _mono_resampler()
+            out = self._resampler.resample(frame)
+        self._keep(out)
+
+    def finish(self, video_start: float | None) -> np.ndarray:
+        """All audio `(N,)`; with `video_start`, shifted so sample 0 is at the first video frame."""
+        self._drain()
+        samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)  # (N,)
+        if video_start is not None and self.start is not None and len(samples):
+            shift = round((self.start - video_start) * AUDIO_SAMPLE_RATE)
+            if shift > 0:
+                samples = np.concatenate([np.zeros(min(shift, self._limit), np.float32), samples])
+            elif shift < 0:
+                samples = samples[-shift:]
+        return np.ascontiguousarray(samples, dtype=np.float32)
+
+    def _drain(self) -> None:
+        if self._resampler is not None:
+            self._keep(self._resampler.resample(None))
+            self._resampler = None
+
+    def _keep(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            chunk = frame.to_ndarray().reshape(-1)  # packed mono: (1, n) -> (n,)
+            self._chunks.append(chunk)
+            self._n += len(chunk)
+        if self._n > self._limit:
+            raise MediaTooLargeError(f"audio lasts more than {self._max_duration_s:g} s")
+
+
+def _mono_resampler() -> av.AudioResampler:
+    return av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE)
+
+
+def _container_name(fmt: str, metadata: dict[str, str], head: bytes) -> str:
+    """A user-facing container name: FFmpeg's demuxer names lump mp4/mov and mkv/webm together."""
+    if fmt.startswith("mov,mp4"):
+        brand = metadata.get("major_brand", "").strip().lower()
+        if brand == "qt":
+            return "mov"
+        if brand.startswith(("m4a", "m4b")):
+            return "m4a"
+        if brand.startswith("3g"):
+            return "3gp"
+        return "mp4"
+    if fmt.startswith("matroska"):
+        return "webm" if b"webm" in head else "matroska"
+    return fmt
+
+
+def _decode_with_opencv(data: bytes, config: DecodeConfig) -> _Decoded | None:
+    """Still images FFmpeg cannot demux; OpenCV applies EXIF orientation itself. None if not an image."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        return None
+    height, width = bgr.shape[:2]
+    if height * width > config.max_pixels:
+        raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
+    scale = min(1.0, config.max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(round(width * scale), 1), max(round(height * scale), 1))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    frames = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[None]  # (1, H, W, 3)
+    meta = ClipMeta(
+        kind="image",
+        duration_s=0.0,
+        native_fps=None,
+        width=width,
+        height=height,
+        rotation=0,
+        has_audio=False,
+        has_video=True,
+        face_coverage=0.0,
+        container="opencv",
+        n_frames=1,
+        size_bytes=len(data),
+    )
+    return _Decoded(meta, np.ascontiguousarray(frames), np.zeros(1, np.float64), np.zeros(0, np.float32))

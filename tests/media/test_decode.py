@@ -1,0 +1,421 @@
+"""decode_media: containers, sampling grid, rotation, VFR, audio, images and every error path."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from skimage.data import astronaut
+
+import media.decode
+from media import (
+    AUDIO_SAMPLE_RATE,
+    FACE_CROP_SIZE,
+    MOUTH_CROP_SHAPE,
+    N_LIP_POINTS,
+    Clip,
+    DecodeConfig,
+    MediaError,
+    MediaTooLargeError,
+    NotMediaError,
+    UnusableMediaError,
+    decode_media,
+)
+from tests.mediagen import (
+    encode_audio,
+    encode_image,
+    encode_video,
+    numbered_frames,
+    read_frame_numbers,
+    speech_like_audio,
+    vfr_timestamps,
+)
+
+NO_FACES = DecodeConfig(analyze_faces=False)  # container tests do not need dlib; faces have their own tests
+
+# (container, encoder, codec name FFmpeg reports on decode)
+VIDEO_FORMATS = [
+    ("mp4", "libx264", "h264"),
+    ("mp4", "libx265", "hevc"),
+    ("webm", "libvpx-vp9", "vp9"),
+    ("mov", "libx264", "h264"),
+    ("matroska", "libx264", "h264"),
+    ("avi", "mpeg4", "mpeg4"),
+]
+CONTAINER_NAMES = {"mp4": "mp4", "webm": "webm", "mov": "mov", "matroska": "matroska", "avi": "avi"}
+
+
+def assert_shapes(clip: Clip, n_frames: int) -> None:
+    """Every per-frame array has the documented dtype and a leading T axis."""
+    assert clip.frames.dtype == np.uint8 and clip.frames.ndim == 4 and clip.frames.shape[0] == n_frames
+    assert clip.timestamps.shape == (n_frames,) and clip.timestamps.dtype == np.float64
+    assert clip.face_found.shape == (n_frames,) and clip.face_found.dtype == bool
+    assert clip.face_boxes.shape == (n_frames, 4)
+    assert clip.landmarks.shape == (n_frames, 68, 2)
+    assert clip.face_crops.shape == (n_frames, FACE_CROP_SIZE, FACE_CROP_SIZE, 3)
+    assert clip.mouth_crops.shape == (n_frames, *MOUTH_CROP_SHAPE)
+    assert clip.lip_trajectory.shape == (n_frames, N_LIP_POINTS, 2)
+    assert clip.audio.dtype == np.float32 and clip.audio.ndim == 1
+    assert clip.sample_rate == AUDIO_SAMPLE_RATE
+    assert clip.meta.n_frames == n_frames
+
+
+@pytest.mark.parametrize("with_audio", [False, True], ids=["video", "video+audio"])
+@pytest.mark.parametrize(
+    ("container", "encoder", "codec"), VIDEO_FORMATS, ids=[f"{c}-{e}" for c, e, _ in VIDEO_FORMATS]
+)
+def test_containers_decode_on_the_grid(container: str, encoder: str, codec: str, with_audio: bool) -> None:
+    frames = numbered_frames(50)  # 2 s at 25 fps
+    audio = speech_like_audio(2.0, 44_100, seed=1) if with_audio else None
+    data = encode_video(frames, container, encoder, 25, audio, audio_rate=44_100)
+    clip = decode_media(data, NO_FACES)
+    assert_shapes(clip, 20)
+    np.testing.assert_allclose(clip.timestamps, np.arange(20) / 10, atol=1e-9)
+    # the frame shown at t is the latest one with pts <= t: frame floor(t * 25)
+    np.testing.assert_array_equal(read_frame_numbers(clip.frames), np.floor(np.arange(20) * 2.5).astype(int))
+    meta = clip.meta
+    assert (meta.kind, meta.container, meta.video_codec) == ("video", CONTAINER_NAMES[container], codec)
+    assert (meta.width, meta.height, meta.rotation) == (64, 48, 0)
+    assert meta.native_fps == pytest.approx(25.0)
+    assert meta.duration_s == pytest.approx(2.0, abs=0.1)
+    assert not meta.variable_frame_rate
+    assert meta.has_video and meta.has_audio == with_audio and meta.size_bytes == len(data)
+    if with_audio:
+        assert meta.audio_codec is not None
+        assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(2.0, abs=0.06)
+        assert np.abs(clip.audio).max() > 0.1
+    else:
+        assert len(clip.audio) == 0 and meta.audio_codec is None
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+@pytest.mark.parametrize("container", ["mp4", "mov", "matroska"])
+def test_rotated_video_comes_out_upright(container: str, rotation: int) -> None:
+    upright = np.full((5, 96, 64, 3), 128, np.uint8)  # portrait, with a distinct colour in three corners
+    upright[:, :24, :24] = (255, 0, 0)
+    upright[:, :24, -24:] = (0, 255, 0)
+    upright[:, -24:, -24:] = (0, 0, 255)
+    data = encode_video(upright, container, "libx264", 25, rotation=rotation)
+    with av.open(io.BytesIO(data)) as stored:
+        coded = stored.streams.video[0].codec_context
+        coded_shape = (coded.height, coded.width)
+    assert coded_shape == ((64, 96) if rotation in (90, 270) else (96, 64))  # really stored sideways
+    clip = decode_media(data, NO_FACES)
+    assert clip.frames.shape[1:] == (96, 64, 3)
+    assert np.abs(clip.frames[0].astype(int) - upright[0]).mean() < 4
+    assert (clip.meta.width, clip.meta.height, clip.meta.rotation) == (64, 96, rotation)
+
+
+def test_unrotated_reference_would_fail_the_upright_check() -> None:
+    """Guard for the rotation test: a sideways picture really differs from the upright one."""
+    upright = np.full((96, 64, 3), 128, np.uint8)
+    upright[:24, :24] = (255, 0, 0)
+    turned = np.rot90(np.rot90(upright))
+    assert np.abs(turned.astype(int) - upright).mean() > 20
+
+
+@pytest.mark.parametrize(
+    ("container", "encoder"), [("mp4", "libx264"), ("matroska", "libx264"), ("webm", "libvpx-vp9")]
+)
+def test_variable_frame_rate_is_sampled_by_timestamp(container: str, encoder: str) -> None:
+    frames = numbered_frames(40)
+    times = vfr_timestamps(40, 25)  # bursts of 20 ms and gaps of 80 ms
+    clip = decode_media(encode_video(frames, container, encoder, 25, vfr=True), NO_FACES)
+    assert clip.meta.variable_frame_rate
+    expected_span = times[-1] + 0.08  # last frame lasts one interval of the pattern
+    assert clip.meta.duration_s == pytest.approx(expected_span, abs=0.05)
+    np.testing.assert_allclose(clip.timestamps, np.arange(len(clip.timestamps)) / 10, atol=1e-9)
+    shown = np.searchsorted(times, clip.timestamps + 1e-6, side="right") - 1
+    np.testing.assert_array_equal(read_frame_numbers(clip.frames), shown)
+    # a frame-index sampler would be wrong here: index 2.5 * k is not the frame shown at k / 10
+    assert not np.array_equal(shown, np.floor(np.arange(len(shown)) * 2.5).astype(int))
+
+
+def test_long_video_spreads_max_frames_over_its_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = numbered_frames(250)  # 25 s at 10 fps, a keyframe every 5 frames
+    data = encode_video(frames, "mp4", "libx264", 10, keyframe_interval=5)
+    decoded_packets = 0
+    real_decode = media.decode._safe_decode
+
+    def counting_decode(stream: av.stream.Stream, packet: av.Packet | None) -> list:
+        nonlocal decoded_packets
+        decoded_packets += packet is not None and stream.type == "video"
+        return real_decode(stream, packet)
+
+    monkeypatch.setattr(media.decode, "_safe_decode", counting_decode)
+    clip = decode_media(data, DecodeConfig(analyze_faces=False, max_frames=20))
+    step = 25.0 / 20
+    np.testing.assert_allclose(clip.timestamps, np.arange(20) * step, atol=1e-9)
+    expected = np.floor(np.arange(20) * step * 10 + 1e-6).astype(int)  # latest frame at or before each sample
+    np.testing.assert_array_equal(read_frame_numbers(clip.frames), expected)
+    assert clip.meta.duration_s == pytest.approx(25.0, abs=0.01)
+    assert decoded_packets < 150  # groups of pictures without a sampled frame were skipped
+
+
+@pytest.mark.parametrize("max_frames", [12, 14, 21])
+def test_skipping_open_gops_keeps_leading_pictures(max_frames: int) -> None:
+    """HEVC open GOPs: frames shown before a keyframe but coded after it need the previous group."""
+    x265 = "log-level=error:keyint=8:min-keyint=8:open-gop=1:bframes=3:scenecut=0"
+    data = encode_video(numbered_frames(200), "mp4", "libx265", 10, encoder_options={"x265-params": x265})
+    clip = decode_media(data, DecodeConfig(analyze_faces=False, max_frames=max_frames))
+    expected = np.floor(clip.timestamps * 10 + 1e-6).astype(int)
+    assert (expected % 8 >= 5).any()  # some sampled frames are leading pictures of a group
+    np.testing.assert_array_equal(read_frame_numbers(clip.frames), expected)
+
+
+def test_frames_are_resized_to_max_side_keeping_aspect() -> None:
+    frames = np.tile(np.linspace(0, 255, 400, dtype=np.uint8)[None, None, :, None], (3, 300, 1, 3))
+    clip = decode_media(encode_video(frames, "mp4", "libx264", 25), DecodeConfig(analyze_faces=False, max_side=200))
+    assert clip.frames.shape[1:] == (150, 200, 3)
+    assert (clip.meta.width, clip.meta.height) == (400, 300)  # native display size
+    assert clip.frames[0, 75, 5, 0] < 30 and clip.frames[0, 75, 195, 0] > 225  # the gradient survived resizing
+
+
+def test_anamorphic_video_is_shown_at_its_display_aspect() -> None:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)  # pixels twice as wide as tall
+        for rgb in numbered_frames(5):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    clip = decode_media(buf.getvalue(), NO_FACES)
+    assert clip.frames.shape[1:] == (48, 128, 3) and (clip.meta.width, clip.meta.height) == (128, 48)
+
+
+def test_audio_is_16k_mono_float32_and_aligned_with_video() -> None:
+    sr = 44_100
+    t = np.arange(int(1.5 * sr)) / sr
+    tone = np.where(t >= 0.5, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+    stereo = np.stack([tone, 0.5 * tone], axis=1)  # (N, 2) at 44.1 kHz
+    clip = decode_media(encode_video(numbered_frames(38), "mp4", "libx264", 25, stereo, audio_rate=sr), NO_FACES)
+    assert clip.audio.dtype == np.float32 and clip.audio.ndim == 1
+    assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(1.5, abs=0.03)
+    onset = np.argmax(np.abs(clip.audio) > 0.1) / AUDIO_SAMPLE_RATE
+    assert onset == pytest.approx(0.5, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(clip.audio[AUDIO_SAMPLE_RATE // 2 + 1000 :]))
+    peak_hz = np.argmax(spectrum) * AUDIO_SAMPLE_RATE / (2 * (len(spectrum) - 1))
+    assert peak_hz == pytest.approx(440, abs=5)
+    assert 0.3 < np.abs(clip.audio).max() < 0.6  # stereo downmixed, not summed or dropped
+
+
+@pytest.mark.parametrize("container", ["mp4", "matroska"])
+def test_late_audio_is_padded_to_the_video_clock(container: str) -> None:
+    t = np.arange(AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE
+    tone = np.where(t >= 0.5, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)  # 1 s, onset at 0.5 s
+    data = encode_video(numbered_frames(38), container, "libx264", 25, tone, audio_delay_s=0.3)
+    clip = decode_media(data, NO_FACES)
+    onset = np.argmax(np.abs(clip.audio) > 0.1) / AUDIO_SAMPLE_RATE
+    assert onset == pytest.approx(0.8, abs=0.01)
+    assert not clip.audio[: int(0.29 * AUDIO_SAMPLE_RATE)].any()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec"), [("wav", "pcm_s16le"), ("flac", "flac"), ("mp3", "mp3float"), ("ogg", "opus"), ("m4a", "aac")]
+)
+def test_audio_files_are_detected_as_audio(fmt: str, codec: str) -> None:
+    stereo = np.stack([speech_like_audio(1.5, 44_100, seed=2), speech_like_audio(1.5, 44_100, seed=3)], axis=1)
+    clip = decode_media(encode_audio(stereo, 44_100, fmt))
+    assert clip.meta.kind == "audio" and not clip.meta.has_video and clip.meta.has_audio
+    assert clip.meta.audio_codec == codec and clip.meta.video_codec is None
+    assert (clip.meta.width, clip.meta.height, clip.meta.native_fps) == (0, 0, None)
+    assert clip.frames.shape == (0, 0, 0, 3)
+    assert_shapes(clip, 0)
+    assert clip.meta.face_coverage == 0.0
+    assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(1.5, abs=0.03)
+    assert clip.meta.duration_s == pytest.approx(1.5, abs=0.03)
+
+
+def test_mp3_with_cover_art_is_audio() -> None:
+    data = encode_audio(speech_like_audio(1.0), 16_000, "mp3", cover_art=np.full((64, 64, 3), 200, np.uint8))
+    with av.open(io.BytesIO(data)) as stored:
+        assert [s.type for s in stored.streams] == ["audio", "video"]  # the picture is a video stream
+    clip = decode_media(data)
+    assert clip.meta.kind == "audio" and clip.frames.shape == (0, 0, 0, 3) and clip.meta.video_codec is None
+    assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize(("fmt", "tolerance"), [("jpeg", 6), ("png", 0), ("webp", 6), ("bmp", 0), ("tiff", 0)])
+def test_images_are_detected_as_images(fmt: str, tolerance: float) -> None:
+    photo = astronaut()[::2, ::2]  # (256, 256, 3)
+    clip = decode_media(encode_image(photo, fmt), NO_FACES)
+    assert clip.meta.kind == "image" and clip.meta.has_video and not clip.meta.has_audio
+    assert_shapes(clip, 1)
+    np.testing.assert_array_equal(clip.timestamps, [0.0])
+    assert (clip.meta.width, clip.meta.height, clip.meta.duration_s, clip.meta.native_fps) == (256, 256, 0.0, None)
+    assert np.abs(clip.frames[0].astype(int) - photo).mean() <= tolerance
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_jpeg_exif_orientation_is_applied(rotation: int) -> None:
+    upright = np.full((96, 64, 3), 128, np.uint8)
+    upright[:24, :24] = (255, 0, 0)
+    upright[-24:, -24:] = (0, 0, 255)
+    clip = decode_media(encode_image(upright, "jpeg", rotation=rotation), NO_FACES)
+    assert clip.frames.shape == (1, 96, 64, 3)
+    assert np.abs(clip.frames[0].astype(int) - upright).mean() < 4
+    assert (clip.meta.width, clip.meta.height, clip.meta.rotation) == (64, 96, rotation)
+
+
+def test_large_image_is_resized() -> None:
+    clip = decode_media(encode_image(astronaut(), "png"), DecodeConfig(analyze_faces=False, max_side=128))
+    assert clip.frames.shape == (1, 128, 128, 3) and (clip.meta.width, clip.meta.height) == (512, 512)
+
+
+def test_opencv_fallback_reads_stills_ffmpeg_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    monkeypatch.setattr(media.decode.av, "open", refuse)
+    photo = astronaut()[::4, ::4]
+    clip = decode_media(encode_image(photo, "png"), NO_FACES)
+    assert clip.meta.kind == "image" and clip.meta.container == "opencv"
+    np.testing.assert_array_equal(clip.frames[0], photo)
+    with pytest.raises(NotMediaError):
+        decode_media(b"plain text, still not an image", NO_FACES)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello, this is a text file and not a video\n" * 20,
+        b'{"video": "definitely not"}',
+        b"<html><body>nope</body></html>",
+        b"1\n00:00:01,000 --> 00:00:02,000\nsubtitles only\n\n",
+        np.random.default_rng(0).integers(0, 256, 4096).astype(np.uint8).tobytes(),
+    ],
+    ids=["empty", "text", "json", "html", "srt-subtitles", "random"],
+)
+def test_non_media_is_refused(data: bytes) -> None:
+    with pytest.raises(NotMediaError) as info:
+        decode_media(data, NO_FACES)
+    assert info.value.http_status == 415
+
+
+def test_mp4_truncated_before_its_index_is_not_media() -> None:
+    data = encode_video(numbered_frames(50), "mp4", "libx264", 25)
+    assert data.find(b"moov") > len(data) // 2  # the index is written at the end
+    with pytest.raises(NotMediaError):
+        decode_media(data[: len(data) // 2], NO_FACES)
+
+
+def _fragmented_mp4(frames: np.ndarray) -> bytes:
+    """MP4 with the index first and media in fragments, as live recorders write it."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"movflags": "frag_keyframe+empty_moov"}) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.gop_size = 10
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_truncated_fragmented_mp4_keeps_what_decodes() -> None:
+    data = _fragmented_mp4(numbered_frames(50))
+    clip = decode_media(data[: len(data) // 2], NO_FACES)
+    assert 0 < clip.n_frames < 20
+    numbers = read_frame_numbers(clip.frames)
+    np.testing.assert_array_equal(numbers, np.floor(np.arange(clip.n_frames) * 2.5).astype(int))
+
+
+def test_header_without_frames_is_unusable() -> None:
+    data = _fragmented_mp4(numbered_frames(50))
+    header = data[: data.find(b"moof") - 4]
+    with pytest.raises(UnusableMediaError) as info:
+        decode_media(header, NO_FACES)
+    assert info.value.http_status == 422
+
+
+@pytest.mark.parametrize("container", ["mp4", "avi"])
+def test_container_with_zero_frames_is_unusable(container: str) -> None:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream("libx264" if container == "mp4" else "mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        out.start_encoding()
+    with pytest.raises(UnusableMediaError):
+        decode_media(buf.getvalue(), NO_FACES)
+
+
+def test_corrupt_video_stream_is_unusable() -> None:
+    data = bytearray(encode_video(numbered_frames(30), "mp4", "libx264", 25))
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4
+    data[start + 8 : end] = np.random.default_rng(1).integers(0, 256, end - start - 8).astype(np.uint8).tobytes()
+    with pytest.raises(UnusableMediaError):
+        decode_media(bytes(data), NO_FACES)
+
+
+def test_damaged_uploads_raise_only_media_errors() -> None:
+    """Byte-level damage anywhere in a file may decode or fail, but only with a MediaError."""
+    clean = encode_video(numbered_frames(20), "mp4", "libx264", 25, speech_like_audio(0.8, 16_000))
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        damaged = bytearray(clean)
+        at = rng.integers(0, len(clean), 12)
+        damaged_bytes = rng.integers(0, 256, 12).astype(np.uint8)
+        for position, value in zip(at, damaged_bytes):
+            damaged[position] = value
+        try:
+            clip = decode_media(bytes(damaged), NO_FACES)
+        except MediaError:
+            continue
+        assert clip.frames.ndim == 4
+
+
+def test_upload_over_max_bytes_is_too_large() -> None:
+    data = encode_video(numbered_frames(10), "mp4", "libx264", 25)
+    with pytest.raises(MediaTooLargeError) as info:
+        decode_media(data, DecodeConfig(analyze_faces=False, max_bytes=len(data) - 1))
+    assert info.value.http_status == 413
+    assert decode_media(data, DecodeConfig(analyze_faces=False, max_bytes=len(data))).n_frames == 4
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_media_over_max_duration_is_too_large(kind: str) -> None:
+    if kind == "video":
+        data = encode_video(numbered_frames(50), "matroska", "libx264", 25)
+    else:
+        data = encode_audio(speech_like_audio(2.0), 16_000, "wav")
+    with pytest.raises(MediaTooLargeError):
+        decode_media(data, DecodeConfig(analyze_faces=False, max_duration_s=1.0))
+    clip = decode_media(data, DecodeConfig(analyze_faces=False, max_duration_s=3.0))
+    assert clip.meta.duration_s == pytest.approx(2.0, abs=0.05)
+
+
+def test_frames_over_max_pixels_are_too_large() -> None:
+    data = encode_image(astronaut(), "png")
+    with pytest.raises(MediaTooLargeError):
+        decode_media(data, DecodeConfig(analyze_faces=False, max_pixels=512 * 512 - 1))
+
+
+def test_playlists_cannot_read_local_files(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ffconcat upload naming a file next to the server's working directory must not be followed."""
+    (tmp_path / "secret.mp4").write_bytes(encode_video(numbered_frames(10), "mp4", "libx264", 25))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotMediaError):
+        decode_media(b"ffconcat version 1.0\nfile 'secret.mp4'\n", NO_FACES)
+
+
+def test_decode_runs_face_analysis_by_default() -> None:
+    photo = astronaut()
+    clip = decode_media(encode_image(photo, "png"))
+    assert clip.face_found.tolist() == [True] and clip.meta.face_coverage == 1.0
+    assert not np.isnan(clip.landmarks).any()
+
+
+def test_decode_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="analysis_fps"):
+        DecodeConfig(analysis_fps=0)
+    with pytest.raises(ValueError, match="max_frames"):
+        DecodeConfig(max_frames=-1)

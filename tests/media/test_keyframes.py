@@ -1,0 +1,114 @@
+"""select_keyframes / find_hotspots: diversity, suspicion, hotspot timing and edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from media import Hotspot, find_hotspots, select_keyframes
+
+STEP = 0.1  # grid step of the synthetic clips, seconds
+
+
+def three_act_clip(n_per_act: int = 10, seed: int = 0) -> np.ndarray:
+    """`(3 * n, 96, 128, 3)`: a static scene, then a slowly drifting square, then a fast one."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(60, 120, (96, 128, 3)).astype(np.uint8)
+    frames = []
+    for act, speed in enumerate((0, 1, 6)):
+        for i in range(n_per_act):
+            frame = background.copy()
+            x = 20 + speed * i
+            frame[30:60, x : x + 30] = (230, 200, 40) if act else (40, 40, 40)
+            frames.append(frame)
+    return np.stack(frames)
+
+
+def test_keyframes_are_diverse_suspicious_and_sorted() -> None:
+    frames = three_act_clip()
+    times = np.arange(len(frames)) * STEP
+    scores = np.full(len(frames), 0.1)
+    scores[12:17] = 0.8
+    scores[14] = 0.97  # the most suspicious frame
+    selection = select_keyframes(frames, times, scores, k=4)
+    indices = [kf.index for kf in selection.keyframes]
+    assert len(indices) == 4 and len(set(indices)) == 4
+    assert indices == sorted(indices)
+    assert 14 in indices
+    acts = {i // 10 for i in indices}
+    assert acts == {0, 1, 2}  # one keyframe per kind of motion at least
+    for kf in selection.keyframes:
+        assert kf.t == pytest.approx(times[kf.index]) and kf.score == pytest.approx(scores[kf.index])
+    motion = selection.motion  # (T,)
+    assert motion.shape == (30,)
+    assert motion[1:10].max() < 0.05 < motion[21:30].mean()  # static act vs fast act
+    assert motion[11:20].mean() < motion[21:30].mean()
+
+
+def test_hotspot_matches_injected_run() -> None:
+    frames = three_act_clip()
+    times = 2.0 + np.arange(len(frames)) * STEP  # clips need not start at zero
+    scores = np.full(len(frames), 0.2)
+    scores[12:17] = [0.6, 0.7, 0.9, 0.7, 0.6]
+    selection = select_keyframes(frames, times, scores, k=3, hotspot_threshold=0.5)
+    assert len(selection.hotspots) == 1
+    hotspot = selection.hotspots[0]
+    assert hotspot.start == pytest.approx(times[12])
+    assert hotspot.end == pytest.approx(times[16] + STEP)
+    assert hotspot.score == pytest.approx(0.7)
+    assert any(kf.index == 14 for kf in selection.keyframes)
+
+
+def test_hotspots_several_runs_edges_and_minimum_length() -> None:
+    times = np.arange(10) * STEP
+    scores = np.array([0.9, 0.9, 0.1, 0.5, 0.1, 0.1, 0.6, 0.7, 0.8, 0.9])
+    hotspots = find_hotspots(times, scores, threshold=0.5)
+    assert [(round(h.start, 6), round(h.end, 6)) for h in hotspots] == [(0.0, 0.2), (0.3, 0.4), (0.6, 1.0)]
+    assert hotspots[2].score == pytest.approx(0.75)
+    assert [h.start for h in find_hotspots(times, scores, 0.5, min_duration_s=0.15)] == pytest.approx([0.0, 0.6])
+    assert find_hotspots(times, np.zeros(10), 0.5) == []
+    assert find_hotspots(np.zeros(0), np.zeros(0), 0.5) == []
+
+
+def test_static_clip_with_flat_scores_still_spreads_keyframes() -> None:
+    frames = np.repeat(three_act_clip()[:1], 40, axis=0)
+    selection = select_keyframes(frames, np.arange(40) * STEP, np.full(40, 0.3), k=4)
+    indices = [kf.index for kf in selection.keyframes]
+    assert len(set(indices)) == 4
+    assert max(np.diff(indices)) < 25 and indices[-1] - indices[0] >= 20
+
+
+def test_deterministic_for_a_seed() -> None:
+    frames = three_act_clip(seed=3)
+    scores = np.random.default_rng(1).uniform(size=len(frames))
+    times = np.arange(len(frames)) * STEP
+    first = select_keyframes(frames, times, scores, k=5, seed=11)
+    again = select_keyframes(frames, times, scores, k=5, seed=11)
+    assert first.keyframes == again.keyframes and first.hotspots == again.hotspots
+    np.testing.assert_array_equal(first.motion, again.motion)
+
+
+def test_empty_clip() -> None:
+    selection = select_keyframes(np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0), np.zeros(0))
+    assert selection.keyframes == [] and selection.hotspots == [] and selection.motion.shape == (0,)
+
+
+def test_single_frame() -> None:
+    selection = select_keyframes(three_act_clip()[:1], np.array([0.0]), np.array([0.8]), k=4)
+    assert [(kf.index, kf.t, kf.score) for kf in selection.keyframes] == [(0, 0.0, 0.8)]
+    assert selection.hotspots == [Hotspot(start=0.0, end=0.0, score=0.8)]
+    np.testing.assert_array_equal(selection.motion, [0.0])
+
+
+def test_fewer_frames_than_k_returns_all_frames() -> None:
+    frames = three_act_clip()[18:21]
+    selection = select_keyframes(frames, np.arange(3) * STEP, np.array([0.2, 0.9, 0.4]), k=4)
+    assert [kf.index for kf in selection.keyframes] == [0, 1, 2]
+
+
+def test_inconsistent_inputs_are_rejected() -> None:
+    frames = three_act_clip()[:5]
+    with pytest.raises(ValueError):
+        select_keyframes(frames, np.arange(4) * STEP, np.zeros(5))
+    with pytest.raises(ValueError):
+        select_keyframes(frames, np.arange(5) * STEP, np.zeros(5), k=0)
