@@ -402,3 +402,30 @@ def _pix_fmt_for(codec: str) -> str:
     if not formats or "yuv420p" in formats:
         return "yuv420p"
     return "yuvj420p" if "yuvj420p" in formats else formats[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.mediagen OUT.mp4 --seconds 10 --size 1280x720`: a talking-face sample clip."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-audio", action="store_true")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    container = {".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}.get(args.out.suffix, "mp4")
+    data = talking_face_video(
+        seconds=args.seconds, size=(width, height), fps=args.fps, container=container,
+        with_audio=not args.no_audio, seed=args.seed,
+    )
+    args.out.write_bytes(data)
+    print(f"wrote {args.out} ({len(data)} bytes, {args.seconds:g} s, {width}x{height} @ {args.fps:g} fps)")
+
+
+if __name__ == "__main__":
+    main()

@@ -79,3 +79,39 @@ def test_rollout_then_bad_version_then_rollback(service):
     )
     assert restored["FastTriage"]["status"] == "HEALTHY"
     assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v0"
+
+
+def test_triage_early_exit_follows_user_config(service):
+    clip = talking_face_video(seconds=2.0, size=(320, 240), fps=25, with_audio=True, seed=6)
+    config = service.fresh_config()
+    # Every clip scoring below 0.999 now counts as settled-real by triage alone.
+    service.deployment_config(config, "FastTriage")["user_config"].update(early_exit_low=0.999, early_exit_high=1.0)
+    try:
+        service.deploy(config)
+        deadline, body = time.monotonic() + WAIT_S, {}
+        while time.monotonic() < deadline:
+            with service.client() as c:
+                r = c.post("/v1/analyze", files={"file": ("clip.mp4", clip)})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            if body["early_exit"]:
+                break
+            time.sleep(2)
+        assert body["early_exit"] is True, body
+        assert body["verdict"] == "real" and body["is_fake"] is False
+        assert body["modalities"]["triage"]["status"] == "ok"
+        for m in ("visual", "av", "audio"):
+            assert body["modalities"][m]["status"] == "skipped"
+            assert body["modalities"][m]["reason"].startswith("early exit")
+        assert set(body["models"]) == {"MediaDecoder", "FastTriage"}
+        assert body["keyframes"] == [] and "fusion" not in body["timings_ms"]
+        assert body["gate_weights"]["triage"] == 1.0
+    finally:
+        service.deploy(service.fresh_config())
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        with service.client() as c:
+            if not c.post("/v1/analyze", files={"file": ("clip.mp4", clip)}).json()["early_exit"]:
+                return
+        time.sleep(2)
+    pytest.fail("early exit still on after restoring the config")
