@@ -19,7 +19,9 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 FLOW_MAX_SIDE = 160  # optical flow runs on grayscale frames this long: motion statistics, not detail
-_TIME_WEIGHT = 0.5  # weight of the time feature relative to the standardized motion/score features
+_TIME_WEIGHT = 1.0  # time spreads keyframes over the clip as much as any motion statistic
+_SCORE_SCALE = 0.1  # a 0.1 difference in P(fake) counts as one unit; scores are never standardized
+_SCORE_TIE = 0.02  # within a cluster, scores this close to its best are equally suspicious
 
 
 @dataclass
@@ -74,8 +76,8 @@ def select_keyframes(
         return KeyframeSelection(keyframes=[], hotspots=[], motion=np.zeros(0, np.float32))
     magnitude_mean, magnitude_std = motion_statistics(frames)  # (T,), (T,)
     change = np.abs(np.diff(magnitude_mean, prepend=magnitude_mean[0]))  # (T,)
-    features = np.stack([magnitude_mean, magnitude_std, change, scores], axis=1)  # (T, 4)
-    chosen = _pick_diverse(features, timestamps, scores, min(k, n_frames), seed)
+    motion = np.stack([magnitude_mean, magnitude_std, change], axis=1)  # (T, 3)
+    chosen = _pick_diverse(motion, timestamps, scores, min(k, n_frames), seed)
     keyframes = [Keyframe(index=int(i), t=float(timestamps[i]), score=float(scores[i])) for i in sorted(chosen)]
     hotspots = find_hotspots(timestamps, scores, hotspot_threshold, min_hotspot_s)
     return KeyframeSelection(keyframes=keyframes, hotspots=hotspots, motion=magnitude_mean.astype(np.float32))
@@ -121,23 +123,32 @@ def find_hotspots(
 
 
 def _pick_diverse(features: np.ndarray, timestamps: np.ndarray, scores: np.ndarray, k: int, seed: int) -> list[int]:
-    """Indices of `k` distinct frames: the top-scoring frame of each KMeans cluster, topped up by score."""
+    """Indices of `k` distinct frames: the top-scoring frame of each KMeans cluster, topped up by score.
+
+    Motion statistics are standardized (their units are arbitrary); scores are probabilities and
+    keep a fixed scale, so near-constant scores (an unsure model) cannot dominate the clustering
+    and collapse every keyframe into one stretch of the clip.
+    """
     n_frames = len(features)
     if k >= n_frames:
         return list(range(n_frames))
     span = float(timestamps[-1] - timestamps[0]) or 1.0
     std = features.std(axis=0)
-    standardized = (features - features.mean(axis=0)) / np.where(std > 1e-9, std, 1.0)  # (T, 4)
+    standardized = (features - features.mean(axis=0)) / np.where(std > 1e-9, std, 1.0)  # (T, 3)
     # uniform time over [0, 1] has std 1/sqrt(12): rescale to unit variance, then weight
     relative_time = (timestamps - timestamps[0]) / span * np.sqrt(12.0) * _TIME_WEIGHT
-    descriptor = np.column_stack([standardized, relative_time])  # (T, 5)
+    descriptor = np.column_stack([standardized, scores / _SCORE_SCALE, relative_time])  # (T, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate descriptors: fewer distinct clusters
-        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(descriptor)
+        kmeans = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(descriptor)
+    labels = kmeans.labels_
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        chosen.append(int(members[np.argmax(scores[members])]))
+        # The most suspicious frame; among near-ties the most representative one (nearest the centre).
+        tied = members[scores[members] >= scores[members].max() - _SCORE_TIE]
+        distance = np.linalg.norm(descriptor[tied] - kmeans.cluster_centers_[label], axis=1)
+        chosen.append(int(tied[np.argmin(distance)]))
     for i in np.argsort(-scores, kind="stable"):  # clusters collapsed: fill with the most suspicious rest
         if len(chosen) >= k:
             break

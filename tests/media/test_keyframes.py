@@ -78,6 +78,25 @@ def test_static_clip_with_flat_scores_still_spreads_keyframes() -> None:
     assert max(np.diff(indices)) < 25 and indices[-1] - indices[0] >= 20
 
 
+def test_unsure_scores_with_a_warm_up_transient_do_not_bunch_keyframes() -> None:
+    """An untrained LSTM scores frame 0 a little higher and then drifts by ~1e-4: such noise must not
+    pull every keyframe to the start of the clip."""
+    frames = np.concatenate([three_act_clip(seed=s) for s in range(4)])[:100]  # varied motion, 10 s
+    scores = 0.4928 + 0.003 * np.exp(-np.arange(100) / 2.0)
+    selection = select_keyframes(frames, np.arange(100) * STEP, scores, k=4)
+    times = [kf.t for kf in selection.keyframes]
+    assert times[-1] - times[0] >= 3.0, times
+    assert sum(t < 1.0 for t in times) <= 1, times
+
+
+def test_a_clearly_suspicious_frame_is_still_chosen() -> None:
+    frames = np.concatenate([three_act_clip(seed=s) for s in range(4)])[:100]
+    scores = np.full(100, 0.3)
+    scores[57] = 0.9
+    selection = select_keyframes(frames, np.arange(100) * STEP, scores, k=4)
+    assert 57 in [kf.index for kf in selection.keyframes]
+
+
 def test_deterministic_for_a_seed() -> None:
     frames = three_act_clip(seed=3)
     scores = np.random.default_rng(1).uniform(size=len(frames))
