@@ -315,8 +315,11 @@ class SpectraShieldIngress:
             artifacts=artifacts,
             gate_weights=gate_weights,
             modalities=modalities,
-            keyframes=[KeyframeOut(t=k.t, score=k.score) for k in (keyframes.keyframes if keyframes else [])],
-            hotspots=[HotspotOut(start=h.start, end=h.end, score=h.score) for h in (keyframes.hotspots if keyframes else [])],
+            keyframes=[KeyframeOut(t=round(k.t, 3), score=k.score) for k in (keyframes.keyframes if keyframes else [])],
+            hotspots=[
+                HotspotOut(start=round(h.start, 3), end=round(h.end, 3), score=h.score)
+                for h in (keyframes.hotspots if keyframes else [])
+            ],
             media=MediaInfo(
                 kind=meta.kind, duration_s=meta.duration_s, native_fps=meta.native_fps, width=meta.width,
                 height=meta.height, rotation=meta.rotation, has_audio=meta.has_audio,

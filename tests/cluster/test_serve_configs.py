@@ -1,0 +1,70 @@
+"""The Serve configs in cluster/ validate against Serve's own schema and match the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.av_alignment import AVConfig
+from deployments.compression import CompressionConfig
+from deployments.decoder import DecoderConfig
+from deployments.fusion import FusionConfig
+from deployments.ingress import IngressConfig
+from deployments.keyframes import KeyframeConfig
+from deployments.triage import TriageConfig
+from graph import GraphArgs, build_app
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+USER_CONFIGS = {
+    "Ingress": IngressConfig, "MediaDecoder": DecoderConfig, "FastTriage": TriageConfig,
+    "KeyframeSelector": KeyframeConfig, "CompressionResilient": CompressionConfig,
+    "AVAlignment": AVConfig, "Fusion": FusionConfig,
+}
+MODEL_DEPLOYMENTS = ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion")
+
+
+def _load(name: str) -> ServeDeploySchema:
+    return ServeDeploySchema.model_validate(yaml.safe_load((CLUSTER / name).read_text()))
+
+
+def _graph_deployment_names() -> set[str]:
+    names, todo = set(), [build_app(GraphArgs())]
+    while todo:
+        deployment = todo.pop()._bound_deployment
+        names.add(deployment.name)
+        todo.extend(a for a in deployment.init_args if isinstance(a, Application))
+    return names
+
+
+@pytest.mark.parametrize("profile", ["serve.cpu.yaml", "serve.gpu.yaml"])
+def test_profile_validates_and_names_every_graph_deployment(profile: str) -> None:
+    (app,) = _load(profile).applications
+    assert app.import_path == "graph:build_app"
+    GraphArgs.model_validate(app.args)
+    names = {d.name for d in app.deployments}
+    assert names == _graph_deployment_names() == set(USER_CONFIGS)
+    for d in app.deployments:
+        USER_CONFIGS[d.name].model_validate(d.user_config)  # a typo in a user_config fails here, not at deploy
+        assert d.autoscaling_config["min_replicas"] >= 1
+        assert d.autoscaling_config["max_replicas"] >= d.autoscaling_config["min_replicas"]
+
+
+def test_cpu_profile_fits_two_cores_and_listens_on_loopback() -> None:
+    config = _load("serve.cpu.yaml")
+    assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
+    (app,) = config.applications
+    cpus = sum(d.ray_actor_options.num_cpus * d.autoscaling_config["min_replicas"] for d in app.deployments)
+    assert cpus <= 2.0
+    assert all(not d.ray_actor_options.num_gpus for d in app.deployments)
+
+
+def test_gpu_profile_packs_one_replica_of_every_model_onto_one_gpu() -> None:
+    (app,) = _load("serve.gpu.yaml").applications
+    gpus = {d.name: d.ray_actor_options.num_gpus or 0 for d in app.deployments}
+    assert all(0 < gpus[name] < 1 for name in MODEL_DEPLOYMENTS)
+    assert sum(gpus[name] for name in MODEL_DEPLOYMENTS) <= 1.0
+    assert gpus["MediaDecoder"] == 0 and gpus["KeyframeSelector"] == 0
