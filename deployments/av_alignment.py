@@ -10,15 +10,14 @@ import torch
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import BranchResult, Timer, VersionedModel, configure_torch_threads, sigmoid
+from deployments.common import BranchResult, Timer, VersionedModel, WeightsConfig, configure_torch_threads, sigmoid
 from media import Clip
 from models.fusion import audio_features, av_features
 
 
-class AVConfig(BaseModel):
+class AVConfig(WeightsConfig):
     """user_config of AVAlignment."""
 
-    version: str = "v0"
     min_face_coverage: float = Field(0.5, ge=0.0, le=1.0)  # below this the lips are not trusted
     max_audio_s: float = Field(30.0, gt=0)  # longer audio is cut to bound latency
 
@@ -38,10 +37,10 @@ class AVAlignmentDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = AVConfig.model_validate(user_config or {})
-        self.weights.load(self.config.version)
+        self.weights.apply(self.config)
 
-    def _run(self, clip: Clip) -> AVResult:
-        bundle, cfg = self.weights.bundle, self.config
+    def _run(self, bundle, clip: Clip) -> AVResult:
+        cfg = self.config
         info = self.weights.info(bundle)
         if not clip.meta.has_audio or clip.audio.size == 0:
             skipped = BranchResult("av", "skipped", info, reason="no audio")
@@ -82,8 +81,10 @@ class AVAlignmentDeployment:
         )
         return AVResult(av_branch, audio_branch)
 
-    async def __call__(self, clip: Clip) -> AVResult:
-        return await asyncio.to_thread(self._run, clip)
+    async def __call__(self, clip: Clip, pin: str | None = None) -> AVResult:
+        """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
+        bundle = self.weights.choose(pin)
+        return await asyncio.to_thread(self._run, bundle, clip)
 
     def info(self):
         return self.weights.info()

@@ -5,15 +5,17 @@ Kept here so each deployment module stays a thin adapter between Serve and `mode
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import threading
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,6 +32,31 @@ class ModelInfo:
     sha256: str | None = None
     requested_version: str | None = None
     error: str | None = None  # last failed reconfigure, while the previous version keeps serving
+    placement: dict[str, Any] = field(default_factory=dict)  # replica id, node id, GPU ids of the answering replica
+    canary: dict[str, Any] | None = None  # {"version", "fraction"} while a canary is configured
+
+
+def replica_placement() -> dict[str, Any]:
+    """Which replica, node and GPUs this process is: lets operators and tests see packing and rollouts."""
+    return dict(_placement())
+
+
+@functools.cache
+def _placement() -> tuple[tuple[str, Any], ...]:
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():  # get_runtime_context() would start a local Ray
+        return ()
+    try:
+        ctx = ray.get_runtime_context()
+        return (
+            ("replica_id", serve.get_replica_context().replica_id.unique_id),
+            ("node_id", ctx.get_node_id()),
+            ("gpu_ids", [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]),
+        )
+    except Exception:  # outside a Serve replica (in-process use, tests)
+        return ()
 
 
 @dataclass
@@ -52,12 +79,11 @@ def sigmoid(x: float) -> float:
 
 def replica_cpu_share(default: float = 1.0) -> float:
     """The CPU share Ray assigned to this replica (fractional), or `default` outside Ray."""
-    try:
-        import ray
+    import ray
 
-        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", default))
-    except Exception:  # outside a Ray worker
+    if not ray.is_initialized():  # get_runtime_context() would start a local Ray
         return default
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", default))
 
 
 def configure_torch_threads() -> int:
@@ -84,22 +110,46 @@ def images_to_tensor(images: np.ndarray, device: str = "cpu"):
     return t.permute(0, 3, 1, 2).to(device=device, dtype=torch.float32).div_(255.0)
 
 
-class VersionedModel:
-    """The weights a deployment serves, swapped atomically by `reconfigure`.
+class UnknownVersionError(ValueError):
+    """A request pinned a weights version this deployment does not serve (HTTP 400)."""
 
-    A version that fails to load (checksum, keys, shapes) is recorded in `error` and the
-    previous version keeps serving; only the very first load may raise, since a replica
-    with no weights cannot answer at all.
+
+class CanaryConfig(BaseModel):
+    """A second version that answers a random `fraction` of requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    fraction: float = Field(ge=0.0, le=1.0)
+
+
+class WeightsConfig(BaseModel):
+    """The weights part of a model deployment's user_config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = "v0"
+    canary: CanaryConfig | None = None
+
+
+class VersionedModel:
+    """The weights a deployment serves (a primary and optionally a canary), swapped atomically.
+
+    A version that fails to load (checksum, keys, shapes) is recorded in `error` and never takes
+    traffic: the previous primary (or canary) keeps serving. Only the very first primary load may
+    raise, since a replica with no weights cannot answer at all.
     """
 
     def __init__(self, deployment: str, bundle_name: str, weights_dir: str | None = None) -> None:
         self.deployment = deployment
         self.bundle_name = bundle_name
         self.weights_dir = weights_dir
-        self._lock = threading.Lock()
         self._bundle: Any = None
+        self._canary: Any = None
+        self._canary_fraction = 0.0
         self._requested: str | None = None
         self._error: str | None = None
+        self._rng = random.Random()
         self.device = pick_device()
 
     def _root(self) -> Path:
@@ -107,39 +157,65 @@ class VersionedModel:
 
         return Path(self.weights_dir) if self.weights_dir else weights_root()
 
-    def load(self, version: str) -> None:
+    def _load(self, version: str, current: Any) -> Any:
+        """The bundle for `version`: `current` when it already is that version, else a fresh load."""
         from models.bundle import load_bundle
 
-        self._requested = version
-        if self._bundle is not None and self._bundle.version == version and self._error is None:
-            return
+        if current is not None and current.version == version:
+            return current
         started = time.perf_counter()
-        try:
-            bundle = load_bundle(self._root() / self.bundle_name / version, device=self.device)
-        except Exception as exc:  # any failure keeps the old weights serving
-            self._error = f"{self.bundle_name}/{version}: {type(exc).__name__}: {exc}"
-            if self._bundle is None:
-                raise
-            logger.error("keeping %s/%s after failed load: %s", self.bundle_name, self._bundle.version, self._error)
-            return
-        with self._lock:
-            self._bundle = bundle
-            self._error = None
+        bundle = load_bundle(self._root() / self.bundle_name / version, device=self.device)
         logger.info(
-            "%s serving %s/%s (trained=%s) loaded in %.0f ms",
+            "%s loaded %s/%s (trained=%s) in %.0f ms",
             self.deployment, self.bundle_name, version, bundle.trained, (time.perf_counter() - started) * 1e3,
         )
+        return bundle
 
-    @property
-    def model(self):
-        return self._bundle.model
+    def apply(self, config: WeightsConfig) -> None:
+        """Load what `config` names; each failure is reported and leaves that slot as it was."""
+        self._requested = config.version
+        errors = []
+        try:
+            self._bundle = self._load(config.version, self._bundle)
+        except Exception as exc:
+            if self._bundle is None:
+                raise
+            errors.append(f"{self.bundle_name}/{config.version}: {type(exc).__name__}: {exc}")
+        if config.canary is None or config.canary.version == self._bundle.version:
+            self._canary, self._canary_fraction = None, 0.0
+        else:
+            try:
+                self._canary = self._load(config.canary.version, self._canary)
+                self._canary_fraction = config.canary.fraction
+            except Exception as exc:
+                errors.append(f"canary {self.bundle_name}/{config.canary.version}: {type(exc).__name__}: {exc}")
+        self._error = "; ".join(errors) or None
+        if self._error:
+            logger.error("%s keeps serving %s after failed load: %s", self.deployment, self.served(), self._error)
+
+    def served(self) -> list[str]:
+        return [b.version for b in (self._bundle, self._canary) if b is not None]
+
+    def choose(self, pin: str | None = None) -> Any:
+        """The bundle for one request: the pinned version, else the canary for its fraction, else primary."""
+        primary, canary = self._bundle, self._canary
+        if pin is not None:
+            for bundle in (primary, canary):
+                if bundle is not None and pin in (bundle.version, f"{self.bundle_name}/{bundle.version}"):
+                    return bundle
+            raise UnknownVersionError(
+                f"{self.deployment} does not serve version {pin!r}; it serves {', '.join(self.served())}"
+            )
+        if canary is not None and self._rng.random() < self._canary_fraction:
+            return canary
+        return primary
 
     @property
     def bundle(self):
         return self._bundle
 
     def info(self, bundle: Any = None) -> ModelInfo:
-        """Describe `bundle` (the one a request actually used) or, by default, the current one."""
+        """Describe `bundle` (the one a request actually used) or, by default, the primary."""
         b = bundle if bundle is not None else self._bundle
         return ModelInfo(
             deployment=self.deployment,
@@ -148,6 +224,9 @@ class VersionedModel:
             sha256=b.sha256 if b else None,
             requested_version=self._requested,
             error=self._error,
+            placement=replica_placement(),
+            canary={"version": f"{self.bundle_name}/{self._canary.version}", "fraction": self._canary_fraction}
+            if self._canary is not None else None,
         )
 
 

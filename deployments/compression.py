@@ -9,16 +9,23 @@ import torch
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import BranchResult, Timer, VersionedModel, configure_torch_threads, images_to_tensor, sigmoid
+from deployments.common import (
+    BranchResult,
+    Timer,
+    VersionedModel,
+    WeightsConfig,
+    configure_torch_threads,
+    images_to_tensor,
+    sigmoid,
+)
 from deployments.keyframes import KeyframeResult
 from media import Clip
 from models.fusion import visual_features
 
 
-class CompressionConfig(BaseModel):
+class CompressionConfig(WeightsConfig):
     """user_config of CompressionResilient."""
 
-    version: str = "v0"
     max_crops: int = Field(8, ge=1, le=128)  # used when no keyframes were selected (images)
 
 
@@ -31,15 +38,14 @@ class CompressionResilientDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = CompressionConfig.model_validate(user_config or {})
-        self.weights.load(self.config.version)
+        self.weights.apply(self.config)
 
     def _frame_indices(self, clip: Clip, keyframes: KeyframeResult | None) -> np.ndarray:
         if keyframes is not None and keyframes.keyframes:
             return np.asarray(keyframes.indices, dtype=np.int64)
         return np.linspace(0, clip.n_frames - 1, min(clip.n_frames, self.config.max_crops)).round().astype(np.int64)
 
-    def _run(self, clip: Clip, keyframes: KeyframeResult | None) -> BranchResult:
-        bundle = self.weights.bundle
+    def _run(self, bundle, clip: Clip, keyframes: KeyframeResult | None) -> BranchResult:
         info = self.weights.info(bundle)
         if clip.n_frames == 0:
             return BranchResult("visual", "skipped", info, reason="no video frames")
@@ -65,8 +71,10 @@ class CompressionResilientDeployment:
             timing_ms=timer.ms,
         )
 
-    async def __call__(self, clip: Clip, keyframes: KeyframeResult | None = None) -> BranchResult:
-        return await asyncio.to_thread(self._run, clip, keyframes)
+    async def __call__(self, clip: Clip, keyframes: KeyframeResult | None = None, pin: str | None = None) -> BranchResult:
+        """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
+        bundle = self.weights.choose(pin)
+        return await asyncio.to_thread(self._run, bundle, clip, keyframes)
 
     def info(self):
         return self.weights.info()

@@ -10,7 +10,7 @@ import ray
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import ModelInfo
+from deployments.common import ModelInfo, replica_placement
 from media import Clip, DecodeConfig, decode_media
 
 
@@ -44,7 +44,9 @@ class MediaDecoderDeployment:
         return await asyncio.to_thread(decode_media, data, self.config)
 
     def info(self) -> ModelInfo:
-        return ModelInfo(deployment="MediaDecoder", version=self._landmarks_version, trained=True)
+        return ModelInfo(
+            deployment="MediaDecoder", version=self._landmarks_version, trained=True, placement=replica_placement()
+        )
 
     def settings(self) -> dict:
         return asdict(self.config)

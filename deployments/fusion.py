@@ -10,13 +10,12 @@ import torch
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import BranchResult, ModelInfo, Timer, VersionedModel, configure_torch_threads
+from deployments.common import BranchResult, ModelInfo, Timer, VersionedModel, WeightsConfig, configure_torch_threads
 
 
-class FusionConfig(BaseModel):
+class FusionConfig(WeightsConfig):
     """user_config of Fusion: weights version and how probabilities become verdicts."""
 
-    version: str = "v0"
     decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     uncertain_margin: float = Field(0.1, ge=0.0, lt=0.5)  # |p - threshold| below this -> "uncertain"
 
@@ -42,7 +41,7 @@ class FusionDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = FusionConfig.model_validate(user_config or {})
-        self.weights.load(self.config.version)
+        self.weights.apply(self.config)
 
     def decide(self, p: float) -> tuple[bool, str]:
         cfg = self.config
@@ -51,8 +50,7 @@ class FusionDeployment:
             return is_fake, "uncertain"
         return is_fake, "fake" if is_fake else "real"
 
-    def _run(self, branches: list[BranchResult]) -> FusionResult:
-        bundle = self.weights.bundle
+    def _run(self, bundle, branches: list[BranchResult]) -> FusionResult:
         info = self.weights.info(bundle)
         dims = dict(bundle.config.modalities)
         ok = {b.modality: b for b in branches if b.status == "ok" and b.features is not None}
@@ -85,8 +83,10 @@ class FusionDeployment:
             timing_ms=timer.ms,
         )
 
-    async def __call__(self, branches: list[BranchResult]) -> FusionResult:
-        return await asyncio.to_thread(self._run, branches)
+    async def __call__(self, branches: list[BranchResult], pin: str | None = None) -> FusionResult:
+        """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
+        bundle = self.weights.choose(pin)
+        return await asyncio.to_thread(self._run, bundle, branches)
 
     def info(self):
         return self.weights.info()

@@ -11,14 +11,14 @@ import uuid
 from typing import Any, Awaitable
 
 import ray
-from fastapi import FastAPI, File, UploadFile
+from fastapi import FastAPI, File, Header, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.av_alignment import AVResult
-from deployments.common import BranchResult, ModelInfo
+from deployments.common import BranchResult, ModelInfo, UnknownVersionError
 from deployments.fusion import FusionResult
 from deployments.keyframes import KeyframeResult
 from deployments.schemas import (
@@ -44,6 +44,8 @@ from media.errors import MediaError, UnusableMediaError
 logger = logging.getLogger("ray.serve")
 
 ERROR_NAMES = {413: "too_large", 415: "not_media", 422: "unusable_media", 400: "bad_request"}
+PINNABLE = ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion")
+PIN_HEADER = "X-Model-Versions"
 MEDIA_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
 
 api = FastAPI(
@@ -69,8 +71,21 @@ def _error(status: int, detail: str, request_id: str | None = None) -> JSONRespo
 def _version(info: ModelInfo) -> ModelVersion:
     return ModelVersion(
         version=info.version, trained=info.trained, sha256=info.sha256,
-        requested_version=info.requested_version, error=info.error,
+        requested_version=info.requested_version, error=info.error, placement=info.placement, canary=info.canary,
     )
+
+
+def parse_pins(header: str | None) -> dict[str, str]:
+    """`FastTriage=v1, Fusion=v0` -> {deployment: version}; ValueError names what is wrong."""
+    pins: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (header or "").split(","))):
+        name, sep, version = (x.strip() for x in part.partition("="))
+        if not sep or not name or not version:
+            raise ValueError(f"{PIN_HEADER}: expected Deployment=version, got {part!r}")
+        if name not in PINNABLE:
+            raise ValueError(f"{PIN_HEADER}: {name!r} has no versions; pinnable: {', '.join(PINNABLE)}")
+        pins[name] = version
+    return pins
 
 
 def _report(branch: BranchResult | None, missing_reason: str) -> ModalityReport:
@@ -153,21 +168,37 @@ class SpectraShieldIngress:
         "/v1/analyze", response_model=AnalyzeResponse, responses=MEDIA_ERRORS,
         summary="Analyse one video, image or audio file (kind recognised from its content)",
     )
-    async def analyze(self, file: UploadFile = File(..., description="the media file")):
+    async def analyze(
+        self,
+        file: UploadFile = File(..., description="the media file"),
+        model_versions: str | None = Header(
+            None, alias=PIN_HEADER,
+            description="pin weights per request for A/B checks, e.g. `FastTriage=v1, Fusion=v0`; "
+            "each must be a version the deployment serves (primary or canary), else 400",
+        ),
+    ):
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
+        try:
+            pins = parse_pins(model_versions)
+        except ValueError as exc:
+            return _error(400, str(exc), request_id)
         data = await file.read(self.config.max_upload_bytes + 1)
         if len(data) > self.config.max_upload_bytes:
             return _error(413, f"upload exceeds {self.config.max_upload_bytes} bytes", request_id)
         if not data:
             return _error(415, "empty upload: no bytes to analyse", request_id)
         try:
-            return await self._analyze(data, file.filename, request_id, started)
+            return await self._analyze(data, file.filename, request_id, started, pins)
         except MediaError as exc:
             cause = getattr(exc, "cause", exc)  # Serve wraps replica errors; the cause keeps the message
             return _error(exc.http_status, str(cause), request_id)
+        except UnknownVersionError as exc:
+            return _error(400, str(getattr(exc, "cause", exc)), request_id)
 
-    async def _analyze(self, data: bytes, filename: str | None, request_id: str, started: float) -> AnalyzeResponse:
+    async def _analyze(
+        self, data: bytes, filename: str | None, request_id: str, started: float, pins: dict[str, str]
+    ) -> AnalyzeResponse:
         timings: dict[str, float] = {}
         upload = [ray.put(data)]  # the only copy of the upload; the decoder reads it by reference
         clip_response = self.decoder.decode.remote(upload)
@@ -187,7 +218,8 @@ class SpectraShieldIngress:
         used: dict[str, ModelInfo] = {"MediaDecoder": self._decoder_info}
 
         if meta.kind == "video":
-            triage = await _timed(timings, "triage", self.triage.remote(clip_response))
+            triage_call = self.triage.remote(clip_response, pin=pins.get("FastTriage"))
+            triage = await _timed(timings, "triage", triage_call)
             used["FastTriage"] = triage.branch.model
         early = triage is not None and triage.early_exit is not None
 
@@ -196,16 +228,20 @@ class SpectraShieldIngress:
             if meta.kind == "video" and clip.n_frames > 0:
                 async def keyframes_then_visual() -> tuple[KeyframeResult, BranchResult]:
                     kf = await _timed(timings, "keyframes", self.keyframes.remote(clip_response, triage.frame_scores))
-                    vis = await _timed(timings, "visual", self.compression.remote(clip_response, kf))
+                    visual_call = self.compression.remote(clip_response, kf, pin=pins.get("CompressionResilient"))
+                    vis = await _timed(timings, "visual", visual_call)
                     return kf, vis
                 calls["visual"] = keyframes_then_visual()
             elif meta.kind == "image":
-                calls["visual"] = _timed(timings, "visual", self.compression.remote(clip_response, None))
+                visual_call = self.compression.remote(clip_response, None, pin=pins.get("CompressionResilient"))
+                calls["visual"] = _timed(timings, "visual", visual_call)
             if meta.has_audio and meta.kind != "image":
-                calls["av"] = _timed(timings, "av", self.av.remote(clip_response))
+                calls["av"] = _timed(timings, "av", self.av.remote(clip_response, pin=pins.get("AVAlignment")))
             results = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True)))
             failures: dict[str, str] = {}
             for name, result in results.items():
+                if isinstance(result, UnknownVersionError):
+                    raise result
                 if isinstance(result, BaseException):
                     logger.exception("request %s: %s branch failed", request_id, name, exc_info=result)
                     failures[name] = f"{type(getattr(result, 'cause', result)).__name__}: {getattr(result, 'cause', result)}"
@@ -224,7 +260,7 @@ class SpectraShieldIngress:
             ) if b is not None]
             if not any(b.status == "ok" for b in branches):
                 raise _unusable(failures, branches)
-            fused = await _timed(timings, "fusion", self.fusion.remote(branches))
+            fused = await _timed(timings, "fusion", self.fusion.remote(branches, pin=pins.get("Fusion")))
             used["Fusion"] = fused.model
         else:
             failures = {}

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import ModelInfo, Timer
+from deployments.common import ModelInfo, Timer, replica_placement
 from media import Clip, select_keyframes
 from media.keyframes import Hotspot, Keyframe
 
@@ -57,4 +57,6 @@ class KeyframeSelectorDeployment:
         return await asyncio.to_thread(self._run, clip, frame_scores)
 
     def info(self) -> ModelInfo:
-        return ModelInfo(deployment="KeyframeSelector", version=ALGORITHM_VERSION, trained=None)
+        return ModelInfo(
+            deployment="KeyframeSelector", version=ALGORITHM_VERSION, trained=None, placement=replica_placement()
+        )

@@ -33,6 +33,12 @@ class ModelVersion(BaseModel):
     sha256: str | None = None
     requested_version: str | None = None
     error: str | None = Field(None, description="last version that failed to load; the reported version keeps serving")
+    canary: dict[str, str | float] | None = Field(
+        None, description="{version, fraction} of the canary this deployment also serves, if any"
+    )
+    placement: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="replica_id, node_id and gpu_ids of the replica that answered"
+    )
 
 
 class AudioMismatch(BaseModel):

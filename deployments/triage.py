@@ -10,15 +10,22 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 from ray import serve
 
-from deployments.common import BranchResult, Timer, VersionedModel, configure_torch_threads, images_to_tensor, sigmoid
+from deployments.common import (
+    BranchResult,
+    Timer,
+    VersionedModel,
+    WeightsConfig,
+    configure_torch_threads,
+    images_to_tensor,
+    sigmoid,
+)
 from media import Clip
 from models.fusion import triage_features
 
 
-class TriageConfig(BaseModel):
+class TriageConfig(WeightsConfig):
     """user_config of FastTriage. The clip exits early when p_triage < low or > high."""
 
-    version: str = "v0"
     early_exit_low: float = Field(0.02, ge=0.0, le=1.0)
     early_exit_high: float = Field(0.98, ge=0.0, le=1.0)
 
@@ -45,10 +52,10 @@ class FastTriageDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = TriageConfig.model_validate(user_config or {})
-        self.weights.load(self.config.version)
+        self.weights.apply(self.config)
 
-    def _run(self, clip: Clip) -> TriageResult:
-        bundle, cfg = self.weights.bundle, self.config
+    def _run(self, bundle, clip: Clip) -> TriageResult:
+        cfg = self.config
         info = self.weights.info(bundle)
         if clip.n_frames == 0:
             return TriageResult(BranchResult("triage", "skipped", info, reason="no video frames"))
@@ -68,8 +75,10 @@ class FastTriageDeployment:
         scores = (1.0 / (1.0 + np.exp(-frame_logits))).astype(np.float32)
         return TriageResult(branch, scores, early)
 
-    async def __call__(self, clip: Clip) -> TriageResult:
-        return await asyncio.to_thread(self._run, clip)
+    async def __call__(self, clip: Clip, pin: str | None = None) -> TriageResult:
+        """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
+        bundle = self.weights.choose(pin)
+        return await asyncio.to_thread(self._run, bundle, clip)
 
     def info(self):
         return self.weights.info()
