@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
 
@@ -37,10 +38,43 @@ def _analyze_versions(service, clip: bytes) -> dict:
     return {name: m["version"] for name, m in r.json()["models"].items()}
 
 
-def _with_triage_version(service, version: str) -> dict:
+def _with_triage_version(service, version: str, canary: dict | None = None) -> dict:
     config = service.fresh_config()
-    service.deployment_config(config, "FastTriage")["user_config"]["version"] = version
+    user_config = service.deployment_config(config, "FastTriage")["user_config"]
+    user_config["version"] = version
+    if canary is not None:
+        user_config["canary"] = canary
     return config
+
+
+class SteadyLoad:
+    """Posts clips back to back from a thread until stopped; every status code is kept."""
+
+    def __init__(self, service, clip: bytes) -> None:
+        self.service, self.clip = service, clip
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.service.client() as c:
+            while not self._stop.is_set() and len(self.statuses) < 500:
+                try:
+                    self.statuses.append(c.post("/v1/analyze", files={"file": ("clip.mp4", self.clip)}).status_code)
+                except Exception:  # a dropped connection counts as a failure
+                    self.statuses.append(-1)
+
+    def __enter__(self) -> "SteadyLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+def _replicas(models: dict) -> dict[str, str]:
+    return {name: dep["model"]["placement"].get("replica_id") for name, dep in models.items()}
 
 
 def test_rollout_then_bad_version_then_rollback(service):
@@ -55,12 +89,17 @@ def test_rollout_then_bad_version_then_rollback(service):
 
     before = _models(service)
     try:
-        service.deploy(_with_triage_version(service, "v1"))
-        after = _wait_for(
-            service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/v1", "FastTriage v1"
-        )
+        with SteadyLoad(service, clip) as load:
+            service.deploy(_with_triage_version(service, "v1"))
+            after = _wait_for(
+                service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/v1", "FastTriage v1"
+            )
+            time.sleep(3)  # keep the load on a little past the switch
+        assert load.statuses and set(load.statuses) == {200}, load.statuses
         for name in ("CompressionResilient", "AVAlignment", "Fusion"):
-            assert after[name]["model"] == before[name]["model"], name
+            assert after[name]["model"]["version"] == before[name]["model"]["version"], name
+        # A user_config change is applied in place: every deployment keeps its replicas, FastTriage included.
+        assert _replicas(after) == _replicas(before)
         assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v1"
 
         service.deploy(_with_triage_version(service, "v2-corrupt"))
@@ -115,3 +154,34 @@ def test_triage_early_exit_follows_user_config(service):
                 return
         time.sleep(2)
     pytest.fail("early exit still on after restoring the config")
+
+
+def test_canary_and_per_request_pins(service):
+    clip = talking_face_video(seconds=2.0, size=(320, 240), fps=25, with_audio=True, seed=7)
+    root = service.weights_dir / "fast_triage"
+    if not (root / "v1").exists():
+        shutil.copytree(root / "v0", root / "v1")
+    try:
+        service.deploy(_with_triage_version(service, "v0", canary={"version": "v1", "fraction": 1.0}))
+        models = _wait_for(service, lambda m: m["FastTriage"]["model"]["canary"] is not None, "the canary")
+        assert models["FastTriage"]["model"]["version"] == "fast_triage/v0"
+        assert models["FastTriage"]["model"]["canary"] == {"version": "fast_triage/v1", "fraction": 1.0}
+        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v1"  # fraction 1: the canary answers
+        with service.client() as c:
+            pinned = c.post(
+                "/v1/analyze", files={"file": ("clip.mp4", clip)}, headers={"X-Model-Versions": "FastTriage=v0"}
+            )
+            assert pinned.status_code == 200, pinned.text
+            assert pinned.json()["models"]["FastTriage"]["version"] == "fast_triage/v0"
+            unknown = c.post(
+                "/v1/analyze", files={"file": ("clip.mp4", clip)}, headers={"X-Model-Versions": "FastTriage=v9"}
+            )
+            assert unknown.status_code == 400 and "v9" in unknown.json()["detail"], unknown.text
+            malformed = c.post(
+                "/v1/analyze", files={"file": ("clip.mp4", clip)}, headers={"X-Model-Versions": "Decoder=v1"}
+            )
+            assert malformed.status_code == 400, malformed.text
+            assert c.get("/healthz").status_code == 200
+    finally:
+        service.deploy(service.fresh_config())
+    _wait_for(service, lambda m: m["FastTriage"]["model"]["canary"] is None, "the canary removed")
