@@ -151,6 +151,16 @@ class VersionedModel:
         self._error: str | None = None
         self._rng = random.Random()
         self.device = pick_device()
+        self._metrics = None  # WeightsMetrics once inside a Ray worker
+
+    def _weights_metrics(self):
+        import ray
+
+        if self._metrics is None and ray.is_initialized():
+            from deployments.metrics import WeightsMetrics
+
+            self._metrics = WeightsMetrics()
+        return self._metrics
 
     def _root(self) -> Path:
         from models.bundle import weights_root
@@ -190,6 +200,8 @@ class VersionedModel:
             except Exception as exc:
                 errors.append(f"canary {self.bundle_name}/{config.canary.version}: {type(exc).__name__}: {exc}")
         self._error = "; ".join(errors) or None
+        if (m := self._weights_metrics()) is not None:
+            m.serving(self._bundle.version, self._canary.version if self._canary is not None else None)
         if self._error:
             logger.error("%s keeps serving %s after failed load: %s", self.deployment, self.served(), self._error)
 
@@ -200,15 +212,20 @@ class VersionedModel:
         """The bundle for one request: the pinned version, else the canary for its fraction, else primary."""
         primary, canary = self._bundle, self._canary
         if pin is not None:
-            for bundle in (primary, canary):
-                if bundle is not None and pin in (bundle.version, f"{self.bundle_name}/{bundle.version}"):
-                    return bundle
-            raise UnknownVersionError(
-                f"{self.deployment} does not serve version {pin!r}; it serves {', '.join(self.served())}"
-            )
-        if canary is not None and self._rng.random() < self._canary_fraction:
-            return canary
-        return primary
+            names = {pin, pin.removeprefix(f"{self.bundle_name}/")}
+            matches = [b for b in (primary, canary) if b is not None and b.version in names]
+            if not matches:
+                raise UnknownVersionError(
+                    f"{self.deployment} does not serve version {pin!r}; it serves {', '.join(self.served())}"
+                )
+            chosen = matches[0]
+        elif canary is not None and self._rng.random() < self._canary_fraction:
+            chosen = canary
+        else:
+            chosen = primary
+        if self._metrics is not None:
+            self._metrics.answered(chosen.version)
+        return chosen
 
     @property
     def bundle(self):

@@ -21,6 +21,7 @@ from deployments.av_alignment import AVResult
 from deployments.common import BranchResult, ModelInfo, UnknownVersionError
 from deployments.fusion import FusionResult
 from deployments.keyframes import KeyframeResult
+from deployments.metrics import pipeline_metrics
 from deployments.schemas import (
     AnalyzeResponse,
     Artifacts,
@@ -65,6 +66,7 @@ class IngressConfig(BaseModel):
 
 def _error(status: int, detail: str, request_id: str | None = None) -> JSONResponse:
     body = ErrorResponse(error=ERROR_NAMES.get(status, "internal"), detail=detail, request_id=request_id)
+    pipeline_metrics().errors.inc(tags={"kind": body.error})
     return JSONResponse(status_code=status, content=body.model_dump())
 
 
@@ -189,12 +191,21 @@ class SpectraShieldIngress:
         if not data:
             return _error(415, "empty upload: no bytes to analyse", request_id)
         try:
-            return await self._analyze(data, file.filename, request_id, started, pins)
+            response = await self._analyze(data, file.filename, request_id, started, pins)
         except MediaError as exc:
             cause = getattr(exc, "cause", exc)  # Serve wraps replica errors; the cause keeps the message
             return _error(exc.http_status, str(cause), request_id)
         except UnknownVersionError as exc:
             return _error(400, str(getattr(exc, "cause", exc)), request_id)
+        except Exception:
+            pipeline_metrics().errors.inc(tags={"kind": "internal"})
+            raise
+        metrics = pipeline_metrics()
+        metrics.record_timings(response.timings_ms)
+        metrics.verdicts.inc(tags={"verdict": response.verdict, "kind": response.media.kind})
+        if response.early_exit:
+            metrics.early_exits.inc(tags={"verdict": response.verdict})
+        return response
 
     async def _analyze(
         self, data: bytes, filename: str | None, request_id: str, started: float, pins: dict[str, str]
@@ -244,6 +255,7 @@ class SpectraShieldIngress:
                     raise result
                 if isinstance(result, BaseException):
                     logger.exception("request %s: %s branch failed", request_id, name, exc_info=result)
+                    pipeline_metrics().errors.inc(tags={"kind": "branch_failed"})
                     failures[name] = f"{type(getattr(result, 'cause', result)).__name__}: {getattr(result, 'cause', result)}"
                 elif name == "visual":
                     keyframes, visual = result if isinstance(result, tuple) else (None, result)

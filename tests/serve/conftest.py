@@ -8,6 +8,7 @@ and is torn down with SIGINT (Serve's own shutdown), then SIGKILL if it lingers.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -39,6 +40,7 @@ def _free_port() -> int:
 @dataclass
 class Service:
     url: str
+    ray_tmp: Path
     log: Path
     config: dict  # the config the session started with; tests that redeploy restore it
     weights_dir: Path  # a private copy of weights/ that tests may add versions to
@@ -64,6 +66,17 @@ class Service:
             env={**os.environ, "RAY_AUTH_MODE": "token"},
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+    def metrics_text(self) -> str:
+        """Everything Ray's metrics agents export, read from their loopback port like Prometheus would."""
+        found = list(self.ray_tmp.rglob("prom_metrics_service_discovery.json"))
+        assert found, "Ray wrote no Prometheus service-discovery file"
+        targets = [t for group in json.loads(found[0].read_text()) for t in group["targets"]]
+        texts = []
+        for target in targets:
+            port = target.rsplit(":", 1)[1]
+            texts.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        return "\n".join(texts)
 
     def deployment_config(self, config: dict, name: str) -> dict:
         return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
@@ -97,6 +110,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # A short private temp dir isolates this Ray from any other local one (unix socket paths max ~107 chars).
     ray_tmp = tempfile.mkdtemp(prefix="ss-ray-")
     env["RAY_TMPDIR"] = ray_tmp
+    env["RAY_metrics_report_interval_ms"] = "2000"  # metrics reach Prometheus within seconds, not ~10 s
     serve_cli = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -110,14 +124,18 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             if proc.poll() is not None:
                 pytest.fail(f"serve run exited with {proc.returncode}:\n{_tail(log)}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=15).status_code == 200:
+                ready = httpx.get(f"{url}/readyz", timeout=15)
+                if ready.status_code == 200:
                     break
-            except httpx.HTTPError:
+                failed = [n for n, d in ready.json().get("deployments", {}).items() if d["status"] == "DEPLOY_FAILED"]
+                if failed:
+                    pytest.fail(f"deployments failed to start: {failed}\n{_tail(log)}")
+            except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"service not ready after {READY_TIMEOUT_S}s:\n{_tail(log)}")
             time.sleep(2)
-        yield Service(url=url, log=log, config=config, weights_dir=weights_dir)
+        yield Service(url=url, ray_tmp=Path(ray_tmp), log=log, config=config, weights_dir=weights_dir)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -154,3 +156,28 @@ def test_openapi_describes_the_api(service):
     assert {"200", "413", "415", "422"} <= set(analyze["responses"])
     props = spec["components"]["schemas"]["AnalyzeResponse"]["properties"]
     assert RESPONSE_FIELDS <= set(props)
+
+
+def test_prometheus_metrics_are_exported(service, talking_face):
+    with service.client() as c:
+        assert _post(c, "clip.mp4", talking_face).status_code == 200
+        assert _post(c, "notes.txt", b"not media at all").status_code == 415
+    wanted = (
+        'ray_spectrashield_stage_latency_ms_bucket{',
+        'stage="decode"',
+        'stage="total"',
+        "ray_spectrashield_verdicts_total{",
+        'ray_spectrashield_errors_total{',
+        'kind="not_media"',
+        'ray_spectrashield_weights_version_info{',
+        'version="v0"',
+        'ray_spectrashield_model_requests_total{',
+    )
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = service.metrics_text()
+        if all(w in text for w in wanted):
+            break
+        time.sleep(3)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
