@@ -12,6 +12,7 @@ from deployments.compression import CompressionResilientDeployment
 from deployments.decoder import MediaDecoderDeployment
 from deployments.fusion import FusionDeployment
 from deployments.ingress import SpectraShieldIngress
+from deployments.jobs import JobQueueDeployment
 from deployments.keyframes import KeyframeSelectorDeployment
 from deployments.triage import FastTriageDeployment
 
@@ -35,7 +36,8 @@ def build_app(args: GraphArgs) -> Application:
     compression = CompressionResilientDeployment.bind(weights_dir)
     av = AVAlignmentDeployment.bind(weights_dir)
     fusion = FusionDeployment.bind(weights_dir)
-    return SpectraShieldIngress.bind(decoder, triage, keyframes, compression, av, fusion)
+    jobs = JobQueueDeployment.bind()
+    return SpectraShieldIngress.bind(decoder, triage, keyframes, compression, av, fusion, jobs)
 
 
 app = build_app(GraphArgs())

@@ -8,10 +8,10 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 import ray
-from fastapi import FastAPI, File, Header, UploadFile
+from fastapi import FastAPI, File, Header, HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.av_alignment import AVResult
 from deployments.common import BranchResult, ModelInfo, UnknownVersionError
 from deployments.fusion import FusionResult
+from deployments.jobs import Claim, UnknownJobError
 from deployments.keyframes import KeyframeResult
 from deployments.metrics import pipeline_metrics
 from deployments.schemas import (
@@ -30,6 +31,8 @@ from deployments.schemas import (
     ErrorResponse,
     HealthResponse,
     HotspotOut,
+    JobAccepted,
+    JobStatus,
     KeyframeOut,
     MediaInfo,
     ModalityReport,
@@ -40,7 +43,7 @@ from deployments.schemas import (
 )
 from deployments.triage import TriageResult
 from media import Clip
-from media.errors import MediaError, UnusableMediaError
+from media.errors import MediaError, NotMediaError, UnusableMediaError
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,6 +51,8 @@ ERROR_NAMES = {413: "too_large", 415: "not_media", 422: "unusable_media", 400: "
 PINNABLE = ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion")
 PIN_HEADER = "X-Model-Versions"
 MEDIA_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+JOB_POLL_S = 1.0  # how often an idle ingress replica asks the JobQueue for work
+Progress = Callable[[str], Awaitable[None]]
 
 api = FastAPI(
     title="SpectraShield",
@@ -115,6 +120,7 @@ class SpectraShieldIngress:
         compression: DeploymentHandle,
         av: DeploymentHandle,
         fusion: DeploymentHandle,
+        jobs: DeploymentHandle,
     ) -> None:
         self.decoder, self.triage, self.keyframes = decoder, triage, keyframes
         self.compression, self.av, self.fusion = compression, av, fusion
@@ -122,27 +128,45 @@ class SpectraShieldIngress:
             "MediaDecoder": decoder, "FastTriage": triage, "KeyframeSelector": keyframes,
             "CompressionResilient": compression, "AVAlignment": av, "Fusion": fusion,
         }
+        self.jobs = jobs
         self.config = IngressConfig()
         self._decoder_info: ModelInfo | None = None
+        self._worker_id = uuid.uuid4().hex
+        self._worker: asyncio.Task | None = None
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = IngressConfig.model_validate(user_config or {})
+
+    async def check_health(self) -> None:
+        """Serve calls this every few seconds: keep this replica's job worker alive."""
+        self._ensure_worker()
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work_jobs())
 
     # ---- probes -------------------------------------------------------------------------
     @api.get("/healthz", response_model=HealthResponse, summary="The ingress process answers")
     async def healthz(self) -> HealthResponse:
         return HealthResponse(status="ok")
 
-    async def _deployment_states(self) -> tuple[str, dict[str, DeploymentState]]:
+    async def _deployment_states(self, everything: bool = False) -> tuple[str, dict[str, DeploymentState]]:
+        """Serve's view of each deployment plus, for model deployments, the weights they serve.
+
+        `everything` adds the deployments without weights (Ingress, JobQueue) for readiness.
+        """
         app_name = serve.get_replica_context().app_name
         status = await asyncio.to_thread(serve.status)  # the controller call blocks; keep it off the loop
         app = status.applications.get(app_name)
-        states: dict[str, DeploymentState] = {}
         infos = await asyncio.gather(
             *(asyncio.wait_for(h.info.remote(), timeout=10) for h in self.handles.values()), return_exceptions=True
         )
-        for (name, _), info in zip(self.handles.items(), infos):
+        models = {name: info for name, info in zip(self.handles, infos)}
+        names = list(self.handles) + sorted(set(app.deployments) - set(self.handles) if app and everything else [])
+        states: dict[str, DeploymentState] = {}
+        for name in names:
             d = app.deployments.get(name) if app else None
+            info = models.get(name)
             states[name] = DeploymentState(
                 status=str(d.status.value) if d else "UNKNOWN",
                 replicas={str(getattr(k, "value", k)): int(v) for k, v in d.replica_states.items()} if d else {},
@@ -155,8 +179,10 @@ class SpectraShieldIngress:
         summary="Every deployment is healthy and has weights loaded",
     )
     async def readyz(self):
-        _, states = await self._deployment_states()
-        ready = all(s.status == "HEALTHY" and s.model is not None for s in states.values())
+        _, states = await self._deployment_states(everything=True)
+        ready = all(
+            s.status == "HEALTHY" and (name not in self.handles or s.model is not None) for name, s in states.items()
+        )
         body = ReadyResponse(ready=ready, deployments=states)
         return body if ready else JSONResponse(status_code=503, content=body.model_dump())
 
@@ -207,9 +233,93 @@ class SpectraShieldIngress:
             metrics.early_exits.inc(tags={"verdict": response.verdict})
         return response
 
+    # ---- asynchronous jobs --------------------------------------------------------------
+    @api.post(
+        "/v1/jobs", status_code=202, response_model=JobAccepted, responses={413: {"model": ErrorResponse}},
+        summary="Queue one or many files for analysis; poll GET /v1/jobs/{id}",
+    )
+    async def submit_job(self, files: list[UploadFile] = File(..., description="one or more media files")):
+        uploads = []
+        for f in files:
+            data = await f.read(self.config.max_upload_bytes + 1)
+            if len(data) > self.config.max_upload_bytes:
+                return _error(413, f"{f.filename}: upload exceeds {self.config.max_upload_bytes} bytes")
+            uploads.append((f.filename, data))
+        job_id = await self.jobs.submit.remote(uploads)
+        self._ensure_worker()
+        return JobAccepted(id=job_id, status_url=f"/v1/jobs/{job_id}", files=len(uploads))
+
+    @api.get(
+        "/v1/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorResponse}},
+        summary="A job's status, stage, percent, and per-file results or errors",
+    )
+    async def job_status(self, job_id: str) -> JobStatus:
+        try:
+            return JobStatus.model_validate(await self.jobs.get.remote(job_id))
+        except UnknownJobError:
+            raise HTTPException(status_code=404, detail=f"no job {job_id} (unknown, or its results expired)")
+
+    async def _work_jobs(self) -> None:
+        """Take queued files one at a time; the lease is renewed at each stage and by a heartbeat."""
+        while True:
+            try:
+                claim: Claim | None = await self.jobs.claim.remote(self._worker_id)
+            except Exception:
+                logger.exception("job queue unreachable; retrying")
+                await asyncio.sleep(5 * JOB_POLL_S)
+                continue
+            if claim is None:
+                await asyncio.sleep(JOB_POLL_S)
+                continue
+            await self._work_one(claim)
+
+    async def _work_one(self, claim: Claim) -> None:
+        async def stage(name: str) -> None:
+            await self.jobs.progress.remote(claim.job_id, claim.index, self._worker_id, name)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(10)
+                await stage(current[0])
+
+        current = ["decoding"]
+
+        async def progress(name: str) -> None:
+            current[0] = name
+            await stage(name)
+
+        beat = asyncio.get_running_loop().create_task(heartbeat())
+        result = error = None
+        request_id = uuid.uuid4().hex
+        try:
+            if not claim.data:
+                raise NotMediaError("empty upload: no bytes to analyse")
+            response = await self._analyze(claim.data, claim.filename, request_id, time.perf_counter(), {}, progress)
+            result = response.model_dump(mode="json")
+        except MediaError as exc:
+            error = {"error": ERROR_NAMES.get(exc.http_status, "bad_request"),
+                     "detail": str(getattr(exc, "cause", exc)), "request_id": request_id}
+        except Exception as exc:
+            logger.exception("job %s file %d failed", claim.job_id, claim.index)
+            error = {"error": "internal", "detail": f"{type(exc).__name__}: {getattr(exc, 'cause', exc)}",
+                     "request_id": request_id}
+        finally:
+            beat.cancel()
+        await self.jobs.complete.remote(claim.job_id, claim.index, self._worker_id, result, error)
+
     async def _analyze(
-        self, data: bytes, filename: str | None, request_id: str, started: float, pins: dict[str, str]
+        self,
+        data: bytes,
+        filename: str | None,
+        request_id: str,
+        started: float,
+        pins: dict[str, str],
+        progress: Progress | None = None,
     ) -> AnalyzeResponse:
+        async def stage(name: str) -> None:
+            if progress is not None:
+                await progress(name)
+
         timings: dict[str, float] = {}
         upload = [ray.put(data)]  # the only copy of the upload; the decoder reads it by reference
         clip_response = self.decoder.decode.remote(upload)
@@ -229,6 +339,7 @@ class SpectraShieldIngress:
         used: dict[str, ModelInfo] = {"MediaDecoder": self._decoder_info}
 
         if meta.kind == "video":
+            await stage("triage")
             triage_call = self.triage.remote(clip_response, pin=pins.get("FastTriage"))
             triage = await _timed(timings, "triage", triage_call)
             used["FastTriage"] = triage.branch.model
@@ -236,9 +347,11 @@ class SpectraShieldIngress:
 
         if not early:
             calls: dict[str, Awaitable[Any]] = {}
+            await stage("keyframes" if meta.kind == "video" else "branches")
             if meta.kind == "video" and clip.n_frames > 0:
                 async def keyframes_then_visual() -> tuple[KeyframeResult, BranchResult]:
                     kf = await _timed(timings, "keyframes", self.keyframes.remote(clip_response, triage.frame_scores))
+                    await stage("branches")
                     visual_call = self.compression.remote(clip_response, kf, pin=pins.get("CompressionResilient"))
                     vis = await _timed(timings, "visual", visual_call)
                     return kf, vis
@@ -272,6 +385,7 @@ class SpectraShieldIngress:
             ) if b is not None]
             if not any(b.status == "ok" for b in branches):
                 raise _unusable(failures, branches)
+            await stage("fusion")
             fused = await _timed(timings, "fusion", self.fusion.remote(branches, pin=pins.get("Fusion")))
             used["Fusion"] = fused.model
         else:

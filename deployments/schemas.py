@@ -97,7 +97,7 @@ class AnalyzeResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="machine-readable kind, e.g. not_media, too_large, unusable_media")
+    error: str = Field(description="machine-readable kind, e.g. not_media, too_large, unusable_media, worker_lost")
     detail: str
     request_id: str | None = None
 
@@ -120,3 +120,33 @@ class ReadyResponse(BaseModel):
 class ModelsResponse(BaseModel):
     application: str
     deployments: dict[str, DeploymentState]
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status_url: str
+    files: int
+
+
+class JobFile(BaseModel):
+    index: int
+    filename: str | None
+    status: Literal["queued", "running", "done", "failed"]
+    stage: str
+    percent: float
+    attempts: int = Field(description="how many workers have taken this file (retries after a worker died)")
+    result: AnalyzeResponse | None = None
+    error: ErrorResponse | None = None
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed"] = Field(
+        description="done: every file finished (some may have failed); failed: every file failed"
+    )
+    stage: Literal["queued", "decoding", "triage", "keyframes", "branches", "fusion", "done"]
+    percent: float
+    created: float
+    updated: float
+    finished: float | None
+    files: list[JobFile]

@@ -14,6 +14,7 @@ from deployments.compression import CompressionConfig
 from deployments.decoder import DecoderConfig
 from deployments.fusion import FusionConfig
 from deployments.ingress import IngressConfig
+from deployments.jobs import JobsConfig
 from deployments.keyframes import KeyframeConfig
 from deployments.triage import TriageConfig
 from graph import GraphArgs, build_app
@@ -22,7 +23,7 @@ CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 USER_CONFIGS = {
     "Ingress": IngressConfig, "MediaDecoder": DecoderConfig, "FastTriage": TriageConfig,
     "KeyframeSelector": KeyframeConfig, "CompressionResilient": CompressionConfig,
-    "AVAlignment": AVConfig, "Fusion": FusionConfig,
+    "AVAlignment": AVConfig, "Fusion": FusionConfig, "JobQueue": JobsConfig,
 }
 MODEL_DEPLOYMENTS = ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion")
 
@@ -49,6 +50,9 @@ def test_profile_validates_and_names_every_graph_deployment(profile: str) -> Non
     assert names == _graph_deployment_names() == set(USER_CONFIGS)
     for d in app.deployments:
         USER_CONFIGS[d.name].model_validate(d.user_config)  # a typo in a user_config fails here, not at deploy
+        if d.name == "JobQueue":  # owns the job state: one replica, never autoscaled
+            assert d.num_replicas == 1 and not isinstance(d.autoscaling_config, dict)
+            continue
         assert d.autoscaling_config["min_replicas"] >= 1
         assert d.autoscaling_config["max_replicas"] >= d.autoscaling_config["min_replicas"]
 
@@ -57,7 +61,10 @@ def test_cpu_profile_fits_two_cores_and_listens_on_loopback() -> None:
     config = _load("serve.cpu.yaml")
     assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
     (app,) = config.applications
-    cpus = sum(d.ray_actor_options.num_cpus * d.autoscaling_config["min_replicas"] for d in app.deployments)
+    cpus = sum(
+        d.ray_actor_options.num_cpus * (d.autoscaling_config["min_replicas"] if isinstance(d.autoscaling_config, dict) else d.num_replicas)
+        for d in app.deployments
+    )
     assert cpus <= 2.0
     assert all(not d.ray_actor_options.num_gpus for d in app.deployments)
 

@@ -100,6 +100,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     config["http_options"]["port"] = port
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     ingress["user_config"]["max_upload_bytes"] = TEST_MAX_UPLOAD_BYTES  # so a 413 test needs no 200 MB body
+    jobs = next(d for d in config["applications"][0]["deployments"] if d["name"] == "JobQueue")
+    jobs["user_config"]["jobs_dir"] = str(tmp / "jobs")
     weights_dir = tmp / "weights"
     shutil.copytree(REPO / "weights", weights_dir)
     config["applications"][0]["args"] = {"weights_dir": str(weights_dir)}

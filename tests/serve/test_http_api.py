@@ -32,7 +32,8 @@ def test_probes_and_models(service):
         assert ready.status_code == 200, ready.text
         body = ready.json()
         assert body["ready"] is True
-        assert set(body["deployments"]) == MODEL_DEPLOYMENTS
+        assert set(body["deployments"]) == MODEL_DEPLOYMENTS | {"Ingress", "JobQueue"}
+        assert all(d["status"] == "HEALTHY" for d in body["deployments"].values())
         models = c.get("/v1/models").json()
     assert set(models["deployments"]) == MODEL_DEPLOYMENTS
     for name, dep in models["deployments"].items():

@@ -1,0 +1,261 @@
+"""Asynchronous analysis jobs: a durable queue in SQLite, worked by the ingress replicas.
+
+`JobStore` is plain Python (tested without Ray). `JobQueueDeployment` is one Serve replica that
+owns the store, so every ingress replica on any node sees the same jobs. Workers claim one file at
+a time under a lease they renew with heartbeats; a lease that runs out (its worker died) puts the
+file back in the queue, and after `max_attempts` the job fails with that reason: a job always
+ends `done` or `failed`, never silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from ray import serve
+
+STAGES = ("queued", "decoding", "triage", "keyframes", "branches", "fusion", "done")
+
+
+class JobsConfig(BaseModel):
+    """user_config of JobQueue."""
+
+    jobs_dir: str | None = Field(None, description="where state and uploads live; default: <system temp>/spectrashield-jobs")
+    result_ttl_s: float = Field(24 * 3600, gt=0, description="finished jobs are deleted this long after they end")
+    lease_s: float = Field(60.0, gt=0, description="a claimed file returns to the queue after this long without a heartbeat")
+    max_attempts: int = Field(3, ge=1)
+
+
+@dataclass
+class Claim:
+    job_id: str
+    index: int
+    filename: str
+    data: bytes
+    attempt: int
+    n_files: int
+
+
+class UnknownJobError(KeyError):
+    pass
+
+
+class JobStore:
+    """Jobs, their files and leases in one SQLite database; uploads as files beside it."""
+
+    def __init__(self, root: Path, *, result_ttl_s: float, lease_s: float, max_attempts: int) -> None:
+        self.root = Path(root)
+        (self.root / "uploads").mkdir(parents=True, exist_ok=True)
+        self.result_ttl_s, self.lease_s, self.max_attempts = result_ttl_s, lease_s, max_attempts
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.root / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS jobs (
+                id TEXT PRIMARY KEY, created REAL, updated REAL, finished REAL, error TEXT
+            );
+            CREATE TABLE IF NOT EXISTS files (
+                job_id TEXT, idx INTEGER, filename TEXT, status TEXT, stage TEXT, stage_percent REAL,
+                attempts INTEGER, worker TEXT, lease_until REAL, result TEXT, error TEXT,
+                PRIMARY KEY (job_id, idx)
+            );
+            """
+        )
+
+    def _upload(self, job_id: str, index: int) -> Path:
+        return self.root / "uploads" / job_id / str(index)
+
+    def submit(self, files: list[tuple[str | None, bytes]]) -> str:
+        if not files:
+            raise ValueError("a job needs at least one file")
+        job_id, now = uuid.uuid4().hex, time.time()
+        folder = self.root / "uploads" / job_id
+        folder.mkdir(parents=True)
+        for i, (_, data) in enumerate(files):
+            self._upload(job_id, i).write_bytes(data)
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, NULL, NULL)", (job_id, now, now))
+            self._db.executemany(
+                "INSERT INTO files VALUES (?, ?, ?, 'queued', 'queued', 0, 0, NULL, NULL, NULL, NULL)",
+                [(job_id, i, name) for i, (name, _) in enumerate(files)],
+            )
+            self._db.execute("COMMIT")
+        return job_id
+
+    def _expire_leases(self, now: float) -> None:
+        """Files whose worker stopped heartbeating: back to the queue, or failed after max_attempts."""
+        stale = self._db.execute(
+            "SELECT job_id, idx, attempts FROM files WHERE status = 'running' AND lease_until < ?", (now,)
+        ).fetchall()
+        for job_id, idx, attempts in stale:
+            if attempts >= self.max_attempts:
+                self._db.execute(
+                    "UPDATE files SET status='failed', stage='done', stage_percent=100, worker=NULL, error=? "
+                    "WHERE job_id=? AND idx=?",
+                    (json.dumps({"error": "worker_lost", "detail": f"worker lost {attempts} times (no heartbeat for "
+                                 f"{self.lease_s:g} s); giving up"}), job_id, idx),
+                )
+                self._finish_if_complete(job_id, now)
+            else:
+                self._db.execute(
+                    "UPDATE files SET status='queued', stage='queued', stage_percent=0, worker=NULL "
+                    "WHERE job_id=? AND idx=?",
+                    (job_id, idx),
+                )
+
+    def _purge(self, now: float) -> None:
+        old = [r[0] for r in self._db.execute(
+            "SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?", (now - self.result_ttl_s,)
+        )]
+        for job_id in old:
+            self._db.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            shutil.rmtree(self.root / "uploads" / job_id, ignore_errors=True)
+
+    def maintain(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._expire_leases(now)
+            self._purge(now)
+            self._db.execute("COMMIT")
+
+    def claim(self, worker: str, now: float | None = None) -> Claim | None:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._expire_leases(now)
+            row = self._db.execute(
+                "SELECT f.job_id, f.idx, f.filename, f.attempts FROM files f JOIN jobs j ON j.id = f.job_id "
+                "WHERE f.status = 'queued' ORDER BY j.created, f.idx LIMIT 1"
+            ).fetchone()
+            if row is None:
+                self._db.execute("COMMIT")
+                return None
+            job_id, idx, filename, attempts = row
+            self._db.execute(
+                "UPDATE files SET status='running', stage='decoding', attempts=?, worker=?, lease_until=? "
+                "WHERE job_id=? AND idx=?",
+                (attempts + 1, worker, now + self.lease_s, job_id, idx),
+            )
+            self._db.execute("UPDATE jobs SET updated=? WHERE id=?", (now, job_id))
+            n_files = self._db.execute("SELECT COUNT(*) FROM files WHERE job_id=?", (job_id,)).fetchone()[0]
+            self._db.execute("COMMIT")
+        return Claim(job_id, idx, filename, self._upload(job_id, idx).read_bytes(), attempts + 1, n_files)
+
+    def progress(self, job_id: str, index: int, worker: str, stage: str, now: float | None = None) -> bool:
+        """Record a stage and renew the lease; False when the lease was lost (another worker owns the file)."""
+        now = time.time() if now is None else now
+        percent = 100.0 * STAGES.index(stage) / (len(STAGES) - 1)
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE files SET stage=?, stage_percent=?, lease_until=? WHERE job_id=? AND idx=? AND worker=? "
+                "AND status='running'",
+                (stage, percent, now + self.lease_s, job_id, index, worker),
+            )
+            self._db.execute("UPDATE jobs SET updated=? WHERE id=?", (now, job_id))
+            return cur.rowcount == 1
+
+    def complete(
+        self, job_id: str, index: int, worker: str, *, result: dict | None = None, error: dict | None = None,
+        now: float | None = None,
+    ) -> bool:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "UPDATE files SET status=?, stage='done', stage_percent=100, worker=NULL, result=?, error=? "
+                "WHERE job_id=? AND idx=? AND worker=? AND status='running'",
+                ("done" if error is None else "failed", json.dumps(result) if result is not None else None,
+                 json.dumps(error) if error is not None else None, job_id, index, worker),
+            )
+            self._finish_if_complete(job_id, now)
+            self._db.execute("COMMIT")
+            return cur.rowcount == 1
+
+    def _finish_if_complete(self, job_id: str, now: float) -> None:
+        left = self._db.execute(
+            "SELECT COUNT(*) FROM files WHERE job_id=? AND status IN ('queued', 'running')", (job_id,)
+        ).fetchone()[0]
+        self._db.execute(
+            "UPDATE jobs SET updated=?, finished=CASE WHEN ? = 0 THEN ? ELSE finished END WHERE id=?",
+            (now, left, now, job_id),
+        )
+        if left == 0:
+            shutil.rmtree(self.root / "uploads" / job_id, ignore_errors=True)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self._db.execute("SELECT created, updated, finished FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if job is None:
+                raise UnknownJobError(job_id)
+            rows = self._db.execute(
+                "SELECT idx, filename, status, stage, stage_percent, attempts, result, error FROM files "
+                "WHERE job_id=? ORDER BY idx",
+                (job_id,),
+            ).fetchall()
+        files = [
+            {
+                "index": idx, "filename": name, "status": status, "stage": stage, "percent": round(pct, 1),
+                "attempts": attempts, "result": json.loads(result) if result else None,
+                "error": json.loads(error) if error else None,
+            }
+            for idx, name, status, stage, pct, attempts, result, error in rows
+        ]
+        statuses = {f["status"] for f in files}
+        if statuses <= {"done", "failed"}:
+            status = "done" if "done" in statuses else "failed"
+        else:
+            status = "running" if statuses & {"running", "done", "failed"} else "queued"
+        active = next((f for f in files if f["status"] == "running"), None)
+        return {
+            "id": job_id,
+            "status": status,
+            "stage": "done" if status in ("done", "failed") else (active["stage"] if active else "queued"),
+            "percent": round(sum(f["percent"] for f in files) / len(files), 1),
+            "created": job[0], "updated": job[1], "finished": job[2],
+            "files": files,
+        }
+
+
+@serve.deployment(name="JobQueue", ray_actor_options={"num_cpus": 0.05})
+class JobQueueDeployment:
+    """The one place job state lives; keep a single replica (see README: what survives what)."""
+
+    def __init__(self) -> None:
+        self.store: JobStore | None = None
+
+    def reconfigure(self, user_config: dict) -> None:
+        cfg = JobsConfig.model_validate(user_config or {})
+        root = Path(cfg.jobs_dir) if cfg.jobs_dir else Path(tempfile.gettempdir()) / "spectrashield-jobs"
+        self.store = JobStore(root, result_ttl_s=cfg.result_ttl_s, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts)
+        self.store.maintain()
+
+    def submit(self, files: list[tuple[str | None, bytes]]) -> str:
+        return self.store.submit(files)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self.store.get(job_id)
+
+    def claim(self, worker: str) -> Claim | None:
+        return self.store.claim(worker)
+
+    def progress(self, job_id: str, index: int, worker: str, stage: str) -> bool:
+        return self.store.progress(job_id, index, worker, stage)
+
+    def complete(self, job_id: str, index: int, worker: str, result: dict | None, error: dict | None) -> bool:
+        return self.store.complete(job_id, index, worker, result=result, error=error)
+
+    def check_health(self) -> None:
+        self.store.maintain()  # periodic: expire dead workers' leases, purge old results

@@ -1,0 +1,76 @@
+"""The job queue's durable state: stages, retries after a dead worker, expiry, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployments.jobs import JobStore, UnknownJobError
+
+
+def _store(root: Path, **kw) -> JobStore:
+    return JobStore(root, **{"result_ttl_s": 100.0, "lease_s": 10.0, "max_attempts": 2, **kw})
+
+
+def test_a_job_runs_through_its_stages_to_done(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    job = store.submit([("a.mp4", b"aaa"), ("b.txt", b"bbb")])
+    assert store.get(job)["status"] == "queued" and store.get(job)["percent"] == 0
+    first = store.claim("w1", now=1.0)
+    assert (first.job_id, first.index, first.filename, first.data, first.n_files) == (job, 0, "a.mp4", b"aaa", 2)
+    assert store.progress(job, 0, "w1", "branches", now=2.0)
+    state = store.get(job)
+    assert state["status"] == "running" and state["stage"] == "branches" and 0 < state["percent"] < 50
+    assert store.complete(job, 0, "w1", result={"verdict": "real"}, now=3.0)
+    second = store.claim("w1", now=3.0)
+    assert store.complete(job, second.index, "w1", error={"error": "not_media", "detail": "text"}, now=4.0)
+    done = store.get(job)
+    assert done["status"] == "done" and done["stage"] == "done" and done["percent"] == 100 and done["finished"] == 4.0
+    assert done["files"][0]["result"] == {"verdict": "real"} and done["files"][1]["error"]["error"] == "not_media"
+    assert store.claim("w1", now=5.0) is None
+    assert not (tmp_path / "uploads" / job).exists()  # uploads go once every file has ended
+
+
+def test_a_dead_workers_file_is_retried_then_failed_with_a_reason(tmp_path: Path) -> None:
+    store = _store(tmp_path, lease_s=10.0, max_attempts=2)
+    job = store.submit([("a.mp4", b"aaa")])
+    assert store.claim("dead-1", now=0.0).attempt == 1
+    assert store.claim("w2", now=5.0) is None  # lease still held
+    retry = store.claim("dead-2", now=11.0)  # no heartbeat for > lease_s: back in the queue
+    assert retry is not None and retry.attempt == 2 and retry.data == b"aaa"
+    assert not store.progress(job, 0, "dead-1", "triage", now=11.5)  # the first worker lost its lease
+    assert not store.complete(job, 0, "dead-1", result={"late": True}, now=11.5)
+    store.maintain(now=30.0)
+    failed = store.get(job)
+    assert failed["status"] == "failed" and failed["files"][0]["attempts"] == 2
+    assert failed["files"][0]["error"]["error"] == "worker_lost"
+
+
+def test_heartbeats_keep_the_lease(tmp_path: Path) -> None:
+    store = _store(tmp_path, lease_s=10.0)
+    job = store.submit([("a.mp4", b"aaa")])
+    store.claim("w1", now=0.0)
+    for t in (8.0, 16.0, 24.0):
+        assert store.progress(job, 0, "w1", "decoding", now=t)
+    assert store.claim("w2", now=30.0) is None
+    assert store.get(job)["files"][0]["attempts"] == 1
+
+
+def test_state_survives_a_restart_and_results_expire(tmp_path: Path) -> None:
+    store = _store(tmp_path, result_ttl_s=50.0)
+    job = store.submit([("a.mp4", b"aaa")])
+    again = _store(tmp_path, result_ttl_s=50.0)  # a new process on the same jobs_dir
+    claim = again.claim("w1", now=1.0)
+    again.complete(job, claim.index, "w1", result={"ok": 1}, now=2.0)
+    assert _store(tmp_path).get(job)["status"] == "done"
+    again.maintain(now=40.0)
+    assert again.get(job)["status"] == "done"
+    again.maintain(now=60.0)
+    with pytest.raises(UnknownJobError):
+        again.get(job)
+
+
+def test_empty_jobs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        _store(tmp_path).submit([])
