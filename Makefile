@@ -26,3 +26,18 @@ weights-init: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# `make weights`: regenerate the synthetic benchmark (training.benchmark: 400 talking-face videos of
+# 4-6 s at 320x240, 200 images, 200 audio files, seed 0), train every model in dependency order
+# into WEIGHTS_VERSION (refused if that version exists) and evaluate it on the test split.
+# build/ is git-ignored; the feature cache under it makes a re-run skip decoding.
+# Smaller: make weights BENCH_ARGS="--videos 40 --images 20 --audio 20 --seed 0" WEIGHTS_VERSION=v1-small
+.PHONY: weights
+WEIGHTS_VERSION ?= v1
+BENCH_DIR ?= build/benchmark
+BENCH_ARGS ?= --videos 400 --images 200 --audio 200 --seed 0
+WORKERS ?= 2
+weights: $(STAMP)
+	$(BIN)/spectrashield generate $(BENCH_DIR) $(BENCH_ARGS) --workers $(WORKERS)
+	$(BIN)/spectrashield train all --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --workers $(WORKERS)
+	$(BIN)/spectrashield eval --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --out $(BENCH_DIR)/eval-$(WEIGHTS_VERSION)

@@ -62,7 +62,7 @@ class AVAlignmentConfig:
 
 class AVOutput(NamedTuple):
     sync_logit: Tensor  # (B,) > 0 means audio and lips are in sync
-    offset_ms: Tensor  # (B,) estimated audio-minus-video offset, in (-max_offset_ms, max_offset_ms)
+    offset_ms: Tensor  # (B,) estimated A/V offset in (-max_offset_ms, max_offset_ms); > 0: the audio is heard early (leads the lips)
     embedding: Tensor  # (B, E) joint CLS embedding
     spoof_logit: Tensor  # (B,) > 0 means synthetic voice; from audio alone
 

@@ -1,0 +1,259 @@
+"""Evaluation: metric functions on hand-checkable cases, in-process evaluation and plots, the served
+stages replayed in-process against the deployments' own code, URL mode, leave-one-family-out wiring.
+
+Models here are the untrained `test` presets saved as bundles: evaluation must be right whatever
+the scores are, and training has its own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from deployments.av_alignment import AVAlignmentDeployment, AVConfig
+from deployments.compression import CompressionConfig, CompressionResilientDeployment
+from deployments.decoder import DecoderConfig
+from deployments.fusion import FusionConfig
+from deployments.keyframes import KeyframeConfig, KeyframeSelectorDeployment
+from deployments.triage import FastTriageDeployment, TriageConfig
+from media import DecodeConfig, decode_media
+from models import MODELS, save_bundle
+from training import evaluate as evaluate_module
+from training.cli import main as cli_main
+from training.evaluate import (
+    METRIC_KEYS,
+    binary_metrics,
+    equal_error_rate,
+    evaluate,
+    expected_calibration_error,
+    leave_one_family_out,
+    score_url,
+)
+from training.features import ClipArrays, ServingSettings, load_branch_models, run_branches
+from training.manifest import read_manifest
+from tests.training.test_train import write_tiny_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+PROBABILITY_KEYS = ("auc", "eer", "accuracy", "f1", "brier", "ece", "far", "frr")
+BUNDLES = ("fast_triage", "compression_resilient", "av_alignment", "fusion")
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_manifest(tmp_path_factory.getbasetemp() / "tiny_benchmark")
+
+
+def save_untrained(weights: Path, version: str, seed: int = 0) -> None:
+    """Seeded `test`-preset bundles (their dims fit each other, as `fusion_test` is built for them)."""
+    torch.manual_seed(seed)
+    for name in BUNDLES:
+        model = MODELS.get(f"{name}_test")()
+        save_bundle(model, weights / name / version, arch=name, config=model.config, trained=False, card_text="test")
+
+
+@pytest.fixture(scope="session")
+def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    weights = tmp_path_factory.mktemp("eval_weights")
+    save_untrained(weights, "u0")
+    return weights
+
+
+# ---- metrics on cases checked by hand -------------------------------------------------------------
+
+
+def test_perfect_separation() -> None:
+    m = binary_metrics([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    assert set(m) == set(METRIC_KEYS)
+    assert (m["auc"], m["eer"], m["accuracy"], m["f1"], m["far"], m["frr"]) == (1.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+    assert m["brier"] == pytest.approx((0.01 + 0.04 + 0.04 + 0.01) / 4)
+    assert m["ece"] == pytest.approx((0.1 + 0.2 + 0.2 + 0.1) / 4)  # one file per bin: mean |y - p|
+    assert (m["n"], m["n_pos"], m["n_neg"]) == (4, 2, 2)
+
+
+def test_overlapping_scores() -> None:
+    """Fakes 0.4, 0.9 vs authentic 0.1, 0.6: 3 of 4 pairs ordered; at 0.5 one of each class is wrong."""
+    m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["eer"] == pytest.approx(0.5)
+    assert (m["accuracy"], m["f1"], m["far"], m["frr"]) == (0.5, 0.5, 0.5, 0.5)
+    assert m["brier"] == pytest.approx((0.01 + 0.36 + 0.36 + 0.01) / 4)
+
+
+def test_far_and_frr_follow_the_threshold() -> None:
+    y, p = [0, 0, 0, 1, 1], [0.2, 0.5, 0.7, 0.6, 0.8]
+    assert (binary_metrics(y, p, 0.5)["far"], binary_metrics(y, p, 0.5)["frr"]) == (0.0, pytest.approx(2 / 3))
+    assert (binary_metrics(y, p, 0.75)["far"], binary_metrics(y, p, 0.75)["frr"]) == (0.5, 0.0)
+
+
+def test_eer_threshold_sits_between_the_classes() -> None:
+    eer, threshold = equal_error_rate([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    assert eer == 0.0 and 0.2 < threshold <= 0.8
+
+
+def test_undefined_metrics_are_none() -> None:
+    m = binary_metrics([0, 0, 0], [0.1, 0.7, 0.2])
+    assert m["auc"] is None and m["eer"] is None and m["far"] is None
+    assert m["frr"] == pytest.approx(1 / 3)
+    empty = binary_metrics([], [])
+    assert set(empty) == set(METRIC_KEYS) and empty["n"] == 0 and empty["accuracy"] is None
+
+
+def test_ece() -> None:
+    assert expected_calibration_error([0, 1, 0, 1], [0.9] * 4) == pytest.approx(0.4)  # says 90 %, is 50 %
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20_000)
+    assert expected_calibration_error(rng.uniform(size=p.size) < p, p) < 0.02  # calibrated by construction
+    assert expected_calibration_error(rng.uniform(size=p.size) < p, p**3) > 0.1
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+
+def test_evaluate_in_process_reports_every_metric(tiny_manifest: Path, untrained_weights: Path, tmp_path: Path) -> None:
+    report = evaluate(
+        tiny_manifest, "test", version="u0", weights_dir=untrained_weights, out_dir=tmp_path, progress=False
+    )
+    assert report["mode"] == "in-process" and report["n_scored"] == 7 and report["n_failed"] == 0
+    assert set(report["models"]) == set(BUNDLES)
+
+    def check(metrics: dict) -> None:
+        assert set(metrics) == set(METRIC_KEYS)
+        for key in PROBABILITY_KEYS:
+            assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+
+    fused = report["fused"]
+    check(fused["overall"])
+    assert fused["overall"]["auc"] is not None and fused["overall"]["n"] == 7
+    assert set(fused["per_family"]) == {"av_shift", "face_blend", "upsample", "vocoder"}
+    assert all(m["n_pos"] == 1 and m["n_neg"] == 3 for m in fused["per_family"].values())
+    assert set(fused["per_compression"]) == {"none", "crf30"}
+    assert set(report["branches"]) == {"triage", "visual", "av", "audio"}
+    assert report["branches"]["triage"]["overall"]["n"] == 3  # videos only
+    assert report["branches"]["visual"]["overall"]["n"] == 5  # videos and images
+    assert report["branches"]["audio"]["overall"]["n"] == 5  # videos and audio files
+    for branch in report["branches"].values():
+        check(branch["overall"])
+    baselines = report["baselines"]
+    assert baselines["best_single_branch"]["branch"] in report["branches"]
+    check(baselines["best_single_branch"]["overall"])
+    check(baselines["logistic_regression"]["overall"])
+    assert len(baselines["logistic_regression"]["features"]) == 16
+
+    assert json.loads((tmp_path / "metrics.json").read_text())["fused"] == json.loads(json.dumps(fused))
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 7
+    for plot in ("roc.png", "reliability.png"):
+        data = (tmp_path / plot).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_serving_settings_mirror_the_deployments() -> None:
+    """The in-process stages use the deployments' defaults and what both Serve profiles configure."""
+    settings = ServingSettings()
+    assert settings.decode == DecodeConfig(**DecoderConfig().model_dump())
+    triage, keyframes, av = TriageConfig(), KeyframeConfig(), AVConfig()
+    assert (settings.early_exit_low, settings.early_exit_high) == (triage.early_exit_low, triage.early_exit_high)
+    assert (settings.keyframes_k, settings.hotspot_threshold, settings.keyframe_seed) == (
+        keyframes.k, keyframes.hotspot_threshold, keyframes.seed
+    )
+    assert settings.max_crops == CompressionConfig().max_crops
+    assert (settings.min_face_coverage, settings.max_audio_s) == (av.min_face_coverage, av.max_audio_s)
+    assert settings.decision_threshold == FusionConfig().decision_threshold
+    for profile in ("serve.cpu.yaml", "serve.gpu.yaml"):
+        assert ServingSettings.from_serve_config(REPO / "cluster" / profile) == settings
+
+
+def test_in_process_stages_equal_the_deployments(tiny_manifest: Path, untrained_weights: Path) -> None:
+    """Fusion features from `run_branches` on cached arrays == what the deployments compute on the Clip.
+
+    The deployments are called through their public `__call__` (as the ingress awaits them), as
+    plain classes: no Ray cluster needed.
+    """
+    threads = torch.get_num_threads()  # deployments size torch's threads to their replica
+    try:
+        triage = FastTriageDeployment.func_or_class(str(untrained_weights))
+        keyframes = KeyframeSelectorDeployment.func_or_class()
+        visual = CompressionResilientDeployment.func_or_class(str(untrained_weights))
+        av = AVAlignmentDeployment.func_or_class(str(untrained_weights))
+        for deployment in (triage, visual, av):
+            deployment.reconfigure({"version": "u0"})
+        keyframes.reconfigure({})
+        models = load_branch_models("u0", weights_dir=untrained_weights, with_fusion=False)
+        for name in ("test_blend.mp4", "test_real.jpg", "test_vocoder.wav"):
+            clip = decode_media((tiny_manifest.parent / name).read_bytes())
+            run = run_branches(models, ClipArrays.from_clip(clip), ServingSettings(), honour_early_exit=False)
+            served = {}
+            if clip.meta.kind == "video":
+                t = asyncio.run(triage(clip))
+                served["triage"] = t.branch.features
+                chosen = asyncio.run(keyframes(clip, t.frame_scores))
+                served["visual"] = asyncio.run(visual(clip, chosen)).features
+                np.testing.assert_array_equal(run.keyframes, np.unique(chosen.indices))
+            elif clip.meta.kind == "image":
+                served["visual"] = asyncio.run(visual(clip, None)).features
+            if clip.meta.kind != "image":
+                result = asyncio.run(av(clip))
+                served.update({b.modality: b.features for b in (result.av, result.audio) if b.status == "ok"})
+            assert set(run.features) == set(served), name
+            if clip.meta.kind == "video":
+                assert set(served) == {"triage", "visual", "av", "audio"}
+            for modality, features in served.items():
+                np.testing.assert_allclose(run.features[modality], features, rtol=1e-5, atol=1e-5, err_msg=name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _answer(request: httpx.Request) -> httpx.Response:
+    """A service that calls every file 0.8 fake, with a triage and visual score and audio skipped."""
+    assert request.url.path == "/v1/analyze" and b'name="file"' in request.content
+    return httpx.Response(200, json={
+        "fake_probability": 0.8, "early_exit": False,
+        "modalities": {
+            "triage": {"status": "ok", "score": 0.7}, "visual": {"status": "ok", "score": 0.9},
+            "av": {"status": "skipped", "score": None}, "audio": {"status": "failed", "score": None},
+        },
+        "models": {"Fusion": {"version": "fusion/v1"}},
+    })
+
+
+def test_url_mode_reads_the_service_answer(tiny_manifest: Path) -> None:
+    entries = [e for e in read_manifest(tiny_manifest) if e.split == "test"][:2]
+    client = httpx.Client(transport=httpx.MockTransport(_answer), base_url="http://service")
+    scored, models = score_url(
+        "http://service", [(e, tiny_manifest.parent / e.path) for e in entries], client=client, progress=False
+    )
+    assert models == {"Fusion": {"version": "fusion/v1"}}
+    assert [s.fake_probability for s in scored] == [0.8, 0.8]
+    assert scored[0].branch_scores == {"triage": 0.7, "visual": 0.9} and scored[0].path == entries[0].path
+
+
+def test_leave_one_family_out_trains_without_the_family_and_tests_on_it(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_train_all(manifest: Path, version: str, *, weights_dir: Path, exclude_families: list[str], **_) -> None:
+        calls.append((version, list(exclude_families)))
+        save_untrained(weights_dir, version)
+
+    monkeypatch.setattr(evaluate_module, "train_all", fake_train_all)
+    summary = leave_one_family_out(tiny_manifest, tmp_path, families=["upsample"], progress=False)
+    assert calls == [("lofo-upsample", ["upsample"])]
+    fused = summary["families"]["upsample"]["fused"]
+    assert (fused["n_pos"], fused["n_neg"]) == (1, 3)  # the family's test fakes against every authentic file
+    assert json.loads((tmp_path / "lofo.json").read_text())["families"]["upsample"]["fused"] == fused
+    assert (tmp_path / "upsample" / "roc.png").is_file()
+
+
+def test_cli_eval_writes_its_outputs(tiny_manifest: Path, untrained_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    argv = ["eval", "--manifest", str(tiny_manifest), "--version", "u0", "--weights-dir", str(untrained_weights),
+            "--out", str(out), "--family", "vocoder", "--no-baselines", "--device", "cpu", "--no-progress"]
+    assert cli_main(argv) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["families"] == ["vocoder"] and report["n_scored"] == 4 and "baselines" not in report

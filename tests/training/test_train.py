@@ -1,0 +1,317 @@
+"""Training: feature cache, targets, A/V shifting, temperature fitting, and one tiny run of every model.
+
+A dozen-file manifest (every kind, both classes in every split) is encoded in a temp directory
+with `tests.mediagen`; the whole `train_all` runs once per session on `test` presets for one
+epoch, and each test reads what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage.data import astronaut
+
+from media import DecodeConfig, decode_media, select_keyframes
+from media.keyframes import _small_gray
+from models import load_bundle
+from training import cli
+from training.cli import main as cli_main
+from training.features import ClipArrays, FeatureCache, ServingSettings, flow_gray, keyframe_indices, load_manifest_data
+from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
+from training.train import (
+    MODEL_NAMES,
+    TrainResult,
+    drop_modalities,
+    fit_temperature,
+    nll,
+    offset_target_ms,
+    shift_window,
+    spoof_target,
+    sync_target,
+    train_all,
+    train_model,
+    visual_target,
+)
+from tests.mediagen import (
+    encode_audio,
+    encode_image,
+    encode_video,
+    speech_like_audio,
+    talking_face_frames,
+    talking_face_mouth,
+    talking_face_video,
+)
+
+SECONDS, SIZE, FPS = 1.5, (160, 120), 10
+
+
+def _face_blend_video(seed: int) -> bytes:
+    """A talking face whose cheeks and nose are blurred and tinted: a crude visual manipulation."""
+    audio = speech_like_audio(SECONDS, 16_000, seed)
+    n = int(SECONDS * FPS)
+    frames = talking_face_frames(talking_face_mouth(audio, 16_000, FPS, n), SIZE, seed)
+    patch = frames[:, 35:80, 55:105].astype(np.float32)
+    blurred = np.stack([cv2.GaussianBlur(p, (9, 9), 0) for p in patch])
+    frames[:, 35:80, 55:105] = np.clip(blurred * [1.1, 0.9, 0.9], 0, 255)
+    return encode_video(frames, fps=FPS, audio=audio)
+
+
+def _vocoded(seed: int) -> np.ndarray:
+    """Speech through a ring modulator and 5-bit quantiser: a crude synthetic voice."""
+    audio = speech_like_audio(SECONDS, 16_000, seed)
+    ring = np.sin(2 * np.pi * 90 * np.arange(audio.size) / 16_000)
+    return (np.round(audio * ring * 16) / 16).astype(np.float32)
+
+
+def write_tiny_manifest(root: Path) -> Path:
+    """Seven files per split (real/AV-shifted/face-blended video, real/upsampled image, real/vocoded
+    audio) plus a re-compressed copy of the training real video; idempotent within a session."""
+    manifest = root / "manifest.jsonl"
+    if manifest.is_file():
+        return manifest
+    root.mkdir(parents=True, exist_ok=True)
+    face = astronaut()[40:220, 102:342]
+    entries = []
+
+    def add(name: str, data: bytes, split: str, label: int, kind: str, labels: dict, **kwargs) -> str:
+        (root / name).write_bytes(data)
+        entries.append(ManifestEntry(
+            path=name, label=label, kind=kind, split=split, modality_labels=ModalityLabels(**labels),
+            group=f"{split}-{name.split('_')[0]}", **kwargs,
+        ))
+        return name
+
+    for k, split in enumerate(("train", "val", "fusion", "test")):
+        seed = 10 * k
+        video = dict(seconds=SECONDS, size=SIZE, fps=FPS)
+        real = add(f"{split}_real.mp4", talking_face_video(seed=seed, **video), split, 0, "video",
+                   {"visual": 0, "audio": 0, "av": 0})
+        add(f"{split}_shift.mp4", talking_face_video(seed=seed + 1, lip_delay_s=0.4, **video), split, 1, "video",
+            {"visual": 0, "audio": 0, "av": 1}, families=["av_shift"], compression="crf30",
+            meta={"av_offset_ms": 400.0})
+        add(f"{split}_blend.mp4", _face_blend_video(seed + 2), split, 1, "video", {"visual": 1, "audio": 0, "av": 0},
+            families=["face_blend"])
+        add(f"{split}_real.jpg", encode_image(np.ascontiguousarray(np.roll(face, 5 * k, axis=1)), "jpeg"), split, 0,
+            "image", {"visual": 0})
+        small = cv2.resize(face, (60, 45), interpolation=cv2.INTER_AREA)
+        add(f"{split}_upsample.png", encode_image(cv2.resize(small, face.shape[1::-1]), "png"), split, 1, "image",
+            {"visual": 1}, families=["upsample"])
+        add(f"{split}_real.wav", encode_audio(speech_like_audio(SECONDS, 16_000, seed + 3)), split, 0, "audio",
+            {"audio": 0})
+        add(f"{split}_vocoder.wav", encode_audio(_vocoded(seed + 4)), split, 1, "audio", {"audio": 1},
+            families=["vocoder"])
+        if split == "train":
+            frames = talking_face_frames(np.zeros(int(SECONDS * FPS)), SIZE, seed)
+            recompressed = encode_video(frames, fps=FPS, encoder_options={"crf": "40"})
+            add("train_recompressed.mp4", recompressed, split, 0, "video", {"visual": 0}, compression="crf40",
+                meta={"original": real})
+    write_manifest(entries, manifest)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_manifest(tmp_path_factory.getbasetemp() / "tiny_benchmark")
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, TrainResult]]:
+    """Every model, `test` preset, one epoch, version `t1`, in a temp weights root."""
+    weights = tmp_path_factory.mktemp("weights")
+    results = train_all(tiny_manifest, "t1", weights_dir=weights, preset="test", epochs=1, progress=False)
+    return weights, results
+
+
+# ---- feature cache -------------------------------------------------------------------------------
+
+
+def test_feature_cache_decodes_once_then_hits(tiny_manifest: Path, tmp_path: Path) -> None:
+    files = [tiny_manifest.parent / e.path for e in read_manifest(tiny_manifest) if e.split == "val"]
+    cache = FeatureCache(tmp_path / "cache")
+    first = cache.build(files, progress=False)
+    assert (first.decoded, first.hits, first.failed) == (len(files), 0, {})
+    started = time.perf_counter()
+    second = FeatureCache(tmp_path / "cache").build(files, progress=False)
+    assert (second.decoded, second.hits) == (0, len(files))
+    assert second.paths == first.paths and time.perf_counter() - started < 2.0
+    # a different decode config is a different cache entry, never a stale hit
+    other = FeatureCache(tmp_path / "cache", DecodeConfig(analysis_fps=5.0))
+    assert all(other.entry_path(f) != p for f, p in first.paths.items())
+
+    video = ClipArrays.load(first.paths[tiny_manifest.parent / "val_real.mp4"])
+    assert video.kind == "video" and video.n_frames == 15 and video.face_found.any()
+    assert video.face_crops.shape == (15, 128, 128, 3) and video.mouth_crops.shape == (15, 48, 96)
+    assert video.audio.size > 16_000 and video.flow_frames.shape[0] == 15
+    audio = ClipArrays.load(first.paths[tiny_manifest.parent / "val_real.wav"])
+    assert audio.kind == "audio" and audio.n_frames == 0 and audio.has_audio
+
+
+def test_undecodable_file_is_recorded_and_cached(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.mp4"
+    bad.write_bytes(b"this is not a video")
+    report = FeatureCache(tmp_path / "cache").build([bad], progress=False)
+    assert bad in report.failed and bad not in report.paths
+    again = FeatureCache(tmp_path / "cache").build([bad], progress=False)
+    assert again.decoded == 0 and bad in again.failed
+
+
+def test_cached_grey_frames_give_the_served_keyframes(tiny_manifest: Path) -> None:
+    """Keyframes from the cache's small grey frames equal keyframes from the decoder's full frames."""
+    clip = decode_media((tiny_manifest.parent / "test_blend.mp4").read_bytes())
+    arrays = ClipArrays.from_clip(clip)
+    for frame in clip.frames[:3]:
+        np.testing.assert_array_equal(flow_gray(frame), _small_gray(frame))
+    scores = np.random.default_rng(0).uniform(0, 1, clip.n_frames)
+    served = select_keyframes(clip.frames, clip.timestamps, scores, k=4, seed=0)
+    cached = keyframe_indices(arrays, scores, ServingSettings())
+    np.testing.assert_array_equal(cached, [k.index for k in served.keyframes])
+
+
+# ---- targets and augmentation -------------------------------------------------------------------
+
+
+def test_targets_fall_back_sensibly() -> None:
+    def entry(**kwargs) -> ManifestEntry:
+        return ManifestEntry(path="x", split="train", **kwargs)
+
+    vocoded_video = entry(label=1, kind="video", families=["vocoder"],
+                          modality_labels=ModalityLabels(visual=0, audio=1, av=0))
+    assert (visual_target(vocoded_video), spoof_target(vocoded_video), sync_target(vocoded_video)) == (0, 1, 1)
+    unlabelled_fake = entry(label=1, kind="video")
+    assert visual_target(unlabelled_fake) == 1
+    assert spoof_target(unlabelled_fake) is None and sync_target(unlabelled_fake) is None
+    assert spoof_target(entry(label=1, kind="audio")) == 1
+    shifted = entry(label=1, kind="video", modality_labels=ModalityLabels(av=1), meta={"av_offset_ms": -250.0})
+    assert (sync_target(shifted), offset_target_ms(shifted)) == (0, -250.0)
+    assert offset_target_ms(entry(label=0, kind="video")) == 0.0
+    assert offset_target_ms(entry(label=1, kind="video", modality_labels=ModalityLabels(av=1))) is None
+
+
+@pytest.mark.parametrize("lead_s", [0.3, -0.3, 0.0])
+def test_shift_window_moves_audio_the_stated_way(lead_s: float) -> None:
+    """A click heard at 1.0 s in the clip sits at 1.0 - t0 - lead in the window: early when lead > 0."""
+    sr, click = 16_000, 1.0
+    audio = np.zeros(3 * sr, np.float32)
+    audio[int(click * sr)] = 1.0
+    t = 30
+    arrays = ClipArrays(
+        kind="video", has_audio=True, face_coverage=1.0, duration_s=3.0,
+        face_crops=np.zeros((t, 128, 128, 3), np.uint8), face_found=np.ones(t, bool),
+        timestamps=np.arange(t) / 10.0, flow_frames=np.zeros((t, 8, 8), np.uint8),
+        mouth_crops=np.zeros((t, 48, 96), np.uint8), lip_trajectory=np.zeros((t, 20, 2), np.float32), audio=audio,
+    )
+    for seed in range(5):
+        window, frames, t0 = shift_window(arrays, 1.5, lead_s, np.random.default_rng(seed))
+        assert window.shape == (24_000,) and len(frames) == 15
+        assert arrays.timestamps[frames[0]] >= t0 - 1e-6 and arrays.timestamps[frames[-1]] < t0 + 1.5
+        if window.max() > 0:
+            assert np.argmax(window) / sr == pytest.approx(click - t0 - lead_s, abs=1 / sr)
+        else:
+            assert not 0 <= click - t0 - lead_s < 1.5
+
+
+def test_modality_dropout_keeps_one_modality() -> None:
+    present = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, True, False]])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        kept = drop_modalities(present, 0.9, generator)
+        assert bool(kept.any(dim=1).all()) and not bool((kept & ~present).any())
+
+
+# ---- temperature ---------------------------------------------------------------------------------
+
+
+def test_fit_temperature_undoes_over_and_under_confidence() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, 4000)
+    labels = (rng.uniform(size=4000) < 1 / (1 + np.exp(-true_logits))).astype(int)
+    for scale in (4.0, 0.5):
+        logits = true_logits * scale
+        t = fit_temperature(logits, labels)
+        assert t == pytest.approx(scale, rel=0.15)
+        assert nll(logits, labels, t) < nll(logits, labels) - 0.01
+
+
+# ---- tiny training runs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_trains_into_a_loadable_trained_bundle(
+    trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path, name: str
+) -> None:
+    weights, results = trained
+    bundle = load_bundle(weights / name / "t1")
+    assert bundle.trained is True and bundle.version == "t1"
+    card = (weights / name / "t1" / "card.md").read_text()
+    assert f"spectrashield train {name} --manifest {tiny_manifest}" in card
+    assert "--preset test --epochs 1" in card and "Wall time" in card and "| train |" in card
+    info = json.loads((weights / name / "t1" / "config.json").read_text())["training"]
+    assert info["command"] == results[name].command
+    assert info["validation"] == json.loads(json.dumps(results[name].metrics))
+    for p in bundle.model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_branch_validation_scores_are_reported(trained: tuple[Path, dict[str, TrainResult]]) -> None:
+    _, results = trained
+    triage = results["fast_triage"].metrics
+    assert triage["n"] == 3 and 0.0 <= triage["auc"] <= 1.0  # three val videos, one face-blended
+    compression = results["compression_resilient"].metrics
+    assert compression["n"] == 5 and compression["dae_pairs"] == 1 and compression["recon_error_real"] > 0
+    av = results["av_alignment"].metrics
+    assert av["sync"]["n"] == 3 and av["sync_vs_audio_400ms_early"]["n"] == 4 and av["spoof"]["n"] == 5
+    assert av["offset_mae_ms"] >= 0.0
+
+
+def test_fusion_temperature_is_fitted_on_val(trained: tuple[Path, dict[str, TrainResult]]) -> None:
+    weights, results = trained
+    fusion = load_bundle(weights / "fusion" / "t1").model
+    metrics = results["fusion"].metrics
+    assert float(fusion.temperature) == pytest.approx(metrics["temperature"])
+    assert float(fusion.temperature) != 1.0
+    assert metrics["val_nll_after"] <= metrics["val_nll_before"] + 1e-9
+    assert metrics["fit_files"] == 7  # the fusion split: every file produced some branch output
+
+
+def test_cli_train_records_the_exact_command(trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path) -> None:
+    weights, _ = trained
+    argv = ["train", "fusion", "--manifest", str(tiny_manifest), "--version", "t2", "--branch-version", "t1",
+            "--weights-dir", str(weights), "--preset", "test", "--epochs", "2", "--device", "cpu", "--no-progress"]
+    assert cli_main(argv) == 0
+    card = (weights / "fusion" / "t2" / "card.md").read_text()
+    assert "spectrashield train fusion --manifest" in card and "--epochs 2" in card and "--branch-version t1" in card
+    assert "fast_triage/t1" in card  # which branch bundles fusion was fitted on
+
+
+def test_cli_delegates_generate_and_adapt(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["generate", "--help"])
+    assert exit_info.value.code == 0 and "training.benchmark" in capsys.readouterr().out
+    monkeypatch.setitem(cli.DELEGATED, "adapt", ("training.not_written_yet", "adapters"))
+    assert cli_main(["adapt", "ffpp"]) == 2
+    assert "training.not_written_yet is not available" in capsys.readouterr().err
+
+
+def test_existing_version_is_never_overwritten_silently(
+    trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path
+) -> None:
+    weights, _ = trained
+    before = (weights / "fast_triage" / "t1" / "manifest.json").read_text()
+    with pytest.raises(FileExistsError, match="fast_triage/t1"):
+        train_model("fast_triage", tiny_manifest, version="t1", weights_dir=weights, preset="test", progress=False)
+    with pytest.raises(FileExistsError):
+        train_all(tiny_manifest, "t1", weights_dir=weights, preset="test", progress=False)
+    assert (weights / "fast_triage" / "t1" / "manifest.json").read_text() == before
+
+
+def test_excluded_family_leaves_training_splits_only(tiny_manifest: Path) -> None:
+    data = load_manifest_data(tiny_manifest, splits=("train", "test"), exclude_families=["av_shift"], progress=False)
+    kept = {(e.split, tuple(e.families)) for e in data.entries}
+    assert ("train", ("av_shift",)) not in kept and ("test", ("av_shift",)) in kept
+    assert data.excluded == 3

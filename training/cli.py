@@ -1,0 +1,156 @@
+"""`spectrashield`: generate or adapt data, train, evaluate, and run leave-one-family-out.
+
+    spectrashield generate ...                      # synthetic benchmark (training.benchmark)
+    spectrashield adapt ...                         # public datasets -> manifest (training.datasets)
+    spectrashield train {MODEL|all} --manifest M --version V
+    spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR
+    spectrashield lofo --manifest M --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from training.evaluate import evaluate, leave_one_family_out
+from training.features import ServingSettings
+from training.train import MODEL_NAMES, PRESETS, train_all, train_model
+
+DELEGATED = {
+    "generate": ("training.benchmark", "generate the synthetic forensic benchmark and its manifest"),
+    "adapt": ("training.datasets", "write a manifest for a public dataset already on disk"),
+}
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Options every training or evaluation command shares."""
+    parser.add_argument("--manifest", type=Path, required=True, help="manifest.jsonl (paths relative to it)")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="weights root (default: the repo's weights/)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="feature cache (default: <manifest dir>/feature_cache)")
+    parser.add_argument("--serve-config", type=Path, default=None,
+                        help="decoding and stage settings from this Serve config (default: the deployments' defaults)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding uncached files")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectrashield", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=f"{help_text} (options: spectrashield {name} --help)", add_help=False)
+
+    train = commands.add_parser("train", help="train one model, or all in dependency order, into a new version")
+    train.add_argument("model", choices=(*MODEL_NAMES, "all"))
+    _common(train)
+    train.add_argument("--version", required=True, help="bundle version to write, e.g. v1")
+    train.add_argument("--preset", default="default", choices=PRESETS, help="'test' = tiny models for smoke runs")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--branch-version", default=None, help="fusion: branch bundles to read (default: --version)")
+    train.add_argument("--exclude-family", action="append", default=[], help="drop a family from training splits")
+    train.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers reading the cache")
+    train.add_argument("--force", action="store_true", help="replace existing bundles of --version")
+
+    ev = commands.add_parser("eval", help="metrics and plots of a split, in-process or against a running service")
+    _common(ev)
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--version", help="in-process with these bundles (all four)")
+    source.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
+    ev.add_argument("--split", default="test", choices=("train", "val", "fusion", "test"))
+    ev.add_argument("--out", type=Path, required=True, help="directory for metrics.json, scores.jsonl, plots")
+    ev.add_argument("--family", action="append", default=None, help="only authentic files and fakes of this family")
+    ev.add_argument("--no-baselines", action="store_true")
+    ev.add_argument("--timeout", type=float, default=300.0, help="--url: seconds per request")
+
+    lofo = commands.add_parser("lofo", help="leave-one-family-out: retrain without each family, test on it (slow)")
+    _common(lofo)
+    lofo.add_argument("--out", type=Path, required=True)
+    lofo.add_argument("--family", action="append", default=None, help="default: every family in the test split")
+    lofo.add_argument("--preset", default="default", choices=PRESETS)
+    lofo.add_argument("--epochs", type=int, default=None)
+    lofo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _delegate(command: str, argv: Sequence[str]) -> int:
+    """Hand the rest of the command line to a module's own `main`, imported only now (it may not exist)."""
+    module_name, _ = DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"spectrashield {command}: {module_name} is not available in this installation", file=sys.stderr)
+        return 2
+    result = module.main(list(argv))
+    return int(result) if isinstance(result, int) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command_line = shlex.join(["spectrashield", *argv])
+    settings = ServingSettings.from_serve_config(args.serve_config) if args.serve_config else ServingSettings()
+    device = _device(args.device)
+    progress = not args.no_progress
+    common = {"weights_dir": args.weights_dir, "cache_dir": args.cache_dir, "settings": settings, "device": device,
+              "workers": args.workers, "progress": progress}
+
+    if args.command == "train":
+        if args.model == "all":
+            results = train_all(
+                args.manifest, args.version, preset=args.preset, seed=args.seed, epochs=args.epochs,
+                exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
+                overwrite=args.force, **common,
+            )
+        else:
+            results = {args.model: train_model(
+                args.model, args.manifest, version=args.version, preset=args.preset, epochs=args.epochs,
+                batch_size=args.batch_size, lr=args.lr, seed=args.seed, branch_version=args.branch_version,
+                exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
+                overwrite=args.force, **common,
+            )}
+        for name, result in results.items():
+            print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")
+        return 0
+
+    if args.command == "eval":
+        report = evaluate(
+            args.manifest, args.split, version=args.version, url=args.url, out_dir=args.out, families=args.family,
+            with_baselines=not args.no_baselines, timeout_s=args.timeout, **common,
+        )
+        print(json.dumps({"n_scored": report["n_scored"], "fused": report["fused"]["overall"]}, indent=2))
+        print(f"wrote {args.out}")
+        return 0
+
+    summary = leave_one_family_out(
+        args.manifest, args.out, families=args.family, preset=args.preset, epochs=args.epochs, seed=args.seed,
+        **common,
+    )
+    print(json.dumps({f: r["fused"] for f, r in summary["families"].items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Evaluate the served verdict and every branch on a manifest split; baselines; leave-one-family-out.
+
+Two ways to score files, one report:
+
+- in-process: the served graph's stages without Ray (`training.features.run_branches`, with
+  triage's early exit applied to the verdict exactly as the ingress applies it);
+- against a running service: POST each file to `<url>/v1/analyze` and read
+  `fake_probability` and `modalities.*.score`.
+
+Metrics come from `sklearn.metrics` (AUC, ROC for the EER, accuracy, F1, Brier, confusion
+matrix for FAR/FRR) and `sklearn.calibration.calibration_curve` (ECE from its bins). FAR is
+the share of fakes accepted as authentic, FRR the share of authentic files rejected as
+fake, both at the Fusion deployment's decision threshold. Per family means that family's
+fakes against every authentic file; per compression means all files at that level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+    roc_curve,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from training.features import (
+    MODALITIES,
+    BranchModels,
+    ManifestData,
+    ServingSettings,
+    load_branch_models,
+    load_manifest_data,
+    run_branches,
+    run_fusion,
+    served_probability,
+)
+from training.manifest import ManifestEntry, read_manifest
+from training.train import Preset, train_all
+
+if TYPE_CHECKING:
+    import httpx
+
+METRIC_KEYS = (
+    "n", "n_pos", "n_neg", "threshold", "auc", "eer", "eer_threshold",
+    "accuracy", "f1", "brier", "ece", "far", "frr",
+)
+N_BINS = 10
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+
+def equal_error_rate(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float]:
+    """(EER, threshold) at the ROC point where false-positive and false-negative rates meet."""
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    i = int(np.argmin(np.abs(fnr - fpr)))
+    return float((fpr[i] + fnr[i]) / 2.0), float(min(thresholds[i], 1.0))
+
+
+def expected_calibration_error(labels: Sequence[int], probs: Sequence[float], n_bins: int = N_BINS) -> float:
+    """Bin-size-weighted |observed - predicted| over `calibration_curve`'s uniform bins.
+
+    `calibration_curve` drops empty bins and does not return counts; counting with its own
+    bin edges (`searchsorted` on the inner edges) recovers the weights of the bins it kept.
+    """
+    p = np.asarray(probs, float)
+    prob_true, prob_pred = calibration_curve(labels, p, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    counts = counts[counts > 0]
+    return float(np.sum(counts / p.size * np.abs(prob_true - prob_pred)))
+
+
+def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+    """Every key of METRIC_KEYS; a value is None where it is undefined (AUC with one class, FAR without fakes)."""
+    y = np.asarray(labels, int)
+    p = np.clip(np.asarray(probs, float), 0.0, 1.0)
+    out: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
+    out.update(n=int(y.size), n_pos=int((y == 1).sum()), n_neg=int((y == 0).sum()), threshold=float(threshold))
+    if y.size == 0:
+        return out
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    out.update(
+        accuracy=float(accuracy_score(y, pred)),
+        f1=float(f1_score(y, pred, labels=[0, 1], zero_division=0.0)),
+        brier=float(brier_score_loss(y, p, pos_label=1)),
+        ece=expected_calibration_error(y, p),
+        far=float(fn / (fn + tp)) if fn + tp else None,
+        frr=float(fp / (fp + tn)) if fp + tn else None,
+    )
+    if out["n_pos"] and out["n_neg"]:
+        out["auc"] = float(roc_auc_score(y, p))
+        out["eer"], out["eer_threshold"] = equal_error_rate(y, p)
+    return out
+
+
+# ---- scoring -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoredFile:
+    """One file's answer: the verdict probability, each branch's score and per-frame/per-crop scores."""
+
+    path: str
+    label: int
+    families: list[str]
+    compression: str
+    kind: str
+    fake_probability: float | None  # what the service answers; None when the file failed
+    early_exit: bool = False
+    branch_scores: dict[str, float] = field(default_factory=dict)
+    item_scores: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def of(cls, entry: ManifestEntry, **kwargs: Any) -> ScoredFile:
+        return cls(entry.path, entry.label, list(entry.families), entry.compression, entry.kind, **kwargs)
+
+
+def score_in_process(
+    models: BranchModels, data: ManifestData, indices: Sequence[int], settings: ServingSettings,
+    *, progress: bool = True, desc: str = "score",
+) -> list[ScoredFile]:
+    """Every branch runs (for branch metrics and baselines); the verdict honours triage's early exit."""
+    if models.fusion is None:
+        raise ValueError("evaluation needs the fusion model")
+    scored = []
+    for i in tqdm(indices, desc=desc, unit="file", disable=not progress):
+        entry = data.entries[i]
+        run = run_branches(models, data.arrays(i), settings, honour_early_exit=False)
+        if not run.features:
+            scored.append(ScoredFile.of(entry, fake_probability=None, error="no branch could run"))
+            continue
+        fused = float(run_fusion(models.fusion, [run], models.device)[0])
+        scored.append(ScoredFile.of(
+            entry,
+            fake_probability=served_probability(run, fused),
+            early_exit=run.early_exit is not None,
+            branch_scores=dict(run.scores),
+            item_scores={m: [float(v) for v in s] for m, s in run.item_scores.items()},
+        ))
+    return scored
+
+
+def score_url(
+    url: str, items: Sequence[tuple[ManifestEntry, Path]], *, timeout_s: float = 300.0, progress: bool = True,
+    desc: str = "score", client: httpx.Client | None = None,
+) -> tuple[list[ScoredFile], dict[str, Any]]:
+    """POST each file to a running service; returns the scores and the `models` block it reported.
+
+    `client` replaces the default `httpx.Client(base_url=url)` (custom auth, proxies, tests).
+    """
+    if client is None:
+        try:
+            import httpx  # the `dev` extra; only this mode needs an HTTP client
+        except ImportError as exc:
+            raise RuntimeError("evaluating against --url needs httpx: pip install -e '.[dev]'") from exc
+        client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+    scored, served_models = [], {}
+    with client:
+        for entry, file in tqdm(items, desc=desc, unit="file", disable=not progress):
+            response = client.post("/v1/analyze", files={"file": (file.name, file.read_bytes())})
+            if response.status_code != 200:
+                error = f"HTTP {response.status_code}: {response.text[:200]}"
+                scored.append(ScoredFile.of(entry, fake_probability=None, error=error))
+                continue
+            body = response.json()
+            served_models = body.get("models", served_models)
+            scores = {
+                m: float(report["score"]) for m, report in body["modalities"].items()
+                if report["status"] == "ok" and report.get("score") is not None
+            }
+            scored.append(ScoredFile.of(
+                entry, fake_probability=float(body["fake_probability"]), early_exit=bool(body["early_exit"]),
+                branch_scores=scores, item_scores={m: [s] for m, s in scores.items()},
+            ))
+    return scored, served_models
+
+
+# ---- grouping, baselines, plots -------------------------------------------------------------------
+
+
+def grouped_metrics(files: Sequence[ScoredFile], probs: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Overall, per manipulation family (its fakes vs all authentic files) and per compression level."""
+    y = np.array([f.label for f in files], int)
+    p = np.asarray(probs, float)
+
+    def subset(mask: np.ndarray) -> dict[str, Any]:
+        return binary_metrics(y[mask], p[mask], threshold)
+
+    negatives = y == 0
+    families = sorted({fam for f in files if f.label == 1 for fam in f.families})
+    levels = sorted({f.compression for f in files})
+    return {
+        "overall": binary_metrics(y, p, threshold),
+        "per_family": {fam: subset(negatives | np.array([fam in f.families for f in files])) for fam in families},
+        "per_compression": {level: subset(np.array([f.compression == level for f in files])) for level in levels},
+    }
+
+
+def summary_features(files: Sequence[ScoredFile]) -> np.ndarray:
+    """(N, 4 * M): per modality mean, max, 90th percentile of its per-frame/per-crop scores, and ran (0/1).
+
+    A branch that did not run contributes (0.5, 0.5, 0.5, 0): "no opinion" plus the fact itself.
+    """
+    rows = []
+    for f in files:
+        row = []
+        for m in MODALITIES:
+            items = np.asarray(f.item_scores.get(m, []), float)
+            row += [items.mean(), items.max(), np.percentile(items, 90), 1.0] if items.size else [0.5, 0.5, 0.5, 0.0]
+        rows.append(row)
+    return np.asarray(rows, float).reshape(len(files), 4 * len(MODALITIES))
+
+
+def branch_probs(files: Sequence[ScoredFile], modality: str) -> np.ndarray:
+    """The branch's score, 0.5 (abstain) where it did not run: a single-branch detector on every file."""
+    return np.array([f.branch_scores.get(modality, 0.5) for f in files], float)
+
+
+def baselines(
+    fit: Sequence[ScoredFile], test: Sequence[ScoredFile], threshold: float
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Best single branch (chosen by AUC on the fusion split) and logistic regression on summary stats.
+
+    Both are fitted or chosen on the fusion split, like the fusion model, and scored on `test`.
+    """
+    report: dict[str, Any] = {}
+    probs: dict[str, np.ndarray] = {}
+    y_fit = np.array([f.label for f in fit], int)
+    if len(set(y_fit.tolist())) < 2:
+        reason = "the fusion split needs authentic and fake files"
+        return {"best_single_branch": {"skipped": reason}, "logistic_regression": {"skipped": reason}}, probs
+    fit_auc = {}
+    for m in MODALITIES:
+        ran = np.array([m in f.branch_scores for f in fit])
+        if ran.any() and len(set(y_fit[ran].tolist())) == 2:
+            fit_auc[m] = float(roc_auc_score(y_fit[ran], branch_probs([f for f, r in zip(fit, ran) if r], m)))
+    if fit_auc:
+        best = max(fit_auc, key=fit_auc.get)
+        probs["best_single_branch"] = branch_probs(test, best)
+        report["best_single_branch"] = {
+            "branch": best, "fusion_split_auc": fit_auc,
+            **grouped_metrics(test, probs["best_single_branch"], threshold),
+        }
+    else:
+        report["best_single_branch"] = {"skipped": "no branch ran on both classes of the fusion split"}
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    lr.fit(summary_features(fit), y_fit)
+    probs["logistic_regression"] = lr.predict_proba(summary_features(test))[:, 1]
+    report["logistic_regression"] = {
+        "features": [f"{m}_{s}" for m in MODALITIES for s in ("mean", "max", "p90", "ran")],
+        **grouped_metrics(test, probs["logistic_regression"], threshold),
+    }
+    return report, probs
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """One ROC curve per scorer that saw both classes."""
+    fig = Figure(figsize=(6, 6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, (y, p) in curves.items():
+        if len(set(np.asarray(y).tolist())) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="false positive rate (authentic called fake)", ylabel="true positive rate", title="ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_reliability(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """Reliability diagram: observed fake rate against predicted P(fake), uniform bins."""
+    fig = Figure(figsize=(6, 6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfectly calibrated")
+    for name, (y, p) in curves.items():
+        if len(y) == 0:
+            continue
+        prob_true, prob_pred = calibration_curve(y, p, n_bins=N_BINS, strategy="uniform")
+        ax.plot(prob_pred, prob_true, marker="o", label=f"{name} (ECE {expected_calibration_error(y, p):.3f})")
+    ax.set(xlabel="predicted P(fake)", ylabel="observed fraction fake", title="Reliability", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+# ---- evaluate --------------------------------------------------------------------------------------
+
+
+def evaluate(
+    manifest: Path,
+    split: str = "test",
+    *,
+    version: str | Mapping[str, str] | None = None,
+    weights_dir: Path | None = None,
+    models: BranchModels | None = None,
+    url: str | None = None,
+    out_dir: Path | None = None,
+    settings: ServingSettings | None = None,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    families: Sequence[str] | None = None,
+    with_baselines: bool = True,
+    timeout_s: float = 300.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of the verdict, each branch alone and two baselines on `split`; JSON + plots in `out_dir`.
+
+    Score with exactly one of: `version` (bundles under `weights_dir`, one version or one per
+    bundle name), `models` (already loaded), or `url` (a running service). `families` restricts
+    the split to authentic files plus fakes of those families (leave-one-family-out). The
+    baselines are fitted on the `fusion` split, scored the same way.
+    """
+    if sum(x is not None for x in (version, models, url)) != 1:
+        raise ValueError("pass exactly one of version, models or url")
+    settings = settings or ServingSettings()
+    threshold = settings.decision_threshold
+    if url is None:
+        data = load_manifest_data(
+            manifest, splits=(split, "fusion") if with_baselines else (split,), cache_dir=cache_dir,
+            decode_config=settings.decode, workers=workers, progress=progress,
+        )
+        models = models or load_branch_models(version, weights_dir=weights_dir, device=device)
+        used_models: dict[str, Any] = dict(models.versions)
+        files = score_in_process(models, data, data.indices(split, families), settings, progress=progress, desc=split)
+        fit = []
+        if with_baselines:
+            fit = score_in_process(models, data, data.indices("fusion"), settings, progress=progress, desc="fusion")
+        undecodable = sum(e.split == split and f in data.failed for e, f in zip(data.entries, data.files, strict=True))
+    else:
+        entries = list(read_manifest(Path(manifest)))
+
+        def items(of_split: str, only: Sequence[str] | None) -> list[tuple[ManifestEntry, Path]]:
+            return [
+                (e, Path(manifest).parent / e.path) for e in entries
+                if e.split == of_split and (only is None or e.label == 0 or set(e.families) & set(only))
+            ]
+
+        files, used_models = score_url(url, items(split, families), timeout_s=timeout_s, progress=progress, desc=split)
+        fit = []
+        if with_baselines:
+            fit, _ = score_url(url, items("fusion", None), timeout_s=timeout_s, progress=progress, desc="fusion")
+        undecodable = 0  # the service answers 4xx for those: they are failed files above
+
+    ok = [f for f in files if f.fake_probability is not None]
+    fit = [f for f in fit if f.fake_probability is not None]
+    fused = np.array([f.fake_probability for f in ok], float)
+    y = np.array([f.label for f in ok], int)
+    early = [f for f in ok if f.early_exit]
+    report: dict[str, Any] = {
+        "manifest": str(manifest), "split": split, "families": list(families) if families else None,
+        "mode": "url" if url else "in-process", "url": url, "models": used_models, "threshold": threshold,
+        "n_scored": len(ok), "n_failed": len(files) - len(ok) + undecodable,
+        "early_exit": {
+            "n": len(early), "rate": len(early) / len(ok) if ok else None,
+            "wrong": sum((f.fake_probability >= threshold) != bool(f.label) for f in early),
+        },
+        "fused": grouped_metrics(ok, fused, threshold),
+        "branches": {},
+    }
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {"fused": (y, fused)}
+    for m in MODALITIES:
+        ran = [f for f in ok if m in f.branch_scores]
+        if not ran:
+            continue
+        p = branch_probs(ran, m)
+        report["branches"][m] = {"coverage": len(ran) / len(ok), **grouped_metrics(ran, p, threshold)}
+        curves[m] = (np.array([f.label for f in ran], int), p)
+    calibration_curves = dict(curves)  # the reliability diagram shows the verdict and the branches
+    if with_baselines:
+        report["baselines"], baseline_probs = baselines(fit, ok, threshold)
+        curves.update({name: (y, p) for name, p in baseline_probs.items()})
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        with (out_dir / "scores.jsonl").open("w") as f:
+            for scored in files:
+                f.write(json.dumps(asdict(scored)) + "\n")
+        plot_roc(curves, out_dir / "roc.png")
+        plot_reliability(calibration_curves, out_dir / "reliability.png")
+        outputs = ("metrics.json", "scores.jsonl", "roc.png", "reliability.png")
+        report["outputs"] = {name: str(out_dir / name) for name in outputs}
+    return report
+
+
+# ---- leave one family out -----------------------------------------------------------------------
+
+
+def leave_one_family_out(
+    manifest: Path,
+    out_dir: Path,
+    *,
+    families: Sequence[str] | None = None,
+    weights_dir: Path | None = None,
+    preset: Preset = "default",
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    settings: ServingSettings | None = None,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """For each family: retrain every model without it (train/val/fusion), test on its unseen fakes.
+
+    Expensive (a full `train_all` per family), hence an explicit command. Bundles go to
+    `weights_dir` (default `<out_dir>/weights`) as version `lofo-<family>`, never the served tree.
+    """
+    out_dir = Path(out_dir)
+    weights_dir = weights_dir if weights_dir is not None else out_dir / "weights"
+    if families is None:
+        test_fakes = [e for e in read_manifest(Path(manifest)) if e.split == "test" and e.label == 1]
+        families = sorted({f for e in test_fakes for f in e.families})
+    results: dict[str, Any] = {}
+    for family in families:
+        version = f"lofo-{family}"
+        train_all(
+            manifest, version, weights_dir=weights_dir, preset=preset, epochs=epochs, seed=seed, device=device,
+            exclude_families=[family], settings=settings, cache_dir=cache_dir, workers=workers, overwrite=True,
+            progress=progress,
+        )
+        report = evaluate(
+            manifest, "test", version=version, weights_dir=weights_dir, out_dir=out_dir / family, settings=settings,
+            cache_dir=cache_dir, device=device, families=[family], with_baselines=False, progress=progress,
+        )
+        results[family] = {
+            "fused": report["fused"]["overall"],
+            "branches": {m: b["overall"] for m, b in report["branches"].items()},
+            "report": str(out_dir / family / "metrics.json"),
+        }
+    summary = {"manifest": str(manifest), "preset": preset, "families": results}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lofo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
