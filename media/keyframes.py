@@ -94,7 +94,7 @@ def motion_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stds = np.zeros(n_frames, np.float64)
     previous = None
     for i in range(n_frames):
-        gray = _small_gray(frames[i])  # (h, w) uint8
+        gray = small_gray(frames[i])  # (h, w) uint8
         if previous is not None:
             flow = cv2.calcOpticalFlowFarneback(previous, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # (h, w, 2)
             magnitude = np.hypot(flow[..., 0], flow[..., 1])
@@ -157,7 +157,7 @@ def _pick_diverse(features: np.ndarray, timestamps: np.ndarray, scores: np.ndarr
     return chosen
 
 
-def _small_gray(frame: np.ndarray) -> np.ndarray:
+def small_gray(frame: np.ndarray) -> np.ndarray:
     """Grayscale copy with the longer side at most FLOW_MAX_SIDE."""
     height, width = frame.shape[:2]
     scale = min(1.0, FLOW_MAX_SIDE / max(height, width, 1))

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import yaml
@@ -32,7 +31,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, DecodeConfig, MediaError, decode_media
-from media.keyframes import FLOW_MAX_SIDE, select_keyframes
+from media.keyframes import FLOW_MAX_SIDE, select_keyframes, small_gray
+from models.bundle import sha256_file
 from models import (
     AVAlignmentModel,
     CompressionResilientDetector,
@@ -57,19 +57,13 @@ MODALITIES = ("triage", "visual", "av", "audio")
 
 
 def flow_gray(frame: np.ndarray) -> np.ndarray:
-    """The grey frame keyframe selection computes optical flow on (replica of `media.keyframes._small_gray`).
+    """The grey frame keyframe selection computes optical flow on.
 
     Caching this instead of the full frame keeps the cache small (160 px instead of 640 px,
     one channel) while `select_keyframes` on it, expanded back to three equal channels,
     sees exactly the same grey image: RGB->grey of (g, g, g) is g, and no resize happens.
     """
-    height, width = frame.shape[:2]
-    scale = min(1.0, FLOW_MAX_SIDE / max(height, width, 1))
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    if scale < 1.0:
-        size = (max(round(width * scale), 1), max(round(height * scale), 1))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return gray
+    return small_gray(frame)
 
 
 @dataclass
@@ -157,14 +151,6 @@ class ClipArrays:
         return arrays
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def decode_config_digest(config: DecodeConfig) -> str:
     """Short digest of every DecodeConfig field plus the cache format: a changed setting is a cache miss."""
     text = json.dumps({"format": CACHE_FORMAT, **asdict(config)}, sort_keys=True)
@@ -211,7 +197,7 @@ class FeatureCache:
         """Where `file`'s arrays live (hashes the file once per FeatureCache)."""
         file = Path(file)
         if file not in self._entries:
-            self._entries[file] = self.cache_dir / f"{file_sha256(file)}-{self._digest}.npz"
+            self._entries[file] = self.cache_dir / f"{sha256_file(file)}-{self._digest}.npz"
         return self._entries[file]
 
     def build(self, files: Iterable[Path], workers: int = 1, progress: bool = True) -> CacheReport:

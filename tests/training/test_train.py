@@ -18,11 +18,10 @@ import torch
 from skimage.data import astronaut
 
 from media import DecodeConfig, decode_media, select_keyframes
-from media.keyframes import _small_gray
 from models import load_bundle
 from training import cli
 from training.cli import main as cli_main
-from training.features import ClipArrays, FeatureCache, ServingSettings, flow_gray, keyframe_indices, load_manifest_data
+from training.features import ClipArrays, FeatureCache, ServingSettings, keyframe_indices, load_manifest_data
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 from training.train import (
     MODEL_NAMES,
@@ -165,8 +164,6 @@ def test_cached_grey_frames_give_the_served_keyframes(tiny_manifest: Path) -> No
     """Keyframes from the cache's small grey frames equal keyframes from the decoder's full frames."""
     clip = decode_media((tiny_manifest.parent / "test_blend.mp4").read_bytes())
     arrays = ClipArrays.from_clip(clip)
-    for frame in clip.frames[:3]:
-        np.testing.assert_array_equal(flow_gray(frame), _small_gray(frame))
     scores = np.random.default_rng(0).uniform(0, 1, clip.n_frames)
     served = select_keyframes(clip.frames, clip.timestamps, scores, k=4, seed=0)
     cached = keyframe_indices(arrays, scores, ServingSettings())
