@@ -41,3 +41,11 @@ weights: $(STAMP)
 	$(BIN)/spectrashield generate $(BENCH_DIR) $(BENCH_ARGS) --workers $(WORKERS)
 	$(BIN)/spectrashield train all --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --workers $(WORKERS)
 	$(BIN)/spectrashield eval --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --out $(BENCH_DIR)/eval-$(WEIGHTS_VERSION)
+
+# `make bench`: performance benchmarks (bench/, not tests): floor vs in-process vs served, throughput,
+# memory, cold start; writes bench/results/<timestamp>-<host>.json and BENCHMARKS.md. A full run takes
+# tens of minutes on 2 cores; smoke run: make bench BENCH_OPTS=--quick
+.PHONY: bench
+BENCH_OPTS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_OPTS)

@@ -47,11 +47,17 @@ from media.errors import MediaError, NotMediaError, UnusableMediaError
 
 logger = logging.getLogger("ray.serve")
 
-ERROR_NAMES = {413: "too_large", 415: "not_media", 422: "unusable_media", 400: "bad_request"}
+ERROR_NAMES = {
+    400: "bad_request", 413: "too_large", 415: "not_media", 422: "unusable_media", 500: "internal", 503: "unavailable",
+}
 PINNABLE = ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion")
 PIN_HEADER = "X-Model-Versions"
-MEDIA_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+MEDIA_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500, 503)}
 JOB_POLL_S = 1.0  # how often an idle ingress replica asks the JobQueue for work
+# A replica or node that died mid-request (or took the decoded clip with it). Every stage is a pure
+# function of the upload, so the whole analysis is safely re-run once; user errors (RayTaskError) are not.
+LOST_WORK = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
+RETRY_AFTER_S = 15
 Progress = Callable[[str], Awaitable[None]]
 
 api = FastAPI(
@@ -217,15 +223,20 @@ class SpectraShieldIngress:
         if not data:
             return _error(415, "empty upload: no bytes to analyse", request_id)
         try:
-            response = await self._analyze(data, file.filename, request_id, started, pins)
+            response = await self._analyze_retrying(data, file.filename, request_id, started, pins)
         except MediaError as exc:
             cause = getattr(exc, "cause", exc)  # Serve wraps replica errors; the cause keeps the message
             return _error(exc.http_status, str(cause), request_id)
         except UnknownVersionError as exc:
             return _error(400, str(getattr(exc, "cause", exc)), request_id)
-        except Exception:
-            pipeline_metrics().errors.inc(tags={"kind": "internal"})
-            raise
+        except LOST_WORK as exc:
+            logger.error("request %s: lost twice to dead replicas: %s", request_id, exc)
+            response = _error(503, f"a replica was lost twice while analysing ({type(exc).__name__}); retry", request_id)
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+        except Exception as exc:
+            logger.exception("request %s failed", request_id)
+            return _error(500, f"{type(exc).__name__}: {getattr(exc, 'cause', exc)}", request_id)
         metrics = pipeline_metrics()
         metrics.record_timings(response.timings_ms)
         metrics.verdicts.inc(tags={"verdict": response.verdict, "kind": response.media.kind})
@@ -294,7 +305,9 @@ class SpectraShieldIngress:
         try:
             if not claim.data:
                 raise NotMediaError("empty upload: no bytes to analyse")
-            response = await self._analyze(claim.data, claim.filename, request_id, time.perf_counter(), {}, progress)
+            response = await self._analyze_retrying(
+                claim.data, claim.filename, request_id, time.perf_counter(), {}, progress
+            )
             result = response.model_dump(mode="json")
         except MediaError as exc:
             error = {"error": ERROR_NAMES.get(exc.http_status, "bad_request"),
@@ -306,6 +319,15 @@ class SpectraShieldIngress:
         finally:
             beat.cancel()
         await self.jobs.complete.remote(claim.job_id, claim.index, self._worker_id, result, error)
+
+    async def _analyze_retrying(self, *args: Any) -> AnalyzeResponse:
+        """`_analyze`, re-run once when a replica or node died under it (see LOST_WORK)."""
+        try:
+            return await self._analyze(*args)
+        except LOST_WORK as exc:
+            pipeline_metrics().errors.inc(tags={"kind": "replica_lost"})
+            logger.warning("request %s: %s; re-running the analysis once", args[2], type(exc).__name__)
+            return await self._analyze(*args)
 
     async def _analyze(
         self,

@@ -11,6 +11,7 @@ deadline, and the cluster is torn down even when a test fails.
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,13 @@ def profile(name: str) -> dict:
     return yaml.safe_load((REPO / "cluster" / name).read_text())
 
 
+def deployments(config: dict) -> list[dict]:
+    """The deployment entries of the config's only application."""
+    return config["applications"][0]["deployments"]
+
+
 def deployment(config: dict, name: str) -> dict:
-    return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
+    return next(d for d in deployments(config) if d["name"] == name)
 
 
 def localize(config: dict, port: int, cluster: LocalCluster, request_timeout_s: float = 60) -> dict:
@@ -53,7 +59,7 @@ def localize(config: dict, port: int, cluster: LocalCluster, request_timeout_s: 
     config = copy.deepcopy(config)
     config["proxy_location"] = "HeadOnly"
     config["http_options"].update(host="127.0.0.1", port=port, request_timeout_s=request_timeout_s)
-    for d in config["applications"][0]["deployments"]:
+    for d in deployments(config):
         if d["name"] == "JobQueue":
             d.setdefault("user_config", {})["jobs_dir"] = str(Path(cluster.root) / "jobs")
     return config
@@ -75,7 +81,7 @@ def fix_replicas(d: dict, n: int) -> None:
 
 
 def targets(config: dict) -> dict[str, int]:
-    return {d["name"]: replica_target(d) for d in config["applications"][0]["deployments"]}
+    return {d["name"]: replica_target(d) for d in deployments(config)}
 
 
 @contextmanager
@@ -186,6 +192,24 @@ class Dashboard:
             if d is None or d["status"] != "HEALTHY" or [r["state"] for r in d["replicas"]] != ["RUNNING"] * target:
                 return False
         return True
+
+
+def controller_log(cluster: LocalCluster, needle: str) -> list[str]:
+    """Lines of the Serve controller's log that mention `needle`: why it scaled, restarted or gave up."""
+    lines: list[str] = []
+    for log in sorted(Path(cluster.root).glob("ray/session_*/logs/serve/controller_*.log")):
+        lines += [line for line in log.read_text(errors="replace").splitlines() if needle in line]
+    return lines
+
+
+def ray_errors_in_serve_logs(cluster: LocalCluster, pattern: str = "*") -> Counter:
+    """Distinct log lines naming a `ray.exceptions.*` error in the Serve logs matching `pattern`, counted."""
+    found: Counter = Counter()
+    for log in Path(cluster.root).glob(f"ray/session_*/logs/serve/{pattern}.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "ray.exceptions." in line:
+                found[re.sub(r"\s+", " ", line.strip())[:240]] += 1
+    return found
 
 
 def replicas_per_node(found: list[Replica]) -> dict[str, dict[str, int]]:

@@ -22,6 +22,7 @@ from tests.cluster.harness import (
     MODEL_DEPLOYMENTS,
     Dashboard,
     deployment,
+    deployments,
     localize,
     profile,
     readyz,
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.cluster
 READY_TIMEOUT_S = 420
 SAMPLE_TIMEOUT_S = 120
 SCALED_AV = 4  # 4 x 0.3 GPU: more than the 0.35 left beside one replica of each model
-GPU_SHARE = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in profile("serve.gpu.yaml")["applications"][0]["deployments"]}
+GPU_SHARE = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in deployments(profile("serve.gpu.yaml"))}
 
 Gpu = tuple[str, str]  # (node id, GPU id on that node): one physical device
 
@@ -95,7 +96,7 @@ def test_models_share_one_gpu_and_extra_replicas_spill_to_the_next(cluster: Loca
     packed = _gpus_by_replica(url, dash)
     gpus = {gpu for _, gpu in packed.values()}
     assert sorted(name for name, _ in packed.values()) == sorted(MODEL_DEPLOYMENTS)
-    assert len(gpus) == 1, f"one replica of each model is spread over GPUs {packed}; {replicas_per_node(dash.replicas())}"
+    assert len(gpus) == 1, f"one replica of each model spread over GPUs {packed}; {replicas_per_node(dash.replicas())}"
     (first,) = gpus
 
     config, target = _config(port, cluster, SCALED_AV)
@@ -104,7 +105,8 @@ def test_models_share_one_gpu_and_extra_replicas_spill_to_the_next(cluster: Loca
 
     scaled = _gpus_by_replica(url, dash)
     load = _load(scaled)
-    print(f"\nGPU shares after scaling AVAlignment to {SCALED_AV}: { {f'{n[:8]}/gpu{g}': round(v, 2) for (n, g), v in load.items()} }")
+    shares = {f"{node[:8]}/gpu{gpu}": round(share, 2) for (node, gpu), share in load.items()}
+    print(f"\nGPU shares after scaling AVAlignment to {SCALED_AV}: {shares}")
     assert all(share <= 1.0 + 1e-9 for share in load.values()), load
     assert all(scaled.get(rid) == packed[rid] for rid in packed), "scaling AVAlignment moved or restarted replicas"
     av_gpus = {gpu for name, gpu in scaled.values() if name == "AVAlignment"}

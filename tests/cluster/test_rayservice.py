@@ -21,7 +21,7 @@ def test_serve_config_v2_is_serve_gpu_yaml() -> None:
 
 
 def test_committed_manifest_is_the_generators_output() -> None:
-    assert MANIFEST.read_text() == render(), f"cluster/rayservice.yaml differs from the generator's output; {REGENERATE}"
+    assert MANIFEST.read_text() == render(), f"cluster/rayservice.yaml is not the generator's output; {REGENERATE}"
 
 
 def test_gpu_workers_have_a_gpu_each_and_token_auth_is_on() -> None:

@@ -1,0 +1,219 @@
+"""`python -m bench.run` (`make bench`): floor, in-process and served numbers for every workload, in one run.
+
+Order matters for fairness: media is generated first, then everything in-process is measured
+while no Ray runs, then `serve run` is started (its cold start timed) and loaded over HTTP while
+its processes' memory is sampled. The early-exit workload comes last because it redeploys
+FastTriage's thresholds; the profile's own thresholds are deployed back afterwards.
+
+Results go to `<out>/<UTC timestamp>-<host>.json` and `BENCHMARKS.md` is regenerated from them.
+Benchmarks assert nothing: a missed target is a row in the table, not an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shlex
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import inprocess, served
+from bench.machine import CpuAccount, load_average, machine_info
+from bench.memory import ClusterSampler
+from bench.profile import Profile
+from bench.report import evaluate_targets, render
+from bench.workloads import DEFAULT_CACHE_DIR, WORKLOAD_NAMES, Workload, generate, plan_workloads
+
+# (full, quick) defaults; any option given on the command line wins over both.
+DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "requests": (20, 3),
+    "repeats": (5, 2),
+    "level_seconds": (90.0, 10.0),
+    "requests_per_client": (4, 1),
+    "video_seconds": (10.0, 3.0),
+    "long_seconds": (60.0, 3.0),
+    "audio_seconds": (10.0, 3.0),
+}
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    elapsed = time.monotonic() - _T0
+    print(f"[bench {int(elapsed // 60):02d}:{elapsed % 60:04.1f}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="SpectraShield benchmark: floor vs in-process vs served, throughput, memory, cold start.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 3 s clips, 3 requests, short throughput levels (a few minutes)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for the result JSON")
+    parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"), help="report regenerated from the result")
+    parser.add_argument("--profile", type=Path, default=Path("cluster/serve.cpu.yaml"), help="Serve config to run")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOAD_NAMES, default=list(WORKLOAD_NAMES))
+    parser.add_argument("--requests", type=int, help="timed requests at concurrency 1 (after 2 warm-ups); full 20, quick 3")
+    parser.add_argument("--repeats", type=int, help="in-process runs per measurement (median); full 5, quick 2")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="throughput levels")
+    parser.add_argument("--level-seconds", type=float, help="time bound per throughput level; full 90, quick 10")
+    parser.add_argument("--requests-per-client", type=int,
+                        help="request bound per throughput level, per client; full 4, quick 1")
+    parser.add_argument("--video-seconds", type=float, help="duration of the 720p clip (and early-exit clip); full 10, quick 3")
+    parser.add_argument("--long-seconds", type=float,
+                        help="duration of the 1080p clip; full 60, quick 3 (generating 60 s takes minutes; cached)")
+    parser.add_argument("--audio-seconds", type=float, help="duration of the audio file; full 10, quick 3")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                        help="where generated media is kept between runs (never inside the repository)")
+    args = parser.parse_args(argv)
+    for name, (full, quick) in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
+
+
+def measure_in_process(profile: Profile, workloads: list[Workload], repeats: int) -> dict[str, dict[str, Any]]:
+    """Floor and in-process pipeline for every workload, before any Ray process exists."""
+    graph, models = inprocess.prepare(profile)
+    results = {}
+    for workload in workloads:
+        log(f"in-process: {workload.name}")
+        results[workload.name] = inprocess.measure(graph, models, workload.data(), workload.triage_overrides, repeats)
+    return results
+
+
+def measure_served(
+    instance: served.ServeInstance, profile: Profile, workload: Workload, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Latency at concurrency 1 and throughput per level; redeploys FastTriage around an early-exit workload."""
+    upload = served.Upload(workload.data(), workload.path.name if workload.path else workload.name)
+    result: dict[str, Any] = {}
+    if workload.triage_overrides:
+        log(f"served: serve deploy FastTriage {workload.triage_overrides}")
+        instance.deploy(profile.with_triage(workload.triage_overrides))
+        result["overrides_applied"] = served.wait_for_early_exit(instance.url, upload, expected=True)
+    try:
+        log(f"served: {workload.name} latency, {args.requests} requests")
+        result["latency"] = served.latency(instance.url, upload, args.requests)
+        result["throughput"] = []
+        for c in args.concurrency:
+            log(f"served: {workload.name} throughput at c={c}")
+            result["throughput"].append(
+                served.throughput(instance.url, upload, c, c * args.requests_per_client, args.level_seconds)
+            )
+    finally:
+        if workload.triage_overrides:
+            log("served: restoring the profile's FastTriage thresholds")
+            instance.deploy(profile.config)
+            result["restored"] = served.wait_for_early_exit(instance.url, upload, expected=False)
+    return result
+
+
+def measure_serving(
+    profile: Profile,
+    workloads: list[Workload],
+    per_workload: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    cpu: CpuAccount,
+) -> dict[str, Any]:
+    """Cold start, then every workload over HTTP (early exit last), with the process tree sampled throughout.
+
+    Fills `per_workload[name]["served"]`; returns the cold start, the memory result, the error that
+    stopped the served part (None when none did), the load average at the end, and the CPU account,
+    closed while the Serve processes are still alive (once reaped, their CPU time would also show up
+    in this process's children's and be counted twice).
+    """
+    deployments = [d["name"] for d in profile.app["deployments"]]
+    found: dict[str, Any] = {"cold_start_s": None, "memory": None, "served_error": None}
+    samplers: list[ClusterSampler] = []
+
+    def sample_from(pid: int) -> None:
+        samplers.append(ClusterSampler(pid, deployments))
+        samplers[-1].start()
+
+    with tempfile.TemporaryDirectory(prefix="ss-bench-") as tmp:
+        instance = served.ServeInstance(profile.config, Path(tmp), log)
+        try:
+            log(f"served: starting serve run {args.profile} on {instance.url}")
+            found["cold_start_s"] = instance.start(on_launch=sample_from)
+            log(f"served: ready after {found['cold_start_s']:.1f} s")
+            ordered = [w for w in workloads if not w.triage_overrides] + [w for w in workloads if w.triage_overrides]
+            for workload in ordered:
+                per_workload[workload.name]["served"] = measure_served(instance, profile, workload, args)
+        except (RuntimeError, OSError) as exc:
+            # keep what was measured: the report shows the served columns as missing and says why
+            found["served_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"served: failed: {found['served_error']}")
+        finally:
+            for sampler in samplers:
+                sampler.stop()
+                sampler.sample()  # a last look while every process is alive
+            found["cpu_use"] = cpu.finish(sum(s.cpu_seconds() for s in samplers))
+            found["load_at_end"] = load_average()
+            log("served: stopping")
+            instance.stop()
+    if samplers:
+        found["memory"] = samplers[0].result()
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started_at = datetime.now(timezone.utc)
+    loads = {"at_start": load_average()}
+    cpu = CpuAccount.start()
+    machine = machine_info()
+    profile = Profile.load(args.profile)
+    workloads = plan_workloads(
+        args.workloads, video_seconds=args.video_seconds, long_seconds=args.long_seconds,
+        audio_seconds=args.audio_seconds,
+    )
+    log(f"load average {loads['at_start']} on {machine['logical_cores']} cores; generating media in {args.cache_dir}")
+    generate(workloads, args.cache_dir, log)
+
+    per_workload = measure_in_process(profile, workloads, args.repeats)
+    gc.collect()
+
+    loads["before_served"] = load_average()
+    serving = measure_serving(profile, workloads, per_workload, args, cpu)
+    loads["at_end"] = serving.pop("load_at_end")
+
+    result: dict[str, Any] = {
+        "schema": 1,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([".venv/bin/python -m bench.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "machine": machine,
+        "load_average": loads,
+        "options": {
+            "quick": args.quick, "profile": str(args.profile), "workloads": args.workloads,
+            "requests": args.requests, "repeats": args.repeats, "concurrency": args.concurrency,
+            "level_seconds": args.level_seconds, "requests_per_client": args.requests_per_client,
+            "video_seconds": args.video_seconds, "long_seconds": args.long_seconds, "audio_seconds": args.audio_seconds,
+        },
+        "weights": profile.weight_versions(),
+        "workloads": {
+            w.name: {"workload": w.summary(), **per_workload[w.name]} for w in workloads
+        },
+        **serving,
+    }
+    result["targets"] = evaluate_targets(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{started_at.strftime('%Y%m%dT%H%M%SZ')}-{machine['host']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    args.markdown.write_text(render(result, str(path)))
+    log(f"wrote {path} and {args.markdown}")
+    for target in result["targets"]:
+        log(f"{target['target']}: {target['measured']} -> "
+            f"{ {True: 'met', False: 'missed', None: 'not measured'}[target['met']] }")
+    if serving["served_error"] is not None:
+        raise SystemExit(f"the served part failed ({serving['served_error']}); see {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Cluster tooling: Serve configs, a local multi-node Ray launcher, cloud and KubeRay manifests."""
