@@ -7,7 +7,8 @@ that succeed. The only MediaDecoder replica is kept off the head (a custom resou
 workers declare) and its worker is the one killed, so requests are certainly in the middle
 of decoding on the dying node. The ingress re-runs such a request once (every stage is a pure
 function of the upload); what is still lost is answered with the API's JSON 503 and only while
-the node is down. Every outcome is printed (`-s`).
+the node is down — unless the Ingress replica handling it was on the dead node, in which case
+Serve's proxy answers a plain-text 500. Every outcome is printed (`-s`).
 """
 
 from __future__ import annotations
@@ -186,8 +187,17 @@ def test_replicas_spread_and_survive_losing_a_worker_under_load(cluster: LocalCl
     assert not no_answer, f"requests without an HTTP answer: {[o.body for o in no_answer]}"
     failed = [o for o in outcomes if o.status != 200]
     assert all(o.status >= 500 and killed_at - CLIENT_TIMEOUT_S < o.started < recovered_at for o in failed), failed
-    # In-flight work on the dead node is re-run by the ingress; whatever still fails says so in API JSON.
-    assert all(o.status == 503 and json.loads(o.body)["error"] == "unavailable" for o in failed), failed
+    # In-flight work on the dead node is re-run by the ingress; whatever still fails says so in API JSON,
+    # except a request whose Ingress replica itself died: nothing of ours is left to answer it, and Serve's
+    # proxy answers a plain-text 500.
+    ingress_died = lost.get("Ingress", 0) > 0
+
+    def clear_failure(o: Outcome) -> bool:
+        if o.status == 503:
+            return json.loads(o.body)["error"] == "unavailable"
+        return ingress_died and o.status == 500
+
+    assert all(clear_failure(o) for o in failed), (lost, failed)
     before = [o for o in outcomes if o.ended < killed_at]
     assert before and all(o.healthy() for o in before), [(o.status, o.body[:200]) for o in before]
     later = [o for o in outcomes if o.started > recovered_at]
