@@ -386,8 +386,8 @@ class SpectraShieldIngress:
             results = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True)))
             failures: dict[str, str] = {}
             for name, result in results.items():
-                if isinstance(result, UnknownVersionError):
-                    raise result
+                if isinstance(result, (UnknownVersionError, *LOST_WORK)):
+                    raise result  # a bad pin is the caller's 400; a branch lost with its replica re-runs the analysis
                 if isinstance(result, BaseException):
                     logger.exception("request %s: %s branch failed", request_id, name, exc_info=result)
                     pipeline_metrics().errors.inc(tags={"kind": "branch_failed"})
