@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from importlib.metadata import version as pkg_version
 
 import ray
@@ -47,6 +46,3 @@ class MediaDecoderDeployment:
         return ModelInfo(
             deployment="MediaDecoder", version=self._landmarks_version, trained=True, placement=replica_placement()
         )
-
-    def settings(self) -> dict:
-        return asdict(self.config)

@@ -6,8 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ModalityName = Literal["triage", "visual", "av", "audio"]
-
 
 class ModalityReport(BaseModel):
     status: Literal["ok", "skipped", "failed"] = Field(description="ok: ran; skipped: see reason; failed: raised")
