@@ -113,8 +113,10 @@ def test_rollout_then_bad_version_then_rollback(service):
         service.deploy(service.fresh_config())  # rollback is deploying the previous config
     restored = _wait_for(
         service,
-        lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/v0" and m["FastTriage"]["model"]["error"] is None,
-        "rollback to v0",
+        # the weights swap in reconfigure() before the controller marks the update done: wait for both
+        lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/v0" and m["FastTriage"]["model"]["error"] is None
+        and m["FastTriage"]["status"] == "HEALTHY",
+        "rollback to v0 with FastTriage HEALTHY",
     )
     assert restored["FastTriage"]["status"] == "HEALTHY"
     assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v0"
