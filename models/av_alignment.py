@@ -5,8 +5,16 @@ phonemes and mouth shapes. Audio frames come from a Wav2Vec2 encoder (our own sm
 by default, or a local `from_pretrained` directory); visual frames from the lip-landmark
 trajectory plus a small CNN on the grey mouth crop. One transformer reads both sequences
 together, each token tagged with its modality and a sinusoidal encoding of its ABSOLUTE time
-in seconds, so audio and video frames at different rates meet on a common clock. A CLS token
-gives the sync logit, a bounded offset estimate and the joint embedding.
+in seconds, so audio and video frames at different rates meet on a common clock; its CLS
+token is the joint embedding.
+
+Sync and offset come mainly from an explicit lag search (SyncNet's idea, made differentiable):
+a few learned audio channels plus the log energy of each audio frame, and as many learned
+visual channels plus the mouth aperture of each video frame, are correlated (Pearson, over
+time) with the audio sampled at every candidate lead in +-`sync_max_lag_s`. A small 1-D
+network over the lag axis scores each lead: the softmax-weighted lead is the offset estimate,
+and the correlation at lead 0 against the best lead feeds the sync logit. This is what lets
+the model learn lip sync from hundreds of clips instead of millions.
 
 The spoof (synthetic voice) head reads the audio encoder alone, so audio-only uploads get
 the same score as the audio track of a video, whatever the face does.
@@ -57,12 +65,15 @@ class AVAlignmentConfig:
     dropout: float = 0.1
     time_min_period_s: float = 0.04  # shortest period of the time encoding: one frame at 25 fps
     time_max_period_s: float = 200.0  # longest: longer than any clip we accept
-    max_offset_ms: float = 1000.0  # the offset head is tanh-bounded to +-this
+    max_offset_ms: float = 1000.0  # the lag search spans +-this (the offset estimate cannot leave it)
+    sync_channels: int = 8  # learned audio/visual channel pairs correlated across leads
+    sync_lag_step_ms: float = 40.0  # lead grid step (one 25 fps frame; audio frames are 20 ms)
+    sync_hidden: int = 32
 
 
 class AVOutput(NamedTuple):
     sync_logit: Tensor  # (B,) > 0 means audio and lips are in sync
-    offset_ms: Tensor  # (B,) estimated A/V offset in (-max_offset_ms, max_offset_ms); > 0: the audio is heard early (leads the lips)
+    offset_ms: Tensor  # (B,) estimated A/V offset in [-max_offset_ms, max_offset_ms]; > 0: the audio is heard early (leads the lips)
     embedding: Tensor  # (B, E) joint CLS embedding
     spoof_logit: Tensor  # (B,) > 0 means synthetic voice; from audio alone
 
@@ -129,6 +140,109 @@ class MouthCNN(nn.Module):
         return self.proj(self.body(x))
 
 
+# Inner-lip points 62 (top) and 66 (bottom) within the 20 mouth points 48-67.
+_INNER_TOP, _INNER_BOTTOM = 62 - 48, 66 - 48
+
+
+def mouth_aperture(lips: Tensor) -> Tensor:
+    """lips (B, T, 20, 2) in inter-ocular units -> inner-lip opening (B, T); 0 where no face (zeros)."""
+    if lips.shape[2] <= _INNER_BOTTOM:
+        return lips.new_zeros(lips.shape[:2])
+    return torch.linalg.vector_norm(lips[:, :, _INNER_BOTTOM] - lips[:, :, _INNER_TOP], dim=-1)
+
+
+def frame_log_energy(audio: Tensor, window: int, hop: int) -> Tensor:
+    """audio (B, N) -> log mean square per frame (B, L), framed like the Wav2Vec2 feature encoder."""
+    if audio.shape[-1] < window:
+        audio = F.pad(audio, (0, window - audio.shape[-1]))
+    frames = audio.unfold(-1, window, hop)  # (B, L, window)
+    return torch.log(frames.pow(2).mean(dim=-1) + 1e-4)
+
+
+def masked_pearson(x: Tensor, y: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """Pearson correlation over dim -2: x, y (..., T, C), mask (..., T, 1) in {0, 1} -> (..., C).
+
+    Fewer than 3 valid samples, or a constant series, give 0 (no evidence either way).
+    """
+    n = mask.sum(dim=-2)  # (..., 1)
+    safe_n = n.clamp_min(1.0)
+    xm = x - (x * mask).sum(dim=-2, keepdim=True) / safe_n.unsqueeze(-2)
+    ym = y - (y * mask).sum(dim=-2, keepdim=True) / safe_n.unsqueeze(-2)
+    cov = (xm * ym * mask).sum(dim=-2)
+    var = (xm.pow(2) * mask).sum(dim=-2) * (ym.pow(2) * mask).sum(dim=-2)
+    corr = cov / torch.sqrt(var + eps)
+    return torch.where(n >= 3, corr, torch.zeros_like(corr))
+
+
+class SyncCorrelation(nn.Module):
+    """Differentiable lag search between audio and visual channel pairs.
+
+    For every lead tau on the grid, audio features are linearly interpolated at times
+    (frame time - tau) -- "the audio is heard tau early" -- and correlated with the visual
+    features over the frames. Output: sync logit, offset (ms), and a feature vector.
+    """
+
+    def __init__(self, audio_dim: int, visual_dim: int, config: AVAlignmentConfig) -> None:
+        super().__init__()
+        c, h = config.sync_channels, config.sync_hidden
+        n_side = int(round(config.max_offset_ms / config.sync_lag_step_ms))
+        leads = torch.arange(-n_side, n_side + 1, dtype=torch.float32) * config.sync_lag_step_ms / 1000.0
+        self.register_buffer("leads_s", leads, persistent=False)  # derived from the config, not weights
+        self.zero_lead = n_side
+        self.audio_feat = nn.Linear(audio_dim, c)
+        self.visual_feat = nn.Linear(visual_dim, c)
+        channels = c + 1  # + the fixed energy / aperture pair
+        self.lag_net = nn.Sequential(
+            nn.Conv1d(channels, h, 5, padding=2), nn.GELU(), nn.Conv1d(h, 1, 5, padding=2)
+        )
+        self.features_dim = 2 * channels + 2
+        self.sync_mlp = nn.Sequential(nn.Linear(self.features_dim, h), nn.GELU(), nn.Linear(h, 1))
+
+    def curve(
+        self, audio_hidden: Tensor, audio_energy: Tensor, audio_times: Tensor, audio_step_s: float,
+        visual: Tensor, aperture: Tensor, frame_times: Tensor,
+    ) -> Tensor:
+        """Correlation per lead and channel pair (B, K, C); the last channel is energy vs aperture.
+
+        audio_hidden (B, L, H), audio_energy (B, L), audio_times (L,) uniform with step
+        `audio_step_s`; visual (B, T, d), aperture (B, T), frame_times (B, T) seconds.
+        """
+        a = torch.cat([self.audio_feat(audio_hidden), audio_energy.unsqueeze(-1)], dim=-1)  # (B, L, C)
+        v = torch.cat([self.visual_feat(visual), aperture.unsqueeze(-1)], dim=-1)  # (B, T, C)
+        b, length, ch = a.shape
+        k, t = len(self.leads_s), v.shape[1]
+        when = frame_times.float().unsqueeze(1) - self.leads_s.view(1, k, 1)  # (B, K, T) audio time wanted
+        pos = (when - audio_times[0]) / audio_step_s  # fractional audio frame index
+        valid = (pos >= 0) & (pos <= length - 1)
+        i0 = pos.floor().clamp(0, max(length - 2, 0)).long()
+        i1 = (i0 + 1).clamp(max=length - 1)
+        w = (pos - i0.float()).clamp(0.0, 1.0).unsqueeze(-1)  # (B, K, T, 1)
+
+        def gather(index: Tensor) -> Tensor:
+            flat = index.reshape(b, k * t, 1).expand(-1, -1, ch)
+            return a.gather(1, flat).view(b, k, t, ch)
+
+        a_at = (1 - w) * gather(i0) + w * gather(i1)  # (B, K, T, C)
+        return masked_pearson(v.unsqueeze(1).expand(-1, k, -1, -1), a_at, valid.unsqueeze(-1).float())
+
+    def forward(
+        self, audio_hidden: Tensor, audio_energy: Tensor, audio_times: Tensor, audio_step_s: float,
+        visual: Tensor, aperture: Tensor, frame_times: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The inputs of `curve` -> sync logit (B,), offset ms (B,), features (B, F)."""
+        corr = self.curve(audio_hidden, audio_energy, audio_times, audio_step_s, visual, aperture, frame_times)
+        scores = self.lag_net(corr.transpose(1, 2)).squeeze(1)  # (B, K)
+        log_p = torch.log_softmax(scores, dim=-1)
+        offset_ms = (log_p.exp() * self.leads_s).sum(dim=-1) * 1000.0  # (B,)
+        zero = self.zero_lead
+        features = torch.cat(
+            [corr[:, zero], corr.amax(dim=1), log_p[:, zero : zero + 1],
+             scores[:, zero : zero + 1] - scores.amax(dim=1, keepdim=True)],
+            dim=-1,
+        )  # (B, F)
+        return self.sync_mlp(features).squeeze(-1), offset_ms, features
+
+
 class AVAlignmentModel(nn.Module):
     """Wav2Vec2 audio frames + lip/mouth frames -> joint transformer -> sync, offset, spoof."""
 
@@ -165,8 +279,9 @@ class AVAlignmentModel(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.sync_head = nn.Linear(d, 1)
-        self.offset_head = nn.Linear(d, 1)
+        self.sync = SyncCorrelation(hidden, d, config)
+        self.sync_head = nn.Linear(d, 1)  # the transformer's say, added to the lag search's logit
+        self.sync_embed = nn.Linear(self.sync.features_dim, d)
 
     def portable_config(self) -> AVAlignmentConfig:
         """The config to save in a bundle: embeds the Wav2Vec2 config instead of a local path."""
@@ -177,6 +292,11 @@ class AVAlignmentModel(nn.Module):
 
     def encode_audio(self, audio: Tensor) -> tuple[Tensor, Tensor]:
         """audio (B, N) 16 kHz -> hidden (B, L, H) and the centre time of each frame (L,) seconds."""
+        hidden, times, _ = self._encode_audio(audio)
+        return hidden, times
+
+    def _encode_audio(self, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As `encode_audio`, plus the log energy of each audio frame (B, L) of the normalized audio."""
         x = audio.float()
         mean = x.mean(dim=-1, keepdim=True)
         var = x.var(dim=-1, keepdim=True, correction=0) if x.shape[-1] > 0 else torch.ones_like(mean)
@@ -186,7 +306,11 @@ class AVAlignmentModel(nn.Module):
         hidden = self.audio_encoder(input_values=x).last_hidden_state  # (B, L, H)
         index = torch.arange(hidden.shape[1], device=x.device, dtype=torch.float32)
         times = (index * self.audio_stride + (self.min_samples - 1) / 2) / self.config.sample_rate  # (L,)
-        return hidden, times
+        energy = frame_log_energy(x, self.min_samples, self.audio_stride)  # (B, L') with L' = L for wav2vec2 framing
+        missing = hidden.shape[1] - energy.shape[1]
+        if missing > 0:  # a foreign (pretrained) framing: repeat the last frame's energy
+            energy = torch.cat([energy, energy[:, -1:].expand(-1, missing)], dim=1)
+        return hidden, times, energy[:, : hidden.shape[1]]
 
     def spoof_from_hidden(self, hidden: Tensor) -> SpoofOutput:
         """Statistics pooling (mean, std over frames) as in x-vector anti-spoofing models."""
@@ -219,7 +343,7 @@ class AVAlignmentModel(nn.Module):
         """audio (B, N) 16 kHz; lips (B, T, 20, 2); mouths (B, T, 48, 96) in [0, 1]; frame_times (B, T) s."""
         cfg = self.config
         b = audio.shape[0]
-        hidden, audio_times = self.encode_audio(audio)  # (B, L, H), (L,)
+        hidden, audio_times, energy = self._encode_audio(audio)  # (B, L, H), (L,), (B, L)
         spoof = self.spoof_from_hidden(hidden)
 
         audio_tokens = self.audio_proj(hidden) + self.modality_embedding[0] + self.time_tokens(audio_times)  # (B, L, d)
@@ -227,10 +351,14 @@ class AVAlignmentModel(nn.Module):
         visual_tokens = visual + self.modality_embedding[1] + self.time_tokens(frame_times)  # (B, T, d)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), audio_tokens, visual_tokens], dim=1)  # (B, 1+L+T, d)
         cls = self.norm(self.encoder(tokens)[:, 0])  # (B, d)
+        sync_logit, offset_ms, sync_features = self.sync(
+            hidden, energy, audio_times, self.audio_stride / cfg.sample_rate, visual, mouth_aperture(lips.float()),
+            frame_times,
+        )
         return AVOutput(
-            sync_logit=self.sync_head(cls).squeeze(-1),
-            offset_ms=torch.tanh(self.offset_head(cls).squeeze(-1)) * cfg.max_offset_ms,
-            embedding=cls,
+            sync_logit=sync_logit + self.sync_head(cls).squeeze(-1),
+            offset_ms=offset_ms,
+            embedding=cls + self.sync_embed(sync_features),
             spoof_logit=spoof.spoof_logit,
         )
 

@@ -7,6 +7,11 @@ query cross-attends over them. Missing modalities' features are zeroed before an
 reads them, so whatever a caller puts there cannot change the verdict. The logit is divided
 by a temperature fitted after training (Guo et al. 2017), stored with the weights.
 
+Beside the attention path, each present modality's leading scalar features (its branch's
+logits and summary statistics, `FusionConfig.direct`) feed a linear term: fusion contains a
+logistic regression over the branch scores, so with little training data it can fall back
+on it instead of overfitting the embeddings, and the attention path learns the rest.
+
 The feature builders below are the contract between the branch deployments and fusion:
 they turn branch outputs into fixed-size float32 vectors whose sizes match `FusionConfig`.
 """
@@ -44,6 +49,8 @@ def modality_dims(compression: CompressionResilientConfig, av: AVAlignmentConfig
 
 
 DEFAULT_MODALITIES = modality_dims(CompressionResilientConfig(), AVAlignmentConfig())
+# Leading scalar features per modality (see the feature builders below): the linear path's inputs.
+DIRECT_FEATURES = (("triage", TRIAGE_DIM), ("visual", 3), ("av", 3), ("audio", 1))
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class FusionConfig:
     gate_hidden: int = 32
     head_hidden: int = 32
     dropout: float = 0.1
+    direct: tuple[tuple[str, int], ...] = DIRECT_FEATURES  # (modality, leading scalars) of the linear path
 
 
 def fusion_config_for(
@@ -94,6 +102,12 @@ class FusionModel(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.head_hidden, 1),
         )
+        dims = dict(config.modalities)
+        for name, k in config.direct:
+            if name not in dims or not 0 < k <= dims[name]:
+                raise ValueError(f"direct feature count {k} for {name!r} does not fit modalities {config.modalities}")
+        self.direct = nn.ModuleDict({name: nn.Linear(k, 1, bias=False) for name, k in config.direct})
+        self.direct_bias = nn.Parameter(torch.zeros(()))
         # Fitted on held-out data after training; persistent so it ships inside model.safetensors.
         self.register_buffer("temperature", torch.ones(()))
 
@@ -115,6 +129,7 @@ class FusionModel(nn.Module):
         b = present.shape[0]
 
         tokens = []
+        direct = self.direct_bias.expand(b)
         for i, (name, dim) in enumerate(self.config.modalities):
             mask = present[:, i : i + 1]  # (B, 1)
             x = features.get(name)
@@ -126,6 +141,9 @@ class FusionModel(nn.Module):
                 raise ValueError(f"features[{name!r}] must be ({b}, {dim}), got {tuple(x.shape)}")
             x = torch.where(mask, x.float(), 0.0)  # missing values (even NaN) never reach the model
             tokens.append(self.proj[name](x) + self.modality_embedding[i])
+            if name in self.direct:
+                k = self.direct[name].in_features
+                direct = direct + self.direct[name](x[:, :k]).squeeze(-1)  # zero when missing: x is zeroed
         tokens = torch.stack(tokens, dim=1)  # (B, M, d)
 
         scores = self.gate(tokens).squeeze(-1).masked_fill(~present, float("-inf"))  # (B, M)
@@ -133,7 +151,7 @@ class FusionModel(nn.Module):
         gated = (gate_weights.unsqueeze(-1) * tokens).sum(dim=1)  # (B, d)
         query = self.query.expand(b, -1, -1)  # (B, 1, d)
         attended, _ = self.attention(query, tokens, tokens, key_padding_mask=~present, need_weights=False)
-        raw = self.head(torch.cat([attended.squeeze(1), gated], dim=-1)).squeeze(-1)  # (B,)
+        raw = self.head(torch.cat([attended.squeeze(1), gated], dim=-1)).squeeze(-1) + direct  # (B,)
         logit = raw / self.temperature
         return FusionOutput(logit=logit, probability=torch.sigmoid(logit), gate_weights=gate_weights)
 

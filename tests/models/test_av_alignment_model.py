@@ -11,7 +11,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from models import MODELS, AVAlignmentModel, build_av_alignment, load_bundle, save_bundle
-from models.av_alignment import TEST_CONFIG, time_encoding
+from models.av_alignment import SyncCorrelation, frame_log_energy, TEST_CONFIG, time_encoding
 
 
 @pytest.fixture
@@ -76,9 +76,33 @@ def test_audio_frame_times_follow_the_stride() -> None:
 
 def test_offset_is_bounded(model: AVAlignmentModel) -> None:
     with torch.no_grad():
-        model.offset_head.bias.fill_(1e4)
+        model.sync.lag_net[-1].weight.normal_(0.0, 1e4)  # scores so extreme the softmax is one-hot
         out = model(torch.randn(1, 8000), *visual_inputs(1, 4, seed=0))
-    assert out.offset_ms.abs().max() <= TEST_CONFIG.max_offset_ms
+    assert out.offset_ms.abs().max() <= TEST_CONFIG.max_offset_ms + 1e-3
+
+
+def test_lag_search_finds_a_known_lead() -> None:
+    """The parameter-free channel pair (audio energy vs mouth aperture) peaks at the true lead: a
+    mouth that opens exactly when bursts of noise are heard 300 ms later has its best lead at -300 ms."""
+    torch.manual_seed(0)
+    sync = SyncCorrelation(audio_dim=4, visual_dim=4, config=TEST_CONFIG)
+    sr, fps, seconds = 16000, 25, 4.0
+    frame_times = torch.arange(int(seconds * fps)).float() / fps  # (T,)
+    open_ = (torch.rand(len(frame_times)) > 0.6).float()  # mouth open on random frames
+    audio = torch.full((int(seconds * sr),), 1e-3)
+    for t in frame_times[open_ > 0]:
+        start = int((float(t) + 0.3) * sr)  # heard 300 ms late
+        audio[start : start + sr // fps] = torch.randn(len(audio[start : start + sr // fps]))
+    energy = frame_log_energy(audio[None], 400, 320)  # (1, L)
+    times = (torch.arange(energy.shape[1]).float() * 320 + 199.5) / sr
+    with torch.no_grad():
+        curve = sync.curve(
+            torch.zeros(1, energy.shape[1], 4), energy, times, 0.02,
+            torch.zeros(1, len(frame_times), 4), open_[None], frame_times[None],
+        )  # (1, K, C)
+    fixed = curve[0, :, -1]
+    assert float(sync.leads_s[int(fixed.argmax())]) == pytest.approx(-0.3, abs=0.021)
+    assert float(fixed.max()) > 0.8 and float(fixed[sync.zero_lead]) < 0.3
 
 
 def tiny_wav2vec2(directory: Path) -> Wav2Vec2Model:
