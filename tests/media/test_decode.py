@@ -63,6 +63,26 @@ def assert_shapes(clip: Clip, n_frames: int) -> None:
     assert clip.meta.n_frames == n_frames
 
 
+def test_unsampled_b_frames_are_skipped_and_sampled_ones_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """H.264 with B-frames at 30 fps, sampled at 10 fps: non-reference pictures that are not
+    sampled are never decoded, yet every sampled frame is the exact one a full decode shows."""
+    import media.decode as decode
+
+    frames = numbered_frames(90, size=(128, 48))  # 3 s at 30 fps, numbers up to 65535
+    data = encode_video(frames, "mp4", "libx264", 30, encoder_options={"crf": "16", "preset": "veryfast", "bframes": "3"})
+    offered: list[int] = []
+    original_offer = decode._FramePicker.offer
+
+    def counting_offer(self, frame):
+        offered.append(frame.pts)
+        return original_offer(self, frame)
+
+    monkeypatch.setattr(decode._FramePicker, "offer", counting_offer)
+    clip = decode_media(data, NO_FACES)
+    np.testing.assert_array_equal(read_frame_numbers(clip.frames), np.arange(30) * 3)
+    assert 30 <= len(offered) < 80, f"decoded {len(offered)} of 90 frames"
+
+
 @pytest.mark.parametrize("with_audio", [False, True], ids=["video", "video+audio"])
 @pytest.mark.parametrize(
     ("container", "encoder", "codec"), VIDEO_FORMATS, ids=[f"{c}-{e}" for c, e, _ in VIDEO_FORMATS]
