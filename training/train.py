@@ -729,13 +729,16 @@ METHOD = {
     "class-balanced BCE per face crop with flips and random re-compression. Target: "
     "modality_labels.visual, else label.",
     "av_alignment": "Random windows of lips, mouth crops and audio on the window's clock (as served). "
+    "Sync and offset are read from the model's lag search (learned audio/visual channels plus audio "
+    "energy vs mouth aperture, correlated at every lead in +-1 s) plus the joint transformer's CLS. "
     "Sync: BCE, target modality_labels.av (authentic = in sync) plus self-supervised negatives "
     "(audio moved 150-800 ms either way, half of the in-sync windows). Offset: smooth-L1 in seconds "
     "on meta.av_offset_ms and the on-the-fly shifts (> 0 = audio leads). Spoof: class-balanced BCE on "
     "modality_labels.audio from the audio encoder alone (audio-only files included).",
     "fusion": "Inputs: the trained branches' fusion features on the `fusion` split, which no branch "
     "trained on, computed by the served stages (keyframes from triage scores, etc.) with every branch "
-    "run. Loss: BCE on label, modality dropout. Temperature: LBFGS on val NLL.",
+    "run. The model's linear path over each branch's scores is trained jointly with the attention "
+    "path. Loss: BCE on label, modality dropout. Temperature: LBFGS on val NLL.",
 }
 
 
