@@ -139,6 +139,20 @@ def save_bundle(
     return directory
 
 
+def update_card(directory: str | Path, card_text: str) -> Path:
+    """Replace a bundle's card.md and its checksum, after verifying the bundle as it stands.
+
+    Evaluation results arrive after training wrote the bundle; the weights and config stay
+    byte-for-byte what they were (a bundle that no longer matches its manifest is refused).
+    """
+    directory = Path(directory)
+    manifest = verify_manifest(directory)
+    (directory / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n")
+    manifest[CARD_FILE] = sha256_file(directory / CARD_FILE)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory
+
+
 def verify_manifest(directory: Path) -> dict[str, str]:
     """Check every file the manifest names (and that it names the required ones)."""
     manifest_path = directory / MANIFEST_FILE

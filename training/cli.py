@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from training.evaluate import evaluate, leave_one_family_out
+from training.evaluate import evaluate, leave_one_family_out, record_in_cards
 from training.features import ServingSettings
 from training.train import MODEL_NAMES, PRESETS, train_all, train_model
 
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--family", action="append", default=None, help="only authentic files and fakes of this family")
     ev.add_argument("--no-baselines", action="store_true")
     ev.add_argument("--timeout", type=float, default=300.0, help="--url: seconds per request")
+    ev.add_argument(
+        "--record-in-cards", action="store_true",
+        help="write the scores into each evaluated bundle's card.md under --weights-dir (checksums updated)",
+    )
 
     lofo = commands.add_parser("lofo", help="leave-one-family-out: retrain without each family, test on it (slow)")
     _common(lofo)
@@ -142,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(json.dumps({"n_scored": report["n_scored"], "fused": report["fused"]["overall"]}, indent=2))
         print(f"wrote {args.out}")
+        if args.record_in_cards:
+            for path in record_in_cards(report, args.weights_dir, command_line):
+                print(f"recorded the scores in {path / 'card.md'}")
         return 0
 
     summary = leave_one_family_out(

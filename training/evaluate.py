@@ -39,6 +39,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from models.bundle import update_card, weights_root
+
 from training.features import (
     MODALITIES,
     BranchModels,
@@ -455,3 +457,64 @@ def leave_one_family_out(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lofo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# ---- test scores into the model cards ------------------------------------------------------------
+
+CARD_SECTION = "## Test-split evaluation"
+BRANCHES_OF = {  # which branch scores speak for each bundle
+    "fast_triage": ("triage",), "compression_resilient": ("visual",), "av_alignment": ("av", "audio"), "fusion": (),
+}
+
+
+def _scores_line(scores: Mapping[str, Any]) -> str:
+    keys = ("n", "auc", "eer", "accuracy", "f1", "ece", "brier", "far", "frr")
+    parts = []
+    for key in keys:
+        value = scores.get(key)
+        if value is None:
+            continue
+        parts.append(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(parts)
+
+
+def card_section(report: Mapping[str, Any], name: str, command: str) -> str:
+    """Markdown: how this bundle's branch and the fused verdict scored on the evaluated split."""
+    mode = f"the running service at {report['url']}" if report.get("url") else "the served stages in-process"
+    lines = [
+        CARD_SECTION, "",
+        f"Split `{report['split']}` of `{report['manifest']}`, scored through {mode}; models "
+        + ", ".join(f"`{v}`" for v in report["models"].values()) + ".",
+        f"Command: `{command}`", "",
+        f"- fused verdict (threshold {report['threshold']}): {_scores_line(report['fused']['overall'])}",
+    ]
+    for branch in BRANCHES_OF.get(name, ()):
+        lines.append(f"- `{branch}` branch alone: {_scores_line(report['branches'][branch]['overall'])}")
+    tables = [("fused", report["fused"])] + [(b, report["branches"][b]) for b in BRANCHES_OF.get(name, ())]
+    for axis in ("per_family", "per_compression"):
+        keys = sorted({k for _, t in tables for k in t.get(axis, {})})
+        if not keys:
+            continue
+        lines += ["", f"AUC {axis.replace('_', ' ')} (authentic files vs that group's fakes):", "",
+                  "| | " + " | ".join(keys) + " |", "| --- |" + " ---: |" * len(keys)]
+        for label, table in tables:
+            cells = []
+            for k in keys:
+                auc = table.get(axis, {}).get(k, {}).get("auc")
+                cells.append("-" if auc is None else f"{auc:.3f}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def record_in_cards(report: Mapping[str, Any], weights_dir: Path | None, command: str) -> list[Path]:
+    """Write (or replace) each evaluated bundle's "Test-split evaluation" card section; checksums follow."""
+    root = Path(weights_dir) if weights_dir is not None else weights_root()
+    written = []
+    for name, used in report["models"].items():
+        if name not in BRANCHES_OF or not isinstance(used, str) or "/" not in used:
+            continue
+        directory = root / used.split()[0]  # "<name>/<version>", maybe followed by " (untrained)"
+        card = (directory / "card.md").read_text()
+        head = card.split("\n" + CARD_SECTION, 1)[0].rstrip("\n")
+        written.append(update_card(directory, head + "\n\n" + card_section(report, name, command)))
+    return written

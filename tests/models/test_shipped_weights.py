@@ -1,6 +1,7 @@
-"""The bundles committed under weights/: they load strictly, say they are untrained, fit
-each other, and produce golden outputs (so a silent change to a model's code or its
-weights fails here).
+"""The bundles committed under weights/: v0 (untrained, seeded) and v1 (trained on the
+generated benchmark, what the Serve configs serve). They load strictly, say truthfully whether
+they are trained, fit each other, and produce golden outputs (so a silent change to a model's
+code or its weights fails here).
 
 GOLDEN holds outputs on seeded inputs. When a bundle is deliberately replaced, copy the
 `actual` values from this test's failure message into GOLDEN in the same change.
@@ -13,12 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 
+import yaml
+
 from models import BUNDLE_NAMES, MODELS, list_versions, load_bundle, modality_dims
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
-MAX_TOTAL_BYTES = 5 * 1024 * 1024
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "weights"
+MAX_TOTAL_BYTES = 8 * 1024 * 1024
+SERVED = "v1"  # the trained version both Serve configs name
+VERSIONS = ("v0", SERVED)
+DEPLOYMENT_OF = {
+    "fast_triage": "FastTriage", "compression_resilient": "CompressionResilient",
+    "av_alignment": "AVAlignment", "fusion": "Fusion",
+}
 
-GOLDEN: dict[str, dict[str, list[float]]] = {
+GOLDEN_V0: dict[str, dict[str, list[float]]] = {
     "fast_triage": {"clip_logit": [0.004485], "frame_logits": [-0.017563, -0.021978, -0.025489]},
     "compression_resilient": {
         "logit": [0.323246, 0.324206],
@@ -33,6 +43,10 @@ GOLDEN: dict[str, dict[str, list[float]]] = {
     },
     "fusion": {"logit": [-0.52372, 0.25914], "gate_weights": [0.244401, 0.274569, 0.261109, 0.219921]},
 }
+
+GOLDEN_V1: dict[str, dict[str, list[float]]] = {}
+
+GOLDEN = {"v0": GOLDEN_V0, SERVED: GOLDEN_V1}
 
 
 def golden_outputs(name: str, model: torch.nn.Module) -> dict[str, list[float]]:
@@ -69,45 +83,59 @@ def golden_outputs(name: str, model: torch.nn.Module) -> dict[str, list[float]]:
     return {k: [round(float(x), 6) for x in v.reshape(-1)] for k, v in values.items()}
 
 
-@pytest.fixture(scope="module", params=BUNDLE_NAMES)
+@pytest.fixture(scope="module", params=[(n, v) for v in VERSIONS for n in BUNDLE_NAMES], ids=lambda p: f"{p[0]}-{p[1]}")
 def shipped(request):
-    return request.param, load_bundle(WEIGHTS / request.param / "v0")
+    name, version = request.param
+    return name, version, load_bundle(WEIGHTS / name / version)
 
 
-def test_every_bundle_has_v0() -> None:
+def test_every_bundle_has_both_versions() -> None:
     for name in BUNDLE_NAMES:
-        assert "v0" in list_versions(name, root=WEIGHTS), name
+        assert set(VERSIONS) <= set(list_versions(name, root=WEIGHTS)), name
 
 
-def test_loads_strictly_and_is_untrained(shipped) -> None:
-    name, bundle = shipped
-    assert bundle.trained is False
-    assert bundle.arch == name and bundle.version == "v0"
-    assert bundle.config == MODELS.get(name)().config  # v0 is the default preset
+def test_loads_strictly_and_says_whether_it_is_trained(shipped) -> None:
+    name, version, bundle = shipped
+    assert bundle.arch == name and bundle.version == version
+    assert bundle.config == MODELS.get(name)().config  # both are the default preset
     card = (bundle.path / "card.md").read_text()
-    assert "UNTRAINED" in card and "no" in card.lower()
+    if version == "v0":
+        assert bundle.trained is False
+        assert "UNTRAINED" in card
+    else:
+        assert bundle.trained is True
+        for section in ("Training data", "spectrashield train", "Wall time", "Validation"):
+            assert section in card, (name, section)
 
 
 def test_golden_outputs(shipped) -> None:
-    name, bundle = shipped
+    name, version, bundle = shipped
     actual = golden_outputs(name, bundle.model)
-    expected = GOLDEN[name]
-    assert actual.keys() == expected.keys(), f"actual = {actual!r}"
+    expected = GOLDEN[version].get(name, {})
+    assert actual.keys() == expected.keys(), f"{name} {version}: actual = {actual!r}"
     for key in expected:
         torch.testing.assert_close(
             torch.tensor(actual[key]),
             torch.tensor(expected[key]),
             atol=1e-4,
             rtol=1e-4,
-            msg=f"{name}.{key}: actual = {actual!r}",
+            msg=f"{name} {version}.{key}: actual = {actual!r}",
         )
 
 
-def test_fusion_bundle_fits_branch_bundles() -> None:
-    compression = load_bundle(WEIGHTS / "compression_resilient" / "v0").config
-    av = load_bundle(WEIGHTS / "av_alignment" / "v0").config
-    fusion = load_bundle(WEIGHTS / "fusion" / "v0").config
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fusion_bundle_fits_branch_bundles(version: str) -> None:
+    compression = load_bundle(WEIGHTS / "compression_resilient" / version).config
+    av = load_bundle(WEIGHTS / "av_alignment" / version).config
+    fusion = load_bundle(WEIGHTS / "fusion" / version).config
     assert fusion.modalities == modality_dims(compression, av)
+
+
+@pytest.mark.parametrize("profile", ["serve.cpu.yaml", "serve.gpu.yaml"])
+def test_serve_configs_serve_the_trained_version(profile: str) -> None:
+    app = yaml.safe_load((REPO / "cluster" / profile).read_text())["applications"][0]
+    versions = {d["name"]: d["user_config"]["version"] for d in app["deployments"] if "version" in d.get("user_config", {})}
+    assert versions == {DEPLOYMENT_OF[n]: SERVED for n in BUNDLE_NAMES}
 
 
 def test_weights_stay_small() -> None:

@@ -73,6 +73,11 @@ class SteadyLoad:
         self._thread.join(timeout=120)
 
 
+def _served_triage_version(service) -> str:
+    """The FastTriage version the shipped Serve config names (what a rollback returns to)."""
+    return service.deployment_config(service.fresh_config(), "FastTriage")["user_config"]["version"]
+
+
 def _replicas(models: dict) -> dict[str, str]:
     return {name: dep["model"]["placement"].get("replica_id") for name, dep in models.items()}
 
@@ -80,9 +85,10 @@ def _replicas(models: dict) -> dict[str, str]:
 def test_rollout_then_bad_version_then_rollback(service):
     clip = talking_face_video(seconds=2.0, size=(320, 240), fps=25, with_audio=True, seed=5)
     root = service.weights_dir / "fast_triage"
-    shutil.copytree(root / "v0", root / "v1")
-    corrupt = root / "v2-corrupt"
-    shutil.copytree(root / "v0", corrupt)
+    shipped = _served_triage_version(service)
+    shutil.copytree(root / shipped, root / "rollout-new")
+    corrupt = root / "rollout-corrupt"
+    shutil.copytree(root / shipped, corrupt)
     blob = bytearray((corrupt / "model.safetensors").read_bytes())
     blob[-1] ^= 0xFF  # one flipped bit: the manifest checksum must catch it
     (corrupt / "model.safetensors").write_bytes(bytes(blob))
@@ -90,9 +96,9 @@ def test_rollout_then_bad_version_then_rollback(service):
     before = _models(service)
     try:
         with SteadyLoad(service, clip) as load:
-            service.deploy(_with_triage_version(service, "v1"))
+            service.deploy(_with_triage_version(service, "rollout-new"))
             after = _wait_for(
-                service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/v1", "FastTriage v1"
+                service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/rollout-new", "the new version"
             )
             time.sleep(3)  # keep the load on a little past the switch
         assert load.statuses and set(load.statuses) == {200}, load.statuses
@@ -100,26 +106,26 @@ def test_rollout_then_bad_version_then_rollback(service):
             assert after[name]["model"]["version"] == before[name]["model"]["version"], name
         # A user_config change is applied in place: every deployment keeps its replicas, FastTriage included.
         assert _replicas(after) == _replicas(before)
-        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v1"
+        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/rollout-new"
 
-        service.deploy(_with_triage_version(service, "v2-corrupt"))
+        service.deploy(_with_triage_version(service, "rollout-corrupt"))
         failed = _wait_for(
-            service, lambda m: "v2-corrupt" in (m["FastTriage"]["model"]["error"] or ""), "the failed load report"
+            service, lambda m: "rollout-corrupt" in (m["FastTriage"]["model"]["error"] or ""), "the failed load report"
         )
-        assert failed["FastTriage"]["model"]["version"] == "fast_triage/v1"  # the old one keeps serving
+        assert failed["FastTriage"]["model"]["version"] == "fast_triage/rollout-new"  # the old one keeps serving
         assert "checksum" in failed["FastTriage"]["model"]["error"].lower() or "sha256" in failed["FastTriage"]["model"]["error"].lower()
-        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v1"
+        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/rollout-new"
     finally:
         service.deploy(service.fresh_config())  # rollback is deploying the previous config
     restored = _wait_for(
         service,
         # the weights swap in reconfigure() before the controller marks the update done: wait for both
-        lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/v0" and m["FastTriage"]["model"]["error"] is None
-        and m["FastTriage"]["status"] == "HEALTHY",
-        "rollback to v0 with FastTriage HEALTHY",
+        lambda m: m["FastTriage"]["model"]["version"] == f"fast_triage/{shipped}"
+        and m["FastTriage"]["model"]["error"] is None and m["FastTriage"]["status"] == "HEALTHY",
+        f"rollback to {shipped} with FastTriage HEALTHY",
     )
     assert restored["FastTriage"]["status"] == "HEALTHY"
-    assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v0"
+    assert _analyze_versions(service, clip)["FastTriage"] == f"fast_triage/{shipped}"
 
 
 def test_triage_early_exit_follows_user_config(service):
@@ -161,20 +167,21 @@ def test_triage_early_exit_follows_user_config(service):
 def test_canary_and_per_request_pins(service):
     clip = talking_face_video(seconds=2.0, size=(320, 240), fps=25, with_audio=True, seed=7)
     root = service.weights_dir / "fast_triage"
-    if not (root / "v1").exists():
-        shutil.copytree(root / "v0", root / "v1")
+    shipped = _served_triage_version(service)
+    if not (root / "canary-new").exists():
+        shutil.copytree(root / shipped, root / "canary-new")
     try:
-        service.deploy(_with_triage_version(service, "v0", canary={"version": "v1", "fraction": 1.0}))
+        service.deploy(_with_triage_version(service, shipped, canary={"version": "canary-new", "fraction": 1.0}))
         models = _wait_for(service, lambda m: m["FastTriage"]["model"]["canary"] is not None, "the canary")
-        assert models["FastTriage"]["model"]["version"] == "fast_triage/v0"
-        assert models["FastTriage"]["model"]["canary"] == {"version": "fast_triage/v1", "fraction": 1.0}
-        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/v1"  # fraction 1: the canary answers
+        assert models["FastTriage"]["model"]["version"] == f"fast_triage/{shipped}"
+        assert models["FastTriage"]["model"]["canary"] == {"version": "fast_triage/canary-new", "fraction": 1.0}
+        assert _analyze_versions(service, clip)["FastTriage"] == "fast_triage/canary-new"  # fraction 1: the canary answers
         with service.client() as c:
             pinned = c.post(
-                "/v1/analyze", files={"file": ("clip.mp4", clip)}, headers={"X-Model-Versions": "FastTriage=v0"}
+                "/v1/analyze", files={"file": ("clip.mp4", clip)}, headers={"X-Model-Versions": f"FastTriage={shipped}"}
             )
             assert pinned.status_code == 200, pinned.text
-            assert pinned.json()["models"]["FastTriage"]["version"] == "fast_triage/v0"
+            assert pinned.json()["models"]["FastTriage"]["version"] == f"fast_triage/{shipped}"
             unknown = c.post(
                 "/v1/analyze", files={"file": ("clip.mp4", clip)}, headers={"X-Model-Versions": "FastTriage=v9"}
             )

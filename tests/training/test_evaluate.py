@@ -23,7 +23,7 @@ from deployments.fusion import FusionConfig
 from deployments.keyframes import KeyframeConfig, KeyframeSelectorDeployment
 from deployments.triage import FastTriageDeployment, TriageConfig
 from media import DecodeConfig, decode_media
-from models import MODELS, save_bundle
+from models import BUNDLE_NAMES, MODELS, load_bundle, save_bundle
 from training import evaluate as evaluate_module
 from training.cli import main as cli_main
 from training.evaluate import (
@@ -257,3 +257,21 @@ def test_cli_eval_writes_its_outputs(tiny_manifest: Path, untrained_weights: Pat
     assert cli_main(argv) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["families"] == ["vocoder"] and report["n_scored"] == 4 and "baselines" not in report
+
+
+def test_cli_eval_records_the_scores_in_the_cards(tiny_manifest: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    save_untrained(weights, "c0")
+    argv = ["eval", "--manifest", str(tiny_manifest), "--version", "c0", "--weights-dir", str(weights),
+            "--out", str(tmp_path / "eval"), "--no-baselines", "--device", "cpu", "--no-progress", "--record-in-cards"]
+    for _ in range(2):  # a second run replaces the section instead of appending another
+        assert cli_main(argv) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for name in BUNDLE_NAMES:
+        card = (weights / name / "c0" / "card.md").read_text()
+        assert card.startswith("test") and card.count("## Test-split evaluation") == 1, card
+        assert "--record-in-cards" in card and f"fused verdict (threshold {report['threshold']})" in card
+        auc = report["fused"]["overall"]["auc"]
+        assert (f"auc {auc:.3f}" in card) if auc is not None else True
+        load_bundle(weights / name / "c0")  # the manifest follows the new card: still loads
+    assert "`av` branch alone" in (weights / "av_alignment" / "c0" / "card.md").read_text()
