@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from deployments.common import DEFAULT_WEIGHTS_VERSION
+
 # Model deployments and the weight bundle each one serves.
 MODEL_BUNDLES = {
     "FastTriage": "fast_triage",
@@ -55,8 +57,10 @@ class Profile:
             return {}
 
     def weight_versions(self) -> dict[str, str]:
-        """Bundle name -> the version the profile serves (`v0` when it names none, as `WeightsConfig` does)."""
-        return {bundle: self.user_config(name).get("version", "v0") for name, bundle in MODEL_BUNDLES.items()}
+        """Bundle name -> the version the profile serves (the default when it names none, as `WeightsConfig` does)."""
+        return {
+            bundle: self.user_config(name).get("version", DEFAULT_WEIGHTS_VERSION) for name, bundle in MODEL_BUNDLES.items()
+        }
 
     def with_triage(self, overrides: dict[str, float]) -> dict[str, Any]:
         """A copy of the config whose FastTriage `user_config` has `overrides` applied."""

@@ -342,7 +342,7 @@ def _meaning(options: dict[str, Any]) -> list[str]:
         f"{options['requests_per_client']} requests per client were sent or {options['level_seconds']:g} s "
         "passed; clips/minute = answers / wall time until the last answer.",
         "- **early exit**: the `video_720p` clip with FastTriage `early_exit_low=0.999, early_exit_high=1.0` "
-        "(applied with `serve deploy`, restored afterwards; untrained triage scores ~0.5 never exit under the "
+        "(applied with `serve deploy`, restored afterwards; the clip's triage score never exits under the "
         "profile's thresholds), compared with that clip's decode + faces floor.",
         "- **memory**: peak RSS per Serve replica (kernel high-water mark) and its peak PSS, and the peak of the "
         "sums over every process under `serve run` (driver, GCS, raylet, dashboard, agents, controller, proxy, "

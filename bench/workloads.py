@@ -26,8 +26,8 @@ from tests.mediagen import encode_audio, encode_image, speech_like_audio, talkin
 GENERATOR_VERSION = 1
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "spectrashield-bench-media"
 WORKLOAD_NAMES = ("video_720p", "video_1080p_long", "image_1024", "audio", "early_exit")
-# FastTriage user_config for the early-exit workload: untrained triage scores ~0.5, which is
-# below 0.999, so every clip exits early as "real" and the later stages never run.
+# FastTriage user_config for the early-exit workload: any triage score below 0.999 settles the
+# clip as "real" (the generated clip scores far below it), so the later stages never run.
 EARLY_EXIT_TRIAGE = {"early_exit_low": 0.999, "early_exit_high": 1.0}
 
 

@@ -123,12 +123,16 @@ class CanaryConfig(BaseModel):
     fraction: float = Field(ge=0.0, le=1.0)
 
 
+# The trained version shipped in weights/ (v0 is the untrained seeded initialisation).
+DEFAULT_WEIGHTS_VERSION = "v1"
+
+
 class WeightsConfig(BaseModel):
     """The weights part of a model deployment's user_config."""
 
     model_config = ConfigDict(extra="forbid")
 
-    version: str = "v0"
+    version: str = DEFAULT_WEIGHTS_VERSION
     canary: CanaryConfig | None = None
 
 

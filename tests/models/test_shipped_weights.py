@@ -44,7 +44,21 @@ GOLDEN_V0: dict[str, dict[str, list[float]]] = {
     "fusion": {"logit": [-0.52372, 0.25914], "gate_weights": [0.244401, 0.274569, 0.261109, 0.219921]},
 }
 
-GOLDEN_V1: dict[str, dict[str, list[float]]] = {}
+GOLDEN_V1: dict[str, dict[str, list[float]]] = {
+    "fast_triage": {"clip_logit": [1.483973], "frame_logits": [1.026693, 1.005062, 1.091833]},
+    "compression_resilient": {
+        "logit": [-2.754386, -3.309346],
+        "recon_error": [0.009558, 0.009283],
+        "embedding": [-0.128027, -0.102566, 0.483872],
+    },
+    "av_alignment": {
+        "sync_logit": [-0.340566],
+        "offset_s": [0.180633],
+        "spoof_logit": [4.516451],
+        "embedding": [-0.60097, 2.11903, 0.55309],
+    },
+    "fusion": {"logit": [3.184096, 3.075615], "gate_weights": [0.044216, 0.70606, 0.177061, 0.072663]},
+}
 
 GOLDEN = {"v0": GOLDEN_V0, SERVED: GOLDEN_V1}
 
@@ -104,7 +118,8 @@ def test_loads_strictly_and_says_whether_it_is_trained(shipped) -> None:
         assert "UNTRAINED" in card
     else:
         assert bundle.trained is True
-        for section in ("Training data", "spectrashield train", "Wall time", "Validation"):
+        for section in ("Training data:", "spectrashield train", "Wall time", "## Validation scores",
+                        "## Test-split evaluation", "fused verdict"):
             assert section in card, (name, section)
 
 

@@ -42,8 +42,8 @@ def test_probes_and_models(service):
         assert dep["model"]["version"], (name, dep)
     for name in ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion"):
         model = models["deployments"][name]["model"]
-        assert model["version"].endswith("/v0")
-        assert model["trained"] is False  # shipped v0 weights are random initialisations
+        assert model["version"].endswith("/v1")
+        assert model["trained"] is True  # the Serve configs serve the trained v1 bundles
         assert len(model["sha256"]) == 64
 
 
@@ -171,7 +171,7 @@ def test_prometheus_metrics_are_exported(service, talking_face):
         'ray_spectrashield_errors_total{',
         'kind="not_media"',
         'ray_spectrashield_weights_version_info{',
-        'version="v0"',
+        'version="v1"',
         'ray_spectrashield_model_requests_total{',
     )
     deadline, text = time.monotonic() + 90, ""
