@@ -416,12 +416,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-audio", action="store_true")
+    parser.add_argument(
+        "--lip-delay", type=float, default=0.0, help="seconds the lips lag the voice (> 0: an out-of-sync fake)"
+    )
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     container = {".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}.get(args.out.suffix, "mp4")
     data = talking_face_video(
         seconds=args.seconds, size=(width, height), fps=args.fps, container=container,
-        with_audio=not args.no_audio, seed=args.seed,
+        with_audio=not args.no_audio, seed=args.seed, lip_delay_s=args.lip_delay,
     )
     args.out.write_bytes(data)
     print(f"wrote {args.out} ({len(data)} bytes, {args.seconds:g} s, {width}x{height} @ {args.fps:g} fps)")

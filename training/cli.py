@@ -114,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # eval --url: not one INFO line per request
     command_line = shlex.join(["spectrashield", *argv])
     settings = ServingSettings.from_serve_config(args.serve_config) if args.serve_config else ServingSettings()
     device = _device(args.device)

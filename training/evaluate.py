@@ -166,7 +166,8 @@ def score_url(
     url: str, items: Sequence[tuple[ManifestEntry, Path]], *, timeout_s: float = 300.0, progress: bool = True,
     desc: str = "score", client: httpx.Client | None = None,
 ) -> tuple[list[ScoredFile], dict[str, Any]]:
-    """POST each file to a running service; returns the scores and the `models` block it reported.
+    """POST each file to a running service; returns the scores and, per deployment, every weights
+    version that answered (sorted; more than one while a canary runs).
 
     `client` replaces the default `httpx.Client(base_url=url)` (custom auth, proxies, tests).
     """
@@ -176,7 +177,8 @@ def score_url(
         except ImportError as exc:
             raise RuntimeError("evaluating against --url needs httpx: pip install -e '.[dev]'") from exc
         client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
-    scored, served_models = [], {}
+    scored: list[ScoredFile] = []
+    served: dict[str, set[str]] = {}
     with client:
         for entry, file in tqdm(items, desc=desc, unit="file", disable=not progress):
             response = client.post("/v1/analyze", files={"file": (file.name, file.read_bytes())})
@@ -185,7 +187,9 @@ def score_url(
                 scored.append(ScoredFile.of(entry, fake_probability=None, error=error))
                 continue
             body = response.json()
-            served_models = body.get("models", served_models)
+            for deployment, model in body.get("models", {}).items():
+                if model.get("version"):
+                    served.setdefault(deployment, set()).add(str(model["version"]))
             scores = {
                 m: float(report["score"]) for m, report in body["modalities"].items()
                 if report["status"] == "ok" and report.get("score") is not None
@@ -194,7 +198,7 @@ def score_url(
                 entry, fake_probability=float(body["fake_probability"]), early_exit=bool(body["early_exit"]),
                 branch_scores=scores, item_scores={m: [s] for m, s in scores.items()},
             ))
-    return scored, served_models
+    return scored, {deployment: sorted(versions) for deployment, versions in sorted(served.items())}
 
 
 # ---- grouping, baselines, plots -------------------------------------------------------------------
@@ -484,7 +488,7 @@ def card_section(report: Mapping[str, Any], name: str, command: str) -> str:
     lines = [
         CARD_SECTION, "",
         f"Split `{report['split']}` of `{report['manifest']}`, scored through {mode}; models "
-        + ", ".join(f"`{v}`" for v in report["models"].values()) + ".",
+        + ", ".join(f"`{v}`" for v in _bundle_versions(report)) + ".",
         f"Command: `{command}`", "",
         f"- fused verdict (threshold {report['threshold']}): {_scores_line(report['fused']['overall'])}",
     ]
@@ -495,7 +499,9 @@ def card_section(report: Mapping[str, Any], name: str, command: str) -> str:
         keys = sorted({k for _, t in tables for k in t.get(axis, {})})
         if not keys:
             continue
-        lines += ["", f"AUC {axis.replace('_', ' ')} (authentic files vs that group's fakes):", "",
+        what = ("authentic files vs that family's fakes" if axis == "per_family"
+                else "authentic and fake files at that compression level")
+        lines += ["", f"AUC {axis.replace('_', ' ')} ({what}):", "",
                   "| | " + " | ".join(keys) + " |", "| --- |" + " ---: |" * len(keys)]
         for label, table in tables:
             cells = []
@@ -506,14 +512,27 @@ def card_section(report: Mapping[str, Any], name: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bundle_versions(report: Mapping[str, Any]) -> list[str]:
+    """Every "<bundle>/<version>" the report's models name, in-process ("name/v1 (untrained)") or
+    served (deployment -> versions that answered); decoder and keyframe versions are not bundles."""
+    found: list[str] = []
+    for used in report["models"].values():
+        for text in [used] if isinstance(used, str) else list(used):
+            bundle = str(text).split()[0]
+            if bundle.split("/")[0] in BRANCHES_OF and bundle not in found:
+                found.append(bundle)
+    return found
+
+
 def record_in_cards(report: Mapping[str, Any], weights_dir: Path | None, command: str) -> list[Path]:
     """Write (or replace) each evaluated bundle's "Test-split evaluation" card section; checksums follow."""
     root = Path(weights_dir) if weights_dir is not None else weights_root()
     written = []
-    for name, used in report["models"].items():
-        if name not in BRANCHES_OF or not isinstance(used, str) or "/" not in used:
-            continue
-        directory = root / used.split()[0]  # "<name>/<version>", maybe followed by " (untrained)"
+    for bundle in _bundle_versions(report):
+        directory = root / bundle
+        if not (directory / "card.md").is_file():
+            raise FileNotFoundError(f"{bundle} answered but {directory} has no card.md; pass the served --weights-dir")
+        name = bundle.split("/")[0]
         card = (directory / "card.md").read_text()
         head = card.split("\n" + CARD_SECTION, 1)[0].rstrip("\n")
         written.append(update_card(directory, head + "\n\n" + card_section(report, name, command)))

@@ -208,26 +208,36 @@ def test_in_process_stages_equal_the_deployments(tiny_manifest: Path, untrained_
         torch.set_num_threads(threads)
 
 
+_ANSWERED: list[int] = []
+
+
 def _answer(request: httpx.Request) -> httpx.Response:
-    """A service that calls every file 0.8 fake, with a triage and visual score and audio skipped."""
+    """A service that calls every file 0.8 fake, with a triage and visual score and audio skipped;
+    its Fusion canary answers every second request, and AVAlignment only the first."""
     assert request.url.path == "/v1/analyze" and b'name="file"' in request.content
+    _ANSWERED.append(1)
+    models = {"Fusion": {"version": "fusion/v1" if len(_ANSWERED) % 2 else "fusion/v2"}}
+    if len(_ANSWERED) == 1:
+        models["AVAlignment"] = {"version": "av_alignment/v1"}
     return httpx.Response(200, json={
         "fake_probability": 0.8, "early_exit": False,
         "modalities": {
             "triage": {"status": "ok", "score": 0.7}, "visual": {"status": "ok", "score": 0.9},
             "av": {"status": "skipped", "score": None}, "audio": {"status": "failed", "score": None},
         },
-        "models": {"Fusion": {"version": "fusion/v1"}},
+        "models": models,
     })
 
 
 def test_url_mode_reads_the_service_answer(tiny_manifest: Path) -> None:
     entries = [e for e in read_manifest(tiny_manifest) if e.split == "test"][:2]
+    _ANSWERED.clear()
     client = httpx.Client(transport=httpx.MockTransport(_answer), base_url="http://service")
     scored, models = score_url(
         "http://service", [(e, tiny_manifest.parent / e.path) for e in entries], client=client, progress=False
     )
-    assert models == {"Fusion": {"version": "fusion/v1"}}
+    assert models == {"AVAlignment": ["av_alignment/v1"], "Fusion": ["fusion/v1", "fusion/v2"]}  # every version seen
+    assert evaluate_module._bundle_versions({"models": models}) == ["av_alignment/v1", "fusion/v1", "fusion/v2"]
     assert [s.fake_probability for s in scored] == [0.8, 0.8]
     assert scored[0].branch_scores == {"triage": 0.7, "visual": 0.9} and scored[0].path == entries[0].path
 
