@@ -22,6 +22,8 @@ EARLY_EXIT_MARGIN_MS = 150.0  # early exit answered within the clip's decode flo
 MEMORY_BUDGET_GIB = 6.0  # every process of the served cluster together
 COLD_START_S = 60.0  # `serve run` launched -> /readyz 200
 LOADED_PER_CORE = 0.75  # 1-minute load average per core at the start above this: the machine was busy
+# Hand-written history of speed changes (what each bought, by which command), included in BENCHMARKS.md.
+CHANGES_FILE = Path(__file__).resolve().parent / "changes.md"
 OTHER_CPU_SHARE = 0.10  # other processes used more than this share of all cores during the run
 
 STAGES = ("decode", "triage", "keyframes", "visual", "av", "fusion")
@@ -191,6 +193,9 @@ def render(result: dict[str, Any], result_path: str | None = None) -> str:
                    [[t["target"], t["measured"], status(t["met"])] for t in evaluate_targets(result)], "lll")
     lines += [f"The ratio targets are judged on `{RATIO_WORKLOAD}`; the tables below give the same ratios for "
               "every workload, without a pass mark.", ""]
+
+    if CHANGES_FILE.is_file():  # hand-kept: each speed change, the command that measured it, what it bought
+        lines += [CHANGES_FILE.read_text().rstrip(), ""]
 
     workloads = result["workloads"]
     lines += ["## Latency (ms)", "",
