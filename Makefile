@@ -30,9 +30,10 @@ clean:
 # `make weights`: regenerate the synthetic benchmark (training.benchmark: 400 talking-face videos of
 # 4-6 s at 320x240, 200 images, 200 audio files, seed 0), train every model in dependency order
 # into WEIGHTS_DIR/<model>/WEIGHTS_VERSION (refused if that version exists), evaluate it on the
-# test split and write the scores into each card. The shipped weights/*/v1 came from exactly this
-# with WEIGHTS_DIR=build/weights400 BENCH_DIR=build/bench400, then copied (about 17 min on 2 cores:
-# generate 4.6 min, decoding into the feature cache ~1.5 min, training 10 min, evaluation 1 min).
+# test split and write the scores into each card. The shipped weights/*/v1 came from these steps
+# with WEIGHTS_DIR=build/weights400 BENCH_DIR=build/bench400 (about 17 min on 2 cores: generate
+# 4.6 min, decoding into the feature cache ~1.5 min, training 10 min, evaluation 1 min), were
+# copied, and had their card scores re-measured through `make serve` with `eval --url --record-in-cards`.
 # build/ is git-ignored; the feature cache under it makes a re-run skip decoding.
 # Smaller: make weights BENCH_ARGS="--videos 40 --images 20 --audio 20 --seed 0" WEIGHTS_VERSION=v1-small
 .PHONY: weights
