@@ -27,7 +27,7 @@ import media.decode as decode
 from bench.machine import load_average, machine_info
 from bench.profile import Profile
 from bench.workloads import DEFAULT_CACHE_DIR, generate, plan_workloads
-from deployments.decoder import DecoderConfig
+from deployments.decoder import MediaDecoderDeployment
 
 
 class _Everything:
@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         ["video_720p", "video_1080p_long"], video_seconds=10.0, long_seconds=args.long_seconds, audio_seconds=10.0
     )
     generate(workloads, args.cache_dir)
-    settings = DecoderConfig.model_validate(Profile.load(args.profile).deployment("MediaDecoder").get("user_config") or {})
-    config = decode.DecodeConfig(**settings.model_dump())
+    decoder = MediaDecoderDeployment.func_or_class()  # configured exactly as bench.inprocess and Serve do
+    decoder.reconfigure(Profile.load(args.profile).user_config("MediaDecoder"))
+    config = decoder.config
     started = datetime.now(timezone.utc)
     load_start = load_average()
     decode.decode_media(workloads[0].data(), config)  # warm: dlib models, codec tables
