@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import BranchResult, Timer, VersionedModel, WeightsConfig, configure_torch_threads, sigmoid
+from deployments.common import AVResult, BranchResult, Timer, VersionedModel, WeightsConfig, configure_torch_threads, sigmoid
 from media import Clip
 from models.fusion import audio_features, av_features
 
@@ -20,12 +20,6 @@ class AVConfig(WeightsConfig):
 
     min_face_coverage: float = Field(0.5, ge=0.0, le=1.0)  # below this the lips are not trusted
     max_audio_s: float = Field(30.0, gt=0)  # longer audio is cut to bound latency
-
-
-@dataclass
-class AVResult:
-    av: BranchResult  # synchrony of lips and speech
-    audio: BranchResult  # audio spoofing, from the audio alone
 
 
 @serve.deployment(name="AVAlignment", ray_actor_options={"num_cpus": 1})

@@ -73,6 +73,35 @@ class BranchResult:
     timing_ms: float = 0.0
 
 
+# Results the model deployments return, defined here so that the ingress can read them without
+# importing torch (a replica that only routes stays ~400 MB smaller).
+
+
+@dataclass
+class TriageResult:
+    branch: BranchResult
+    frame_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (T,) P(fake) per frame
+    early_exit: str | None = None  # "real" | "fake" when the clip is settled here
+
+
+@dataclass
+class AVResult:
+    av: BranchResult  # synchrony of lips and speech
+    audio: BranchResult  # audio spoofing, from the audio alone
+
+
+@dataclass
+class FusionResult:
+    probability: float  # calibrated P(fake)
+    verdict: str  # "fake" | "real" | "uncertain"
+    is_fake: bool
+    model: ModelInfo
+    gate_weights: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+    timing_ms: float = 0.0
+
+
 def sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + math.exp(-float(x))))
 

@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import BranchResult, ModelInfo, Timer, VersionedModel, WeightsConfig, configure_torch_threads
+from deployments.common import BranchResult, FusionResult, ModelInfo, Timer, VersionedModel, WeightsConfig, configure_torch_threads
 
 
 class FusionConfig(WeightsConfig):
@@ -18,18 +18,6 @@ class FusionConfig(WeightsConfig):
 
     decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     uncertain_margin: float = Field(0.1, ge=0.0, lt=0.5)  # |p - threshold| below this -> "uncertain"
-
-
-@dataclass
-class FusionResult:
-    probability: float  # calibrated P(fake)
-    verdict: str  # "fake" | "real" | "uncertain"
-    is_fake: bool
-    model: ModelInfo
-    gate_weights: dict[str, float] = field(default_factory=dict)
-    status: str = "ok"
-    reason: str | None = None
-    timing_ms: float = 0.0
 
 
 @serve.deployment(name="Fusion", ray_actor_options={"num_cpus": 0.5})

@@ -17,9 +17,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.av_alignment import AVResult
-from deployments.common import BranchResult, ModelInfo, UnknownVersionError
-from deployments.fusion import FusionResult
+from deployments.common import AVResult, BranchResult, FusionResult, ModelInfo, TriageResult, UnknownVersionError
 from deployments.jobs import Claim, UnknownJobError
 from deployments.keyframes import KeyframeResult
 from deployments.metrics import pipeline_metrics
@@ -41,7 +39,6 @@ from deployments.schemas import (
     ReadyResponse,
     VisualAnomalies,
 )
-from deployments.triage import TriageResult
 from media import Clip
 from media.errors import MediaError, NotMediaError, UnusableMediaError
 

@@ -13,7 +13,7 @@ from deployments.common import ModelInfo, Timer, replica_placement
 from media import Clip, select_keyframes
 from media.keyframes import Hotspot, Keyframe
 
-ALGORITHM_VERSION = "flow-kmeans-1"
+ALGORITHM_VERSION = "dis-kmeans-2"  # DIS optical flow (was Farneback in flow-kmeans-1)
 
 
 class KeyframeConfig(BaseModel):

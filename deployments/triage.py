@@ -13,6 +13,7 @@ from ray import serve
 from deployments.common import (
     BranchResult,
     Timer,
+    TriageResult,
     VersionedModel,
     WeightsConfig,
     configure_torch_threads,
@@ -34,13 +35,6 @@ class TriageConfig(WeightsConfig):
         if self.early_exit_low > self.early_exit_high:
             raise ValueError("early_exit_low must not exceed early_exit_high")
         return self
-
-
-@dataclass
-class TriageResult:
-    branch: BranchResult
-    frame_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (T,) P(fake) per frame
-    early_exit: str | None = None  # "real" | "fake" when the clip is settled here
 
 
 @serve.deployment(name="FastTriage", ray_actor_options={"num_cpus": 1})

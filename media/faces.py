@@ -132,7 +132,7 @@ class FaceAnalyzer:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
         n_frames = frames.shape[0]
-        track = faceless_track(frames)
+        track = empty_track(n_frames)
         if n_frames == 0:
             return track
         detect_every = max(int(detect_every), 1)
@@ -142,6 +142,9 @@ class FaceAnalyzer:
             boxes = _track_boxes(detected, n_frames, detect_every)  # (T, 4)
             for i in np.flatnonzero(~np.isnan(boxes[:, 0])):
                 self._fill_frame(track, i, frames[i], boxes[i])
+        # only frames left without a face get the stand-in crop (a resize each: not worth doing for all)
+        for i in np.flatnonzero(~track.face_found):
+            track.face_crops[i] = _centre_square(frames[i])
         return track
 
     def _detect(self, frame: np.ndarray, max_side: int) -> np.ndarray | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from media import Hotspot, find_hotspots, select_keyframes
+from media.keyframes import motion_statistics
 
 STEP = 0.1  # grid step of the synthetic clips, seconds
 
@@ -131,3 +133,16 @@ def test_inconsistent_inputs_are_rejected() -> None:
         select_keyframes(frames, np.arange(4) * STEP, np.zeros(5))
     with pytest.raises(ValueError):
         select_keyframes(frames, np.arange(5) * STEP, np.zeros(5), k=0)
+
+
+def test_motion_statistics_measure_a_known_shift() -> None:
+    """A textured frame panning 3 px per frame, then holding still: the flow magnitude says so."""
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (120, 260)).astype(np.float32), (0, 0), 3)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    offsets = [3 * i for i in range(10)] + [27] * 10  # x offset of each frame's window
+    frames = np.stack([np.repeat(texture[15:105, x : x + 160, None], 3, axis=2) for x in offsets])  # (20, 90, 160, 3)
+    means, stds = motion_statistics(frames)
+    assert np.all(np.abs(means[1:10] - 3.0) < 0.6), means[1:10]
+    assert np.all(means[11:] < 0.3), means[11:]
+    assert means[0] == means[1] and stds[0] == stds[1]
