@@ -47,7 +47,7 @@ READY_TIMEOUT_S = 420  # every deployment of the graph importing torch on two sh
 RECOVERY_TIMEOUT_S = 240
 CLIENT_TIMEOUT_S = 90.0  # above the proxy's request_timeout_s, so a stuck request is answered by Serve, not cut by us
 SERVE_REQUEST_TIMEOUT_S = 60
-LOAD_THREADS = 4  # more than the decoder's max_ongoing_requests (2): it is always busy when its node dies
+LOAD_THREADS = 4  # more than the decoder's max_ongoing_requests (1): it is always busy when its node dies
 SPREAD = {"Ingress": 2, "FastTriage": 2}  # Serve's SPREAD scheduling puts each pair on two nodes
 WORKER_ONLY = "worker_node"  # custom resource of the workers: pins the single MediaDecoder replica to one of them
 
