@@ -12,7 +12,6 @@ Asserts nothing else; writes `bench/results/ablate-decode-<UTC>.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 import media.decode as decode
-from bench.machine import load_average, machine_info
+from bench.machine import load_average, machine_info, write_result
 from bench.profile import Profile
 from bench.workloads import DEFAULT_CACHE_DIR, generate, plan_workloads
 from deployments.decoder import MediaDecoderDeployment
@@ -135,10 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats, "load_average_start": load_start, "load_average_end": load_average(),
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"ablate-decode-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, "ablate-decode", started, record)
 
 
 if __name__ == "__main__":

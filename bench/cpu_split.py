@@ -17,7 +17,6 @@ Asserts nothing; writes `bench/results/cpu-split-<UTC>.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -29,7 +28,7 @@ import ray  # noqa: F401  -- makes Ray's vendored psutil importable (ray/thirdpa
 import psutil
 
 from bench import served
-from bench.machine import load_average, machine_info
+from bench.machine import load_average, machine_info, write_result
 from bench.memory import process_role
 from bench.profile import Profile
 from bench.workloads import DEFAULT_CACHE_DIR, generate, plan_workloads
@@ -106,10 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"throughput(c) / throughput(1) cannot exceed {record['ratio_ceiling_at_equal_cpu_per_clip']:.2f} "
               f"on {cores} cores at equal CPU per clip", flush=True)
     record["load_average_end"] = load_average()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"cpu-split-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, "cpu-split", started, record)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,12 @@ class CpuAccount:
             "other_core_s": round(other, 1),
             "other_share_of_capacity": round(other / capacity, 3) if capacity else 0.0,
         }
+
+
+def write_result(out_dir: Path, prefix: str, started: datetime, record: dict[str, Any]) -> Path:
+    """`record` as `<out_dir>/<prefix>-<UTC start>.json`; prints and returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{prefix}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -90,7 +90,7 @@ def motion_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     motion outlier of its own; a single frame gets zeros.
 
     The flow is DIS at its ULTRAFAST preset. It replaced Farneback (pyramid 3, window 15),
-    which cost 2.3 ms per 160x90 pair against DIS's 0.2 ms, a quarter of a 10 s clip's
+    which cost 2.3 ms per 160x90 pair against DIS's 0.2 ms, a fifth of a 10 s 720p clip's
     pipeline time, for per-frame mean magnitudes that correlate 0.99 with Farneback's
     (`bench/changes.md`).
     """
