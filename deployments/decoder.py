@@ -40,7 +40,8 @@ class MediaDecoderDeployment:
         """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy."""
         data = await upload[0]
         # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
-        return await asyncio.to_thread(decode_media, data, self.config)
+        clip = await asyncio.to_thread(decode_media, data, self.config)
+        return clip.without_frames()  # no branch reads full frames: 7 MB into the object store, not 75
 
     def info(self) -> ModelInfo:
         return ModelInfo(

@@ -48,7 +48,7 @@ class KeyframeSelectorDeployment:
         cfg = self.config
         with Timer() as timer:
             sel = select_keyframes(
-                clip.frames, clip.timestamps, frame_scores,
+                clip.flow_frames, clip.timestamps, frame_scores,
                 k=cfg.k, hotspot_threshold=cfg.hotspot_threshold, seed=cfg.seed,
             )
         return KeyframeResult(sel.keyframes, sel.hotspots, self.info(), timer.ms)

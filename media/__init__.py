@@ -1,37 +1,65 @@
 """Media decoding and analysis for SpectraShield: bytes in, `Clip` out, plus keyframe selection.
 
 No Ray and no torch here, so decoding can be tested and benchmarked on its own.
+
+Names are imported on first use (PEP 562): a model replica that only needs `Clip` does not pay
+for PyAV, dlib and scikit-learn (about 70 MB of private memory per process).
 """
 
-from media import errors
-from media.clip import AUDIO_SAMPLE_RATE, FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, ClipMeta, MediaKind
-from media.decode import DecodeConfig, decode_media
-from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
-from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, landmark_model_path
-from media.keyframes import Hotspot, Keyframe, KeyframeSelection, find_hotspots, select_keyframes
+from __future__ import annotations
 
-__all__ = [
-    "AUDIO_SAMPLE_RATE",
-    "FACE_CROP_SIZE",
-    "MOUTH_CROP_SHAPE",
-    "N_LIP_POINTS",
-    "Clip",
-    "ClipMeta",
-    "DecodeConfig",
-    "FaceAnalyzer",
-    "FaceTrack",
-    "Hotspot",
-    "Keyframe",
-    "KeyframeSelection",
-    "MediaError",
-    "MediaKind",
-    "MediaTooLargeError",
-    "NotMediaError",
-    "UnusableMediaError",
-    "decode_media",
-    "default_analyzer",
-    "errors",
-    "find_hotspots",
-    "landmark_model_path",
-    "select_keyframes",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "AUDIO_SAMPLE_RATE": "media.clip",
+    "FACE_CROP_SIZE": "media.clip",
+    "MOUTH_CROP_SHAPE": "media.clip",
+    "N_LIP_POINTS": "media.clip",
+    "Clip": "media.clip",
+    "ClipMeta": "media.clip",
+    "MediaKind": "media.clip",
+    "DecodeConfig": "media.decode",
+    "decode_media": "media.decode",
+    "MediaError": "media.errors",
+    "MediaTooLargeError": "media.errors",
+    "NotMediaError": "media.errors",
+    "UnusableMediaError": "media.errors",
+    "FaceAnalyzer": "media.faces",
+    "FaceTrack": "media.faces",
+    "default_analyzer": "media.faces",
+    "landmark_model_path": "media.faces",
+    "Hotspot": "media.keyframes",
+    "Keyframe": "media.keyframes",
+    "KeyframeSelection": "media.keyframes",
+    "find_hotspots": "media.keyframes",
+    "select_keyframes": "media.keyframes",
+}
+
+__all__ = sorted([*_EXPORTS, "errors"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        return importlib.import_module("media.errors")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'media' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from media import errors
+    from media.clip import (
+        AUDIO_SAMPLE_RATE, FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, ClipMeta, MediaKind,
+    )
+    from media.decode import DecodeConfig, decode_media
+    from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
+    from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, landmark_model_path
+    from media.keyframes import Hotspot, Keyframe, KeyframeSelection, find_hotspots, select_keyframes

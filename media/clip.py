@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -46,7 +46,9 @@ class Clip:
     """
 
     meta: ClipMeta
-    frames: np.ndarray  # (T, H, W, 3) uint8 RGB at analysis resolution
+    # (T, H, W, 3) uint8 RGB at analysis resolution; None in a Clip made for transport
+    # (`without_frames`): no served stage reads full frames, and they are ~90% of the bytes.
+    frames: np.ndarray | None
     timestamps: np.ndarray  # (T,) float64 seconds of each sampled frame
     face_found: np.ndarray  # (T,) bool, detected or tracked
     face_boxes: np.ndarray  # (T, 4) float32 x0, y0, x1, y1 in frame pixels; NaN without a face
@@ -54,9 +56,19 @@ class Clip:
     face_crops: np.ndarray  # (T, FACE_CROP_SIZE, FACE_CROP_SIZE, 3) uint8 RGB, eye-aligned
     mouth_crops: np.ndarray  # (T, *MOUTH_CROP_SHAPE) uint8 grayscale mouth ROI; zeros without a face
     lip_trajectory: np.ndarray  # (T, N_LIP_POINTS, 2) float32 lips, centred on the mouth, scaled by inter-ocular distance; 0 without a face
+    # (T, h, w) uint8 grey frames, longer side <= media.keyframes.FLOW_MAX_SIDE: keyframe selection's optical-flow input
+    flow_frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (N,) float32 mono, AUDIO_SAMPLE_RATE
     sample_rate: int = AUDIO_SAMPLE_RATE
 
     @property
     def n_frames(self) -> int:
-        return int(self.frames.shape[0])
+        return int(self.timestamps.shape[0])
+
+    def without_frames(self) -> Clip:
+        """This clip minus the full-resolution frames: what MediaDecoder puts in the object store.
+
+        A 10 s 720p clip drops from 75 MB to 7 MB; every branch reads face crops, mouth crops,
+        landmarks, flow frames or audio, never `frames`.
+        """
+        return replace(self, frames=None)

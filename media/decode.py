@@ -32,8 +32,8 @@ frame time n / 16000. For audio-only input sample 0 is the first decoded sample.
 audio stream is used; channels are downmixed by FFmpeg's resampler.
 
 Shapes by kind: video T = sampled frames; image T = 1 with timestamps [0.0]; audio-only
-T = 0 with frames `(0, 0, 0, 3)` (there is no picture size, matching width = height = 0)
-and every other per-frame array `(0, ...)` with its usual trailing shape.
+T = 0 with frames `(0, 0, 0, 3)` (there is no picture size, matching width = height = 0),
+flow frames `(0, 0, 0)`, and every other per-frame array `(0, ...)` with its usual trailing shape.
 
 Errors: empty or undemuxable bytes, and containers holding only subtitles or data ->
 NotMediaError (415); bytes over `max_bytes`, duration over `max_duration_s` or frames over
@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 
 from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
+from media.keyframes import small_gray
 from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
 from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, faceless_track
 
@@ -132,6 +133,13 @@ class _Decoded:
     audio: np.ndarray  # (N,) float32 at AUDIO_SAMPLE_RATE
 
 
+def flow_frames(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) RGB -> (T, h, w) grey at most FLOW_MAX_SIDE long: what keyframe selection reads."""
+    if len(frames) == 0:
+        return np.zeros((0, 0, 0), np.uint8)
+    return np.stack([small_gray(frame) for frame in frames])
+
+
 def _assemble(decoded: _Decoded, track: FaceTrack) -> Clip:
     return Clip(
         meta=decoded.meta,
@@ -143,6 +151,7 @@ def _assemble(decoded: _Decoded, track: FaceTrack) -> Clip:
         face_crops=track.face_crops,
         mouth_crops=track.mouth_crops,
         lip_trajectory=track.lip_trajectory,
+        flow_frames=flow_frames(decoded.frames),
         audio=decoded.audio,
         sample_rate=AUDIO_SAMPLE_RATE,
     )

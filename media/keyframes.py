@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 
 FLOW_MAX_SIDE = 160  # optical flow runs on grayscale frames this long: motion statistics, not detail
 _TIME_WEIGHT = 1.0  # time spreads keyframes over the clip as much as any motion statistic
@@ -58,16 +56,17 @@ def select_keyframes(
 ) -> KeyframeSelection:
     """Up to `k` keyframes (exactly min(k, T)) and the runs of frames scoring >= `hotspot_threshold`.
 
-    frames: `(T, H, W, 3)` uint8 RGB; timestamps: `(T,)` seconds, increasing; frame_scores:
+    frames: `(T, H, W, 3)` uint8 RGB, or `(T, h, w)` grey such as `Clip.flow_frames` (the same
+    selection: flow runs on `small_gray` of either); timestamps: `(T,)` seconds, increasing; frame_scores:
     `(T,)` in [0, 1]. Hotspots shorter than `min_hotspot_s` are dropped. Deterministic for a
     given `seed`.
     """
     n_frames = len(frames)
     timestamps = np.asarray(timestamps, np.float64)
     scores = np.asarray(frame_scores, np.float64)
-    if frames.ndim != 4 or len(timestamps) != n_frames or len(scores) != n_frames:
+    if frames.ndim not in (3, 4) or len(timestamps) != n_frames or len(scores) != n_frames:
         raise ValueError(
-            f"frames (T, H, W, 3), timestamps (T,) and frame_scores (T,) must agree; got "
+            f"frames (T, H, W, 3) or (T, h, w), timestamps (T,) and frame_scores (T,) must agree; got "
             f"{frames.shape}, {timestamps.shape}, {scores.shape}"
         )
     if k < 1:
@@ -144,6 +143,9 @@ def _pick_diverse(features: np.ndarray, timestamps: np.ndarray, scores: np.ndarr
     # uniform time over [0, 1] has std 1/sqrt(12): rescale to unit variance, then weight
     relative_time = (timestamps - timestamps[0]) / span * np.sqrt(12.0) * _TIME_WEIGHT
     descriptor = np.column_stack([standardized, scores / _SCORE_SCALE, relative_time])  # (T, 5)
+    from sklearn.cluster import KMeans  # here, not at import: MediaDecoder imports `small_gray` only
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate descriptors: fewer distinct clusters
         kmeans = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(descriptor)
@@ -164,10 +166,13 @@ def _pick_diverse(features: np.ndarray, timestamps: np.ndarray, scores: np.ndarr
 
 
 def small_gray(frame: np.ndarray) -> np.ndarray:
-    """Grayscale copy with the longer side at most FLOW_MAX_SIDE."""
+    """Grayscale with the longer side at most FLOW_MAX_SIDE; `(H, W, 3)` RGB or `(H, W)` grey in.
+
+    A grey frame already that small comes back as it is (not a copy).
+    """
     height, width = frame.shape[:2]
     scale = min(1.0, FLOW_MAX_SIDE / max(height, width, 1))
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     if scale < 1.0:
         size = (max(round(width * scale), 1), max(round(height * scale), 1))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)

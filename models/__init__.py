@@ -1,7 +1,8 @@
 """SpectraShield models: pure PyTorch modules, their configs, the registries and weight bundles.
 
 Importing this package registers every preset in MODELS and every architecture in
-ARCHITECTURES. It imports torch and transformers only: never Ray, never `media`.
+ARCHITECTURES. It imports torch only (transformers once an AV encoder is built): never Ray,
+never `media`.
 """
 
 from models.av_alignment import (

@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+if TYPE_CHECKING:  # transformers is imported where an encoder is built: only the AV replica pays for it
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from models.common import resize_to
 from models.registry import ARCHITECTURES, MODELS, Architecture
@@ -85,6 +87,8 @@ class SpoofOutput(NamedTuple):
 
 def small_wav2vec2_config(config: AVAlignmentConfig) -> Wav2Vec2Config:
     """Our own Wav2Vec2 config; spec-augment and layerdrop off so every weight trains every step."""
+    from transformers import Wav2Vec2Config
+
     return Wav2Vec2Config(
         hidden_size=config.audio_hidden,
         num_hidden_layers=config.audio_layers,
@@ -105,6 +109,8 @@ def small_wav2vec2_config(config: AVAlignmentConfig) -> Wav2Vec2Config:
 
 def build_audio_encoder(config: AVAlignmentConfig) -> Wav2Vec2Model:
     """A local pretrained directory wins, then an embedded config dict, then our small config."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
     if config.pretrained_dir is not None:
         return Wav2Vec2Model.from_pretrained(config.pretrained_dir, local_files_only=True, dtype=torch.float32)
     if config.wav2vec2_config is not None:

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, DecodeConfig, MediaError, decode_media
-from media.keyframes import FLOW_MAX_SIDE, select_keyframes, small_gray
+from media.keyframes import select_keyframes
 from models.bundle import sha256_file
 from models import (
     AVAlignmentModel,
@@ -56,16 +56,6 @@ MODALITIES = ("triage", "visual", "av", "audio")
 # ---- cached arrays ------------------------------------------------------------------------
 
 
-def flow_gray(frame: np.ndarray) -> np.ndarray:
-    """The grey frame keyframe selection computes optical flow on.
-
-    Caching this instead of the full frame keeps the cache small (160 px instead of 640 px,
-    one channel) while `select_keyframes` on it, expanded back to three equal channels,
-    sees exactly the same grey image: RGB->grey of (g, g, g) is g, and no resize happens.
-    """
-    return small_gray(frame)
-
-
 @dataclass
 class ClipArrays:
     """The part of a decoded `Clip` any model or stage reads; T = sampled frames, N = audio samples."""
@@ -77,7 +67,7 @@ class ClipArrays:
     face_crops: np.ndarray  # (T, 128, 128, 3) uint8 RGB
     face_found: np.ndarray  # (T,) bool
     timestamps: np.ndarray  # (T,) float64 seconds
-    flow_frames: np.ndarray  # (T, h, w) uint8 grey frames for optical flow, longer side <= FLOW_MAX_SIDE
+    flow_frames: np.ndarray  # (T, h, w) uint8 grey `Clip.flow_frames`, longer side <= FLOW_MAX_SIDE
     mouth_crops: np.ndarray  # (T, 48, 96) uint8 grey
     lip_trajectory: np.ndarray  # (T, 20, 2) float32
     audio: np.ndarray  # (N,) float32 at sample_rate
@@ -89,10 +79,6 @@ class ClipArrays:
 
     @classmethod
     def from_clip(cls, clip: Clip) -> ClipArrays:
-        if clip.n_frames:
-            flow = np.stack([flow_gray(f) for f in clip.frames])  # (T, h, w)
-        else:
-            flow = np.zeros((0, 1, 1), np.uint8)
         return cls(
             kind=clip.meta.kind,
             has_audio=bool(clip.meta.has_audio),
@@ -101,7 +87,7 @@ class ClipArrays:
             face_crops=np.asarray(clip.face_crops, np.uint8),
             face_found=np.asarray(clip.face_found, bool),
             timestamps=np.asarray(clip.timestamps, np.float64),
-            flow_frames=flow,
+            flow_frames=np.asarray(clip.flow_frames, np.uint8),
             mouth_crops=np.asarray(clip.mouth_crops, np.uint8),
             lip_trajectory=np.asarray(clip.lip_trajectory, np.float32),
             audio=np.asarray(clip.audio, np.float32),
@@ -360,10 +346,9 @@ class BranchRun:
 
 
 def keyframe_indices(arrays: ClipArrays, frame_scores: np.ndarray, settings: ServingSettings) -> np.ndarray:
-    """Frames KeyframeSelector picks, from the cached grey frames (same flow input, see `flow_gray`)."""
-    frames = np.repeat(arrays.flow_frames[..., None], 3, axis=-1)  # (T, h, w, 3) equal channels
+    """Frames KeyframeSelector picks, from the cached grey frames (its own input: `Clip.flow_frames`)."""
     sel = select_keyframes(
-        frames, arrays.timestamps, frame_scores,
+        arrays.flow_frames, arrays.timestamps, frame_scores,
         k=settings.keyframes_k, hotspot_threshold=settings.hotspot_threshold, seed=settings.keyframe_seed,
     )
     return np.asarray([k.index for k in sel.keyframes], np.int64)

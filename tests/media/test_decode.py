@@ -58,9 +58,31 @@ def assert_shapes(clip: Clip, n_frames: int) -> None:
     assert clip.face_crops.shape == (n_frames, FACE_CROP_SIZE, FACE_CROP_SIZE, 3)
     assert clip.mouth_crops.shape == (n_frames, *MOUTH_CROP_SHAPE)
     assert clip.lip_trajectory.shape == (n_frames, N_LIP_POINTS, 2)
+    assert clip.flow_frames.dtype == np.uint8 and clip.flow_frames.ndim == 3 and len(clip.flow_frames) == n_frames
     assert clip.audio.dtype == np.float32 and clip.audio.ndim == 1
     assert clip.sample_rate == AUDIO_SAMPLE_RATE
     assert clip.meta.n_frames == n_frames
+
+
+def test_flow_frames_and_the_copy_sent_to_the_branches() -> None:
+    """`flow_frames` is the small grey copy keyframe selection reads; `without_frames` drops only
+    the full frames, so the object-store copy shrinks by their size and nothing else changes."""
+    import pickle
+
+    from media.keyframes import FLOW_MAX_SIDE, small_gray
+
+    frames = numbered_frames(40, size=(320, 240))
+    clip = decode_media(encode_video(frames, "mp4", "libx264", 20, audio=speech_like_audio(2.0)), NO_FACES)
+    assert clip.flow_frames.shape == (clip.n_frames, 120, FLOW_MAX_SIDE)
+    np.testing.assert_array_equal(clip.flow_frames, np.stack([small_gray(f) for f in clip.frames]))
+
+    light = clip.without_frames()
+    assert light.frames is None and clip.frames is not None  # the original is untouched
+    assert light.n_frames == clip.n_frames == 20
+    for name in ("timestamps", "face_crops", "mouth_crops", "landmarks", "lip_trajectory", "flow_frames", "audio"):
+        assert getattr(light, name) is getattr(clip, name), name
+    full, sent = len(pickle.dumps(clip, protocol=5)), len(pickle.dumps(light, protocol=5))
+    assert full - sent >= clip.frames.nbytes
 
 
 def test_unsampled_b_frames_are_skipped_and_sampled_ones_are_not(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,20 @@ def three_act_clip(n_per_act: int = 10, seed: int = 0) -> np.ndarray:
     return np.stack(frames)
 
 
+def test_grey_flow_frames_select_what_rgb_frames_do() -> None:
+    """KeyframeSelector reads `Clip.flow_frames` (grey, <= FLOW_MAX_SIDE) instead of RGB frames."""
+    from media.keyframes import small_gray
+
+    frames = np.repeat(three_act_clip(), 2, axis=1).repeat(2, axis=2)  # (30, 192, 256, 3): resized on the way
+    grey = np.stack([small_gray(f) for f in frames])
+    scores = np.random.default_rng(3).random(len(frames))
+    times = np.arange(len(frames)) * STEP
+    from_rgb = select_keyframes(frames, times, scores, k=4, hotspot_threshold=0.6)
+    from_grey = select_keyframes(grey, times, scores, k=4, hotspot_threshold=0.6)
+    assert from_grey.keyframes == from_rgb.keyframes and from_grey.hotspots == from_rgb.hotspots
+    np.testing.assert_array_equal(from_grey.motion, from_rgb.motion)
+
+
 def test_keyframes_are_diverse_suspicious_and_sorted() -> None:
     frames = three_act_clip()
     times = np.arange(len(frames)) * STEP
