@@ -78,8 +78,18 @@ def _served_triage_version(service) -> str:
     return service.deployment_config(service.fresh_config(), "FastTriage")["user_config"]["version"]
 
 
-def _replicas(models: dict) -> dict[str, str]:
-    return {name: dep["model"]["placement"].get("replica_id") for name, dep in models.items()}
+def _replicas(models: dict) -> dict[str, object]:
+    """Replica counts per deployment, and the replica id of each deployment that runs one.
+
+    `/v1/models` shows the placement of whichever replica answered, so for a deployment with
+    several replicas (MediaDecoder) only the count can be compared.
+    """
+    found: dict[str, object] = {}
+    for name, dep in models.items():
+        found[f"{name} replicas"] = dep["replicas"]
+        if dep["replicas"].get("RUNNING") == 1:
+            found[name] = dep["model"]["placement"].get("replica_id")
+    return found
 
 
 def test_rollout_then_bad_version_then_rollback(service):
