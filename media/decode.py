@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
@@ -60,7 +61,9 @@ import numpy as np
 from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
 from media.keyframes import small_gray
 from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
-from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, faceless_track
+from media.faces import EarlyDetections, FaceAnalyzer, FaceTrack, default_analyzer, faceless_track
+
+FrameCallback = Callable[[int, np.ndarray], None]  # (sample index k, upright RGB frame (H, W, 3))
 
 # FFmpeg demuxers that read one still image ("png_pipe", "jpeg_pipe", "webp_pipe", ...).
 _IMAGE_DEMUXERS = {"image2", "image2pipe"}
@@ -107,15 +110,21 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
         raise NotMediaError("empty upload")
     if len(data) > config.max_bytes:
         raise MediaTooLargeError(f"upload is {len(data)} bytes; the limit is {config.max_bytes}")
+    analyzer = (analyzer or default_analyzer()) if config.analyze_faces else None
+    early = EarlyDetections(analyzer, config.face_detect_every, config.detect_max_side) if analyzer else None
     try:
-        decoded = _decode(data, config)
+        decoded = _decode(data, config, early.offer if early else None)
+        detected = early.results() if early else {}
     except MediaError:
         raise
     except _DECODE_ERRORS as exc:
         raise UnusableMediaError(f"could not decode media: {exc}") from exc
+    finally:
+        if early:
+            early.close()
     frames = decoded.frames  # (T, H, W, 3)
-    if config.analyze_faces and len(frames):
-        track = (analyzer or default_analyzer()).analyze(frames, config.face_detect_every, config.detect_max_side)
+    if analyzer is not None and len(frames):
+        track = analyzer.analyze(frames, config.face_detect_every, config.detect_max_side, detected)
     else:
         track = faceless_track(frames)
     decoded.meta.face_coverage = track.coverage
@@ -170,8 +179,11 @@ class _VideoInfo:
     rotate_tag: int  # legacy clockwise `rotate` tag; 0 when absent
 
 
-def _decode(data: bytes, config: DecodeConfig) -> _Decoded:
-    """Probe, pick streams, scan, then decode: the whole pipeline minus faces."""
+def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded:
+    """Probe, pick streams, scan, then decode: the whole pipeline minus faces.
+
+    `on_frame(k, rgb)` sees each sampled video frame as soon as it is converted.
+    """
     try:
         container = av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace")
     except _DECODE_ERRORS as exc:
@@ -207,7 +219,7 @@ def _decode(data: bytes, config: DecodeConfig) -> _Decoded:
         raise UnusableMediaError(f"{name}: no video frames and no audio stream")
     kind: MediaKind = "image" if is_image else "video" if info is not None else "audio"
     grid = _plan_grid(scan, kind, info.native_fps, config) if info is not None and scan is not None else None
-    frames, audio_samples, rotation, display = _decode_streams(data, info, audio_index, scan, grid, config)
+    frames, audio_samples, rotation, display = _decode_streams(data, info, audio_index, scan, grid, config, on_frame)
     if info is not None and frames is None:
         raise UnusableMediaError(f"{name}: the {info.codec} video stream has no decodable frame")
     if kind == "audio" and not len(audio_samples):
@@ -370,8 +382,11 @@ def _is_variable_rate(scan: _Scan | None, info: _VideoInfo | None) -> bool:
 class _FramePicker:
     """Streams decoded frames in presentation order and keeps the one shown at each grid time."""
 
-    def __init__(self, grid_times: np.ndarray, info: _VideoInfo, config: DecodeConfig) -> None:
+    def __init__(
+        self, grid_times: np.ndarray, info: _VideoInfo, config: DecodeConfig, on_frame: FrameCallback | None = None
+    ) -> None:
         self._grid = grid_times
+        self._on_frame = on_frame
         self._time_base = info.time_base
         self._k = 0
         self._sar = info.sar
@@ -413,6 +428,8 @@ class _FramePicker:
             if frame is self._prev:
                 self._prev_array = array
         self.picked.append(array)
+        if self._on_frame is not None:
+            self._on_frame(self._k, array)
         self._k += 1
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -442,6 +459,7 @@ def _decode_streams(
     scan: _Scan | None,
     grid: _Grid | None,
     config: DecodeConfig,
+    on_frame: FrameCallback | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, int, tuple[int, int]]:
     """One demux pass decoding the needed video GOPs and all audio.
 
@@ -450,7 +468,7 @@ def _decode_streams(
     """
     picker = None
     if info is not None and grid is not None:
-        picker = _FramePicker(grid.times, info, config)
+        picker = _FramePicker(grid.times, info, config, on_frame)
     with av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace") as container:
         by_index = {stream.index: stream for stream in container.streams}
         video = by_index[info.index] if info is not None else None

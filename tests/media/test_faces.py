@@ -139,3 +139,42 @@ def test_decode_config_can_skip_faces() -> None:
     clip = decode_media(talking_face_video(0.6), DecodeConfig(analyze_faces=False))
     assert not clip.face_found.any() and clip.meta.face_coverage == 0.0
     assert clip.face_crops.any()  # centre squares, still usable by the visual models
+
+
+def test_detections_made_while_decoding_give_the_same_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`decode_media` detects faces on a worker thread as frames arrive; the clip is the one the
+    detect-after-decoding path makes, and a failed decode leaves no worker behind."""
+    import threading
+
+    import media.decode
+
+    data = talking_face_video(seconds=2.0, fps=25, seed=3)
+    threads: list[str] = []
+    real_detect = FaceAnalyzer.detect
+
+    def recording_detect(self, frame, max_side=480):
+        threads.append(threading.current_thread().name)
+        return real_detect(self, frame, max_side)
+
+    monkeypatch.setattr(FaceAnalyzer, "detect", recording_detect)
+    streamed = decode_media(data, DecodeConfig(face_detect_every=4))
+    assert len(threads) == len(range(0, streamed.n_frames, 4)) and all(t.startswith("face-detect") for t in threads)
+
+    monkeypatch.setattr(media.decode, "EarlyDetections", lambda *args: None)  # detect after decoding instead
+    after = decode_media(data, DecodeConfig(face_detect_every=4))
+    assert streamed.meta.face_coverage == after.meta.face_coverage > 0.9
+    for name in ("face_found", "face_boxes", "landmarks", "face_crops", "mouth_crops", "lip_trajectory"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(after, name), err_msg=name)
+
+    monkeypatch.undo()
+    detections_started = []
+
+    def failing_finish(self, video_start):  # audio fails once every frame was handed to the detector
+        detections_started.append([t.name for t in threading.enumerate() if t.name.startswith("face-detect")])
+        raise RuntimeError("audio resampler failed")
+
+    monkeypatch.setattr(media.decode._AudioCollector, "finish", failing_finish)
+    with pytest.raises(media.UnusableMediaError, match="audio resampler failed"):
+        decode_media(data, DecodeConfig())
+    assert detections_started and detections_started[0]  # the worker was running when decoding failed
+    assert not [t for t in threading.enumerate() if t.name.startswith("face-detect")]
