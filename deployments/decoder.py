@@ -47,7 +47,7 @@ class MediaDecoderDeployment:
             data = await upload[0]
             # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
             clip = await asyncio.to_thread(decode_media, data, self.config)
-        return clip.without_frames()  # no branch reads full frames: 7 MB into the object store, not 75
+        return clip.without_frames()  # no branch reads full frames: 7.5 MB into the object store, not 77
 
     def info(self) -> ModelInfo:
         return ModelInfo(

@@ -103,8 +103,10 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
     """Decode an upload into a `Clip`, or raise a `MediaError` subclass saying why not.
 
     `analyzer` defaults to the per-process `FaceAnalyzer`: dlib objects are not thread-safe
-    and loading the landmark model per call would dominate small uploads. For malformed
-    input only `MediaError`s escape.
+    and loading the landmark model per call would dominate small uploads. Face detection runs
+    on a worker thread as sampled frames arrive (`EarlyDetections`), beside FFmpeg's decoding;
+    landmarks and crops follow once every frame is in. For malformed input only `MediaError`s
+    escape.
     """
     if not data:
         raise NotMediaError("empty upload")
