@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from ray import serve
 
 from deployments.common import AVResult, BranchResult, Timer, VersionedModel, WeightsConfig, configure_torch_threads, sigmoid

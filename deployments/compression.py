@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from ray import serve
 
 from deployments.common import (

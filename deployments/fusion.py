@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from ray import serve
 
-from deployments.common import BranchResult, FusionResult, ModelInfo, Timer, VersionedModel, WeightsConfig, configure_torch_threads
+from deployments.common import BranchResult, FusionResult, Timer, VersionedModel, WeightsConfig, configure_torch_threads
 
 
 class FusionConfig(WeightsConfig):
