@@ -1,4 +1,10 @@
-"""AVAlignment: lip/speech synchrony, A/V offset and audio spoofing (alone for audio uploads)."""
+"""AVAlignment: lip/speech synchrony, A/V offset and audio spoofing (alone for audio uploads).
+
+Not `@serve.batch`ed, unlike the other models: clips' audio lengths differ, and padding would
+change every answer (the waveform is normalised as a whole, Wav2Vec2's group-norm feature encoder
+and the statistics pooling and attention all read the padded samples) unless masks were threaded
+through the whole model.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ Kept here so each deployment module stays a thin adapter between Serve and `mode
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -278,6 +279,86 @@ class VersionedModel:
             canary={"version": f"{self.bundle_name}/{self._canary.version}", "fraction": self._canary_fraction}
             if self._canary is not None else None,
         )
+
+
+class BatchConfig(BaseModel):
+    """The `@serve.batch` part of a model deployment's user_config.
+
+    Requests that wait in a replica at the same time share one forward pass, up to `max_batch_size`
+    of them; a batch starts once it is full or `batch_wait_timeout_s` after its first request. The
+    default, 1, runs every request alone: on the 2-core CPU profile batching bought nothing
+    (bench/changes.md). Keep `max_ongoing_requests` >= `max_batch_size`, or batches never fill.
+    """
+
+    max_batch_size: int = Field(1, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)
+
+    def apply_to(self, handler: Any) -> None:
+        """Retune a `@serve.batch` method in place (no replica restart)."""
+        handler.set_max_batch_size(self.max_batch_size)
+        handler.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+
+
+@dataclass
+class Failed:
+    """Stands in a batch's results for one request that raised, so the others still get answers."""
+
+    error: BaseException
+
+
+def answer_batch(run_batch: Any, bundles: list[Any], *items: list[Any]) -> list[Any]:
+    """Answer a `@serve.batch` batch: one `run_batch(bundle, *columns)` call per weights version in it.
+
+    `bundles[i]` is the version request i was routed to (primary or canary); `items` are the
+    request arguments column by column. When a shared call raises, each of its requests is retried
+    alone, so one bad input fails only its own request (as a `Failed` in its slot).
+    """
+    groups: dict[int, list[int]] = {}
+    for i, bundle in enumerate(bundles):
+        groups.setdefault(id(bundle), []).append(i)
+    answers: list[Any] = [None] * len(bundles)
+    for members in groups.values():
+        bundle = bundles[members[0]]
+        try:
+            results = run_batch(bundle, *([column[i] for i in members] for column in items))
+        except Exception as exc:
+            if len(members) == 1:
+                results = [Failed(exc)]
+            else:
+                results = [answer_batch(run_batch, [bundle], *([column[i]] for column in items))[0] for i in members]
+        for i, result in zip(members, results, strict=True):
+            answers[i] = result
+    return answers
+
+
+def unwrap(result: Any) -> Any:
+    """A batch slot's answer, re-raising the request's own error."""
+    if isinstance(result, Failed):
+        raise result.error
+    return result
+
+
+def in_serve_replica() -> bool:
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
+
+
+async def submit(handler: Any, run_batch: Any, bundle: Any, *args: Any) -> Any:
+    """One request's answer through the replica's `@serve.batch` `handler`.
+
+    A deployment class used as a plain class (in-process tools and tests, no Serve replica) has no
+    batch queue: the request then runs alone through the same `answer_batch`.
+    """
+    if in_serve_replica():
+        return unwrap(await handler(bundle, *args))
+    answers = await asyncio.to_thread(answer_batch, run_batch, [bundle], *([arg] for arg in args))
+    return unwrap(answers[0])
 
 
 class Timer:

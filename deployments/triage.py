@@ -10,20 +10,23 @@ from pydantic import Field, model_validator
 from ray import serve
 
 from deployments.common import (
+    BatchConfig,
     BranchResult,
     Timer,
     TriageResult,
     VersionedModel,
     WeightsConfig,
+    answer_batch,
     configure_torch_threads,
     images_to_tensor,
     sigmoid,
+    submit,
 )
 from media import Clip
 from models.fusion import triage_features
 
 
-class TriageConfig(WeightsConfig):
+class TriageConfig(WeightsConfig, BatchConfig):
     """user_config of FastTriage. The clip exits early when p_triage < low or > high."""
 
     early_exit_low: float = Field(0.02, ge=0.0, le=1.0)
@@ -46,32 +49,54 @@ class FastTriageDeployment:
     def reconfigure(self, user_config: dict) -> None:
         self.config = TriageConfig.model_validate(user_config or {})
         self.weights.apply(self.config)
+        self.config.apply_to(self._batched)
 
     def _run(self, bundle, clip: Clip) -> TriageResult:
+        return self._run_batch(bundle, [clip])[0]
+
+    def _run_batch(self, bundle, clips: list[Clip]) -> list[TriageResult]:
+        """One forward pass over every clip with frames (padded to the longest, by length)."""
         cfg = self.config
         info = self.weights.info(bundle)
-        if clip.n_frames == 0:
-            return TriageResult(BranchResult("triage", "skipped", info, reason="no video frames"))
+        results: list[TriageResult | None] = [None] * len(clips)
+        scored = [i for i, clip in enumerate(clips) if clip.n_frames > 0]
+        for i, clip in enumerate(clips):
+            if clip.n_frames == 0:
+                results[i] = TriageResult(BranchResult("triage", "skipped", info, reason="no video frames"))
+        if not scored:
+            return results
+        lengths = [clips[i].n_frames for i in scored]
         with Timer() as timer, torch.inference_mode():
-            frames = images_to_tensor(clip.face_crops, self.weights.device).unsqueeze(0)  # (1, T, 3, H, W)
-            out = bundle.model(frames)
-            clip_logit = float(out.clip_logit[0])
-            frame_logits = out.frame_logits[0].float().cpu().numpy()  # (T,)
-        p = sigmoid(clip_logit)
-        early = "real" if p < cfg.early_exit_low else "fake" if p > cfg.early_exit_high else None
-        branch = BranchResult(
-            "triage", "ok", info, score=p,
-            features=triage_features(clip_logit, frame_logits),
-            details={"frames": int(clip.n_frames), "face_coverage": clip.meta.face_coverage},
-            timing_ms=timer.ms,
-        )
-        scores = (1.0 / (1.0 + np.exp(-frame_logits))).astype(np.float32)
-        return TriageResult(branch, scores, early)
+            crops = [images_to_tensor(clips[i].face_crops, self.weights.device) for i in scored]  # each (T_i, 3, H, W)
+            if len(crops) == 1:
+                out = bundle.model(crops[0].unsqueeze(0))  # (1, T, 3, H, W): no padding
+            else:
+                padded = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, T_max, 3, H, W)
+                out = bundle.model(padded, torch.tensor(lengths))
+            clip_logits = out.clip_logit.float().cpu().numpy()  # (B,)
+            all_frame_logits = out.frame_logits.float().cpu().numpy()  # (B, T_max)
+        for row, (i, n) in enumerate(zip(scored, lengths)):
+            clip, clip_logit, frame_logits = clips[i], float(clip_logits[row]), all_frame_logits[row, :n]
+            p = sigmoid(clip_logit)
+            early = "real" if p < cfg.early_exit_low else "fake" if p > cfg.early_exit_high else None
+            branch = BranchResult(
+                "triage", "ok", info, score=p,
+                features=triage_features(clip_logit, frame_logits),
+                details={"frames": int(n), "face_coverage": clip.meta.face_coverage, "batch_size": len(scored)},
+                timing_ms=timer.ms,
+            )
+            scores = (1.0 / (1.0 + np.exp(-frame_logits))).astype(np.float32)
+            results[i] = TriageResult(branch, scores, early)
+        return results
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def _batched(self, bundles: list, clips: list[Clip]) -> list:
+        return await asyncio.to_thread(answer_batch, self._run_batch, bundles, clips)
 
     async def __call__(self, clip: Clip, pin: str | None = None) -> TriageResult:
         """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
         bundle = self.weights.choose(pin)
-        return await asyncio.to_thread(self._run, bundle, clip)
+        return await submit(self._batched, self._run_batch, bundle, clip)
 
     def info(self):
         return self.weights.info()

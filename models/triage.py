@@ -72,17 +72,49 @@ class FastTriage(nn.Module):
         self.frame_head = nn.Linear(seq_dim, 1)
         self.clip_head = nn.Linear(2 * seq_dim, 1)
 
-    def forward(self, frames: Tensor) -> TriageOutput:
-        """frames: (B, T, 3, H, W) float in [0, 1], any H, W."""
+    def forward(self, frames: Tensor, lengths: Tensor | None = None) -> TriageOutput:
+        """frames: (B, T, 3, H, W) float in [0, 1], any H, W.
+
+        `lengths` (B,) int, for clips of different lengths padded to T (several requests in one
+        forward pass): only each clip's first lengths[b] frames are read; the padding never reaches
+        the CNN, the LSTM (packed sequences) or the pooling, so every clip scores as it would alone.
+        Its frame logits past lengths[b] are 0.
+        """
         b, t = frames.shape[:2]
-        x = frames.reshape(b * t, *frames.shape[2:])  # (B*T, 3, H, W)
-        x = normalize_image(resize_to(x, (self.config.image_size,) * 2))  # (B*T, 3, S, S)
-        x = self.blocks(self.stem(x))  # (B*T, C, s, s)
-        x = x.mean(dim=(2, 3)).view(b, t, -1)  # (B, T, C)
-        seq, _ = self.lstm(x)  # (B, T, D)
+        if lengths is None:
+            x = frames.reshape(b * t, *frames.shape[2:])  # (B*T, 3, H, W)
+            return self._sequence_head(self._frame_vectors(x).view(b, t, -1))
+        lengths = lengths.to(device="cpu", dtype=torch.int64)
+        if lengths.shape != (b,) or int(lengths.min()) < 1 or int(lengths.max()) > t:
+            raise ValueError(f"lengths must be (B,) = ({b},) in [1, {t}], got {tuple(lengths.tolist())}")
+        valid = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T) on CPU
+        vectors = self._frame_vectors(frames[valid.to(frames.device)])  # (sum(lengths), C)
+        x = vectors.new_zeros(b, t, vectors.shape[-1])
+        x[valid.to(frames.device)] = vectors  # (B, T, C), zeros past each length
+        return self._sequence_head(x, lengths, valid.to(frames.device))
+
+    def _frame_vectors(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, C) per-frame vectors."""
+        x = normalize_image(resize_to(x, (self.config.image_size,) * 2))  # (N, 3, S, S)
+        return self.blocks(self.stem(x)).mean(dim=(2, 3))  # (N, C)
+
+    def _sequence_head(self, x: Tensor, lengths: Tensor | None = None, valid: Tensor | None = None) -> TriageOutput:
+        """(B, T, C) frame vectors -> logits; with `lengths` (CPU) and `valid` (B, T), padding is ignored."""
+        t = x.shape[1]
+        if lengths is None:
+            seq, _ = self.lstm(x)  # (B, T, D)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            seq, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t)
         seq = self.dropout(seq)
         frame_logits = self.frame_head(seq).squeeze(-1)  # (B, T)
-        pooled = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=-1)  # (B, 2D)
+        if valid is None:
+            pooled = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=-1)  # (B, 2D)
+        else:
+            frame_logits = frame_logits.masked_fill(~valid, 0.0)
+            keep = valid.unsqueeze(-1)  # (B, T, 1)
+            mean = seq.masked_fill(~keep, 0.0).sum(dim=1) / keep.sum(dim=1)  # (B, D)
+            pooled = torch.cat([mean, seq.masked_fill(~keep, float("-inf")).amax(dim=1)], dim=-1)  # (B, 2D)
         clip_logit = self.clip_head(pooled).squeeze(-1)  # (B,)
         return TriageOutput(clip_logit=clip_logit, frame_logits=frame_logits)
 
