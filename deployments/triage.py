@@ -55,7 +55,7 @@ class FastTriageDeployment:
         return self._run_batch(bundle, [clip])[0]
 
     def _run_batch(self, bundle, clips: list[Clip]) -> list[TriageResult]:
-        """One forward pass over every clip with frames (padded to the longest, by length)."""
+        """One forward pass over every clip with frames (packed: no clip reads another's or padding)."""
         cfg = self.config
         info = self.weights.info(bundle)
         results: list[TriageResult | None] = [None] * len(clips)
@@ -67,12 +67,7 @@ class FastTriageDeployment:
             return results
         lengths = [clips[i].n_frames for i in scored]
         with Timer() as timer, torch.inference_mode():
-            crops = [images_to_tensor(clips[i].face_crops, self.weights.device) for i in scored]  # each (T_i, 3, H, W)
-            if len(crops) == 1:
-                out = bundle.model(crops[0].unsqueeze(0))  # (1, T, 3, H, W): no padding
-            else:
-                padded = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, T_max, 3, H, W)
-                out = bundle.model(padded, torch.tensor(lengths))
+            out = bundle.model.forward_clips([images_to_tensor(clips[i].face_crops, self.weights.device) for i in scored])
             clip_logits = out.clip_logit.float().cpu().numpy()  # (B,)
             all_frame_logits = out.frame_logits.float().cpu().numpy()  # (B, T_max)
         for row, (i, n) in enumerate(zip(scored, lengths)):

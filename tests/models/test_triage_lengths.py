@@ -42,3 +42,22 @@ def test_bad_lengths_are_refused(lengths) -> None:
     model = FastTriage(TEST_CONFIG).eval()
     with pytest.raises(ValueError, match="lengths"):
         model(torch.rand(2, 5, 3, 32, 32), torch.tensor(lengths))
+
+
+def test_clips_match_the_padded_batch_and_an_empty_clip_is_refused() -> None:
+    model = FastTriage(TEST_CONFIG).eval()
+    g = torch.Generator().manual_seed(3)
+    clips = [torch.rand(n, 3, 48, 48, generator=g) for n in (4, 9, 6)]
+    lengths = torch.tensor([len(c) for c in clips])
+    padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (3, 9, 3, 48, 48)
+    with torch.inference_mode():
+        listed = model.forward_clips(clips)
+        reference = model(padded, lengths)
+        same = model.forward_clips([clips[1], clips[1]])  # equal lengths: the path without padding
+        alone = model(clips[1].unsqueeze(0))
+    torch.testing.assert_close(listed.clip_logit, reference.clip_logit)
+    torch.testing.assert_close(listed.frame_logits, reference.frame_logits)
+    torch.testing.assert_close(same.clip_logit, alone.clip_logit.expand(2), atol=1e-5, rtol=1e-4)
+    for bad in ([], [clips[0], clips[0][:0]]):
+        with pytest.raises(ValueError, match="at least one clip"):
+            model.forward_clips(bad)
