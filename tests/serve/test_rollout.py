@@ -47,22 +47,28 @@ def _with_triage_version(service, version: str, canary: dict | None = None) -> d
     return config
 
 
+def _status(call: Callable[[], object]) -> int:
+    try:
+        return call().status_code
+    except Exception:  # a dropped connection counts as a failure
+        return -1
+
+
 class SteadyLoad:
-    """Posts clips back to back from a thread until stopped; every status code is kept."""
+    """Posts clips back to back from a thread until stopped, asking /readyz after each; every status code is kept."""
 
     def __init__(self, service, clip: bytes) -> None:
         self.service, self.clip = service, clip
         self.statuses: list[int] = []
+        self.ready: list[int] = []  # /readyz answers: a rollout must not take the service out of rotation
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         with self.service.client() as c:
             while not self._stop.is_set() and len(self.statuses) < 500:
-                try:
-                    self.statuses.append(c.post("/v1/analyze", files={"file": ("clip.mp4", self.clip)}).status_code)
-                except Exception:  # a dropped connection counts as a failure
-                    self.statuses.append(-1)
+                self.statuses.append(_status(lambda: c.post("/v1/analyze", files={"file": ("clip.mp4", self.clip)})))
+                self.ready.append(_status(lambda: c.get("/readyz")))
 
     def __enter__(self) -> "SteadyLoad":
         self._thread.start()
@@ -112,6 +118,7 @@ def test_rollout_then_bad_version_then_rollback(service):
             )
             time.sleep(3)  # keep the load on a little past the switch
         assert load.statuses and set(load.statuses) == {200}, load.statuses
+        assert set(load.ready) == {200}, load.ready  # ready all along: the old weights answered throughout
         for name in ("CompressionResilient", "AVAlignment", "Fusion"):
             assert after[name]["model"]["version"] == before[name]["model"]["version"], name
         # A user_config change is applied in place: every deployment keeps its replicas, FastTriage included.
