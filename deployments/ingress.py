@@ -105,8 +105,10 @@ def _report(branch: BranchResult | None, missing_reason: str) -> ModalityReport:
 
 
 # Serve's deployment statuses that still serve: autoscaling in either direction keeps the running
-# replicas answering (on a full machine an upscale can stay pending for as long as the load lasts).
-SERVING_STATUSES = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING"})
+# replicas answering (on a full machine an upscale can stay pending for as long as the load lasts),
+# and so does an update (a `serve deploy` of new weights or settings: the running replicas answer
+# until they are reconfigured or replaced; tests/serve/test_rollout.py saw 503s here under load).
+SERVING_STATUSES = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING", "UPDATING"})
 
 
 def deployment_ready(state: DeploymentState, needs_model: bool) -> bool:

@@ -1,8 +1,9 @@
-"""`/readyz`'s rule per deployment: autoscaling keeps a deployment ready while a replica runs.
+"""`/readyz`'s rule per deployment: autoscaling and updates keep a deployment ready while a replica runs.
 
 Under load the CPU profile asks for more MediaDecoder replicas than a 2-core machine can place;
 the deployment then reports UPSCALING for as long as the load lasts, and a readiness probe that
-wanted HEALTHY took the service out of rotation exactly when it was busiest.
+wanted HEALTHY took the service out of rotation exactly when it was busiest. Likewise a rollout
+(UPDATING) under load answered 503 while the old replicas still served every request.
 """
 
 import pytest
@@ -22,7 +23,8 @@ WEIGHTS = ModelVersion(version="fast_triage/v1", trained=True)
         ("HEALTHY", {"RUNNING": 1}, None, False, True),  # Ingress, JobQueue: no weights
         ("HEALTHY", {"RUNNING": 1}, None, True, False),  # weights not loaded (yet)
         ("UPSCALING", {"STARTING": 1}, WEIGHTS, True, False),  # nothing running yet
-        ("UPDATING", {"RUNNING": 1, "STARTING": 1}, WEIGHTS, True, False),
+        ("UPDATING", {"RUNNING": 1, "STARTING": 1}, WEIGHTS, True, True),  # a rollout: the old replica answers
+        ("UPDATING", {"STARTING": 1}, WEIGHTS, True, False),  # the first deploy: nothing running yet
         ("UNHEALTHY", {"RUNNING": 1}, WEIGHTS, True, False),
         ("DEPLOY_FAILED", {}, None, True, False),
     ],

@@ -61,6 +61,7 @@ class SteadyLoad:
         self.service, self.clip = service, clip
         self.statuses: list[int] = []
         self.ready: list[int] = []  # /readyz answers: a rollout must not take the service out of rotation
+        self.not_ready: list[dict] = []  # deployment statuses of each non-200 /readyz answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -68,7 +69,13 @@ class SteadyLoad:
         with self.service.client() as c:
             while not self._stop.is_set() and len(self.statuses) < 500:
                 self.statuses.append(_status(lambda: c.post("/v1/analyze", files={"file": ("clip.mp4", self.clip)})))
-                self.ready.append(_status(lambda: c.get("/readyz")))
+                try:
+                    ready = c.get("/readyz")
+                    self.ready.append(ready.status_code)
+                    if ready.status_code != 200:  # which deployment, in which state: kept for the failure message
+                        self.not_ready.append({n: d["status"] for n, d in ready.json()["deployments"].items()})
+                except Exception:  # a dropped connection counts as a failure
+                    self.ready.append(-1)
 
     def __enter__(self) -> "SteadyLoad":
         self._thread.start()
@@ -118,7 +125,7 @@ def test_rollout_then_bad_version_then_rollback(service):
             )
             time.sleep(3)  # keep the load on a little past the switch
         assert load.statuses and set(load.statuses) == {200}, load.statuses
-        assert set(load.ready) == {200}, load.ready  # ready all along: the old weights answered throughout
+        assert set(load.ready) == {200}, (load.ready, load.not_ready)  # ready all along: the old weights answered
         for name in ("CompressionResilient", "AVAlignment", "Fusion"):
             assert after[name]["model"]["version"] == before[name]["model"]["version"], name
         # A user_config change is applied in place: every deployment keeps its replicas, FastTriage included.
