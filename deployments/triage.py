@@ -58,20 +58,20 @@ class FastTriageDeployment:
         """One forward pass over every clip with frames (packed: no clip reads another's or padding)."""
         cfg = self.config
         info = self.weights.info(bundle)
-        results: list[TriageResult | None] = [None] * len(clips)
-        scored = [i for i, clip in enumerate(clips) if clip.n_frames > 0]
-        for i, clip in enumerate(clips):
-            if clip.n_frames == 0:
-                results[i] = TriageResult(BranchResult("triage", "skipped", info, reason="no video frames"))
+        results: list[TriageResult | None] = [
+            None if clip.n_frames else TriageResult(BranchResult("triage", "skipped", info, reason="no video frames"))
+            for clip in clips
+        ]
+        scored = [i for i, clip in enumerate(clips) if clip.n_frames]
         if not scored:
             return results
-        lengths = [clips[i].n_frames for i in scored]
         with Timer() as timer, torch.inference_mode():
             out = bundle.model.forward_clips([images_to_tensor(clips[i].face_crops, self.weights.device) for i in scored])
             clip_logits = out.clip_logit.float().cpu().numpy()  # (B,)
             all_frame_logits = out.frame_logits.float().cpu().numpy()  # (B, T_max)
-        for row, (i, n) in enumerate(zip(scored, lengths)):
-            clip, clip_logit, frame_logits = clips[i], float(clip_logits[row]), all_frame_logits[row, :n]
+        for row, i in enumerate(scored):
+            clip = clips[i]
+            n, clip_logit, frame_logits = clip.n_frames, float(clip_logits[row]), all_frame_logits[row, : clip.n_frames]
             p = sigmoid(clip_logit)
             early = "real" if p < cfg.early_exit_low else "fake" if p > cfg.early_exit_high else None
             branch = BranchResult(

@@ -8,8 +8,8 @@ vectors so that flicker between frames counts as evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
