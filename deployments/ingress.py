@@ -109,13 +109,16 @@ def _report(branch: BranchResult | None, missing_reason: str) -> ModalityReport:
 # and so does an update (a `serve deploy` of new weights or settings: the running replicas answer
 # until they are reconfigured or replaced; tests/serve/test_rollout.py saw 503s here under load).
 SERVING_STATUSES = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING", "UPDATING"})
+# Replica states that answer requests: RUNNING, and UPDATING, a running replica whose new
+# user_config is being applied in place (it keeps its weights until the new ones load).
+SERVING_REPLICA_STATES = ("RUNNING", "UPDATING")
 
 
 def deployment_ready(state: DeploymentState, needs_model: bool) -> bool:
-    """Ready: a serving status, at least one RUNNING replica, and weights loaded where it has any."""
+    """Ready: a serving status, a replica that answers, and weights loaded where it has any."""
     return (
         state.status in SERVING_STATUSES
-        and state.replicas.get("RUNNING", 0) > 0
+        and sum(state.replicas.get(s, 0) for s in SERVING_REPLICA_STATES) > 0
         and (not needs_model or state.model is not None)
     )
 

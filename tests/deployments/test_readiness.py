@@ -24,6 +24,7 @@ WEIGHTS = ModelVersion(version="fast_triage/v1", trained=True)
         ("HEALTHY", {"RUNNING": 1}, None, True, False),  # weights not loaded (yet)
         ("UPSCALING", {"STARTING": 1}, WEIGHTS, True, False),  # nothing running yet
         ("UPDATING", {"RUNNING": 1, "STARTING": 1}, WEIGHTS, True, True),  # a rollout: the old replica answers
+        ("UPDATING", {"UPDATING": 1}, WEIGHTS, True, True),  # a new user_config applied in place, as Serve reports it
         ("UPDATING", {"STARTING": 1}, WEIGHTS, True, False),  # the first deploy: nothing running yet
         ("UNHEALTHY", {"RUNNING": 1}, WEIGHTS, True, False),
         ("DEPLOY_FAILED", {}, None, True, False),

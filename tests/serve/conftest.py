@@ -67,6 +67,16 @@ class Service:
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
+    def settle(self, timeout_s: float = 180.0) -> None:
+        """Wait until /readyz shows every deployment HEALTHY: a test that redeployed leaves no update behind."""
+        deadline, body = time.monotonic() + timeout_s, {}
+        while time.monotonic() < deadline:
+            body = httpx.get(f"{self.url}/readyz", timeout=15).json()
+            if all(d["status"] == "HEALTHY" for d in body["deployments"].values()):
+                return
+            time.sleep(1)
+        pytest.fail(f"deployments not HEALTHY after {timeout_s:.0f} s: {body}")
+
     def metrics_text(self) -> str:
         """Everything Ray's metrics agents export, read from their loopback port like Prometheus would."""
         found = list(self.ray_tmp.rglob("prom_metrics_service_discovery.json"))

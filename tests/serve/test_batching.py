@@ -73,3 +73,4 @@ def test_concurrent_requests_share_a_forward_pass_and_get_the_same_answers(servi
             assert b["verdict"] == a["verdict"]
     finally:
         service.deploy(service.fresh_config())
+        service.settle()  # the next test starts from a HEALTHY service, not mid-reconfigure
