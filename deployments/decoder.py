@@ -24,6 +24,7 @@ class DecoderConfig(BaseModel):
     max_pixels: int = Field(50_000_000, ge=1)  # width * height; refuses decompression bombs with 413
     face_detect_every: int = Field(5, ge=1)
     detect_max_side: int = Field(480, ge=64)
+    frame_threads: bool = True  # FFmpeg frame threads (True) or slice threads only; same frames either way
 
 
 @serve.deployment(name="MediaDecoder", ray_actor_options={"num_cpus": 1})

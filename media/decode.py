@@ -91,6 +91,12 @@ class DecodeConfig:
     face_detect_every: int = 5  # run the dlib HOG detector on every Nth sampled frame; track in between
     detect_max_side: int = 480  # frames are downscaled to this longer side for HOG detection
     analyze_faces: bool = True  # False skips dlib: every frame faceless, centre-square face crops
+    # Video decoding threads; the pixels are the same either way. True: FFmpeg's frame threads
+    # (several pictures in flight). False: slice threads only, i.e. one decoding thread unless a
+    # picture is cut into several slices. Which is faster depends on the stream: measured on
+    # 2 cores (bench/changes.md), frame threads decode one-slice H.264 (most uploads) faster; slice
+    # threads decode several-slice H.264 faster and cost less CPU under load.
+    frame_threads: bool = True
 
     def __post_init__(self) -> None:
         for name in ("analysis_fps", "max_frames", "max_side", "max_bytes", "max_duration_s", "max_pixels",
@@ -481,7 +487,7 @@ def _decode_streams(
         audio = by_index[audio_index] if audio_index is not None else None
         audio_out = _AudioCollector(float(audio.time_base) if audio is not None and audio.time_base else 0.0, config)
         if video is not None:
-            video.thread_type = "AUTO"
+            video.thread_type = "AUTO" if config.frame_threads else "SLICE"
         packet_no = -1
         try:
             for packet in container.demux([s for s in (video, audio) if s is not None]):

@@ -137,9 +137,14 @@ class ClipArrays:
         return arrays
 
 
+# DecodeConfig fields that change how fast a clip decodes, never what it holds.
+_SPEED_ONLY_FIELDS = ("frame_threads",)
+
+
 def decode_config_digest(config: DecodeConfig) -> str:
-    """Short digest of every DecodeConfig field plus the cache format: a changed setting is a cache miss."""
-    text = json.dumps({"format": CACHE_FORMAT, **asdict(config)}, sort_keys=True)
+    """Short digest of every DecodeConfig field that shapes the arrays, plus the cache format: a changed setting is a cache miss."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY_FIELDS}
+    text = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

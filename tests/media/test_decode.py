@@ -105,6 +105,20 @@ def test_unsampled_b_frames_are_skipped_and_sampled_ones_are_not(monkeypatch: py
     assert 30 <= len(offered) < 80, f"decoded {len(offered)} of 90 frames"
 
 
+@pytest.mark.parametrize("slices", [1, 4], ids=["one-slice", "four-slices"])
+def test_frame_threads_change_speed_not_content(slices: int) -> None:
+    """One decoding thread (slice threads when a picture has several slices) and FFmpeg's frame
+    threads give the same clip, array for array, and the right frames on the grid."""
+    frames = numbered_frames(90, size=(256, 96))
+    options = {"crf": "16", "preset": "veryfast", "bframes": "3", "slices": str(slices), "keyint": "30"}
+    data = encode_video(frames, "mp4", "libx264", 30, audio=speech_like_audio(3.0), encoder_options=options)
+    one = decode_media(data, DecodeConfig(analyze_faces=False, frame_threads=False))
+    threaded = decode_media(data, DecodeConfig(analyze_faces=False, frame_threads=True))
+    np.testing.assert_array_equal(read_frame_numbers(one.frames), np.arange(30) * 3)
+    for name in ("frames", "timestamps", "flow_frames", "face_crops", "audio"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(threaded, name), err_msg=name)
+
+
 @pytest.mark.parametrize("with_audio", [False, True], ids=["video", "video+audio"])
 @pytest.mark.parametrize(
     ("container", "encoder", "codec"), VIDEO_FORMATS, ids=[f"{c}-{e}" for c, e, _ in VIDEO_FORMATS]

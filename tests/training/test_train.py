@@ -8,7 +8,6 @@ epoch, and each test reads what it wrote.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import cv2
@@ -135,13 +134,15 @@ def test_feature_cache_decodes_once_then_hits(tiny_manifest: Path, tmp_path: Pat
     cache = FeatureCache(tmp_path / "cache")
     first = cache.build(files, progress=False)
     assert (first.decoded, first.hits, first.failed) == (len(files), 0, {})
-    started = time.perf_counter()
     second = FeatureCache(tmp_path / "cache").build(files, progress=False)
     assert (second.decoded, second.hits) == (0, len(files))
-    assert second.paths == first.paths and time.perf_counter() - started < 2.0
+    assert second.paths == first.paths
     # a different decode config is a different cache entry, never a stale hit
     other = FeatureCache(tmp_path / "cache", DecodeConfig(analysis_fps=5.0))
     assert all(other.entry_path(f) != p for f, p in first.paths.items())
+    # ... but a setting that changes only decoding speed reuses the entries
+    threaded = FeatureCache(tmp_path / "cache", DecodeConfig(frame_threads=True))
+    assert all(threaded.entry_path(f) == p for f, p in first.paths.items())
 
     video = ClipArrays.load(first.paths[tiny_manifest.parent / "val_real.mp4"])
     assert video.kind == "video" and video.n_frames == 15 and video.face_found.any()
