@@ -22,7 +22,7 @@ class DecoderConfig(BaseModel):
     max_bytes: int = Field(200 * 1024 * 1024, ge=1)
     max_duration_s: float = Field(600.0, gt=0)
     max_pixels: int = Field(50_000_000, ge=1)  # width * height; refuses decompression bombs with 413
-    face_detect_every: int = Field(5, ge=1)
+    face_detect_every: int = Field(20, ge=1)
     detect_max_side: int = Field(480, ge=64)
     frame_threads: bool = True  # FFmpeg frame threads (True) or slice threads only; same frames either way
 

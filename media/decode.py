@@ -88,7 +88,7 @@ class DecodeConfig:
     max_bytes: int = 200 * 1024 * 1024  # uploads larger than this are refused before demuxing
     max_duration_s: float = 600.0  # longer media is refused, before decoding where the container says
     max_pixels: int = 50_000_000  # coded frame area above this is refused (decompression bombs)
-    face_detect_every: int = 5  # run the dlib HOG detector on every Nth sampled frame; track in between
+    face_detect_every: int = 20  # run the dlib HOG detector on every Nth sampled frame; track landmarks in between
     detect_max_side: int = 480  # frames are downscaled to this longer side for HOG detection
     analyze_faces: bool = True  # False skips dlib: every frame faceless, centre-square face crops
     # Video decoding threads; the pixels are the same either way. True: FFmpeg's frame threads
