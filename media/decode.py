@@ -95,7 +95,7 @@ class DecodeConfig:
     # (several pictures in flight). False: slice threads only, i.e. one decoding thread unless a
     # picture is cut into several slices. Which is faster depends on the stream: measured on
     # 2 cores (bench/changes.md), frame threads decode one-slice H.264 (most uploads) faster; slice
-    # threads decode several-slice H.264 faster and cost less CPU under load.
+    # threads decode several-slice H.264 faster and cost less CPU on long clips.
     frame_threads: bool = True
 
     def __post_init__(self) -> None:
