@@ -150,7 +150,7 @@ def test_face_appearing_mid_interval_is_tracked_back_to_where_it_appears(
 
 
 def test_tracking_stays_close_to_detecting_every_frame(analyzer: FaceAnalyzer, detector_calls: list[int]) -> None:
-    """The animated talking face (camera drift and zoom): 5 detections instead of 40 and no extra
+    """The animated talking face (camera drift and zoom): 4 detections instead of 40 and no extra
     checks, landmarks within a pixel or two of those fitted in a fresh detection on every frame."""
     frames = decode_media(talking_face_video(4.0, fps=10, seed=5), DecodeConfig(analyze_faces=False)).frames
     assert len(frames) == 40
