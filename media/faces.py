@@ -256,12 +256,10 @@ class _Tracker:
             if i in self.scheduled:
                 box = self.scheduled[i]
                 anchor = self._start(i, box) if box is not None else None
-                if anchor is not None and i > 0 and not self.track.face_found[i - 1]:
-                    self._backward(i, anchor)
             elif anchor is not None:
                 anchor = self._follow(i, anchor)
-                if anchor is not None and anchor.detected and i > 0 and not self.track.face_found[i - 1]:
-                    self._backward(i, anchor)
+            if anchor is not None and anchor.detected and i > 0 and not self.track.face_found[i - 1]:
+                self._backward(i, anchor)  # a face found after faceless frames: look back for where it appeared
 
     def _start(self, i: int, box: np.ndarray) -> _Anchor | None:
         """Landmarks inside a detector box: the start of a track, or None for a degenerate fit."""
