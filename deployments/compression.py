@@ -17,6 +17,7 @@ from deployments.common import (
     WeightsConfig,
     answer_batch,
     configure_torch_threads,
+    keep_freed_memory,
     images_to_tensor,
     sigmoid,
     submit,
@@ -36,6 +37,7 @@ class CompressionConfig(WeightsConfig, BatchConfig):
 class CompressionResilientDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         configure_torch_threads()
+        keep_freed_memory()
         self.weights = VersionedModel("CompressionResilient", "compression_resilient", weights_dir)
         self.config = CompressionConfig()
 

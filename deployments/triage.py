@@ -18,6 +18,7 @@ from deployments.common import (
     WeightsConfig,
     answer_batch,
     configure_torch_threads,
+    keep_freed_memory,
     images_to_tensor,
     sigmoid,
     submit,
@@ -43,6 +44,7 @@ class TriageConfig(WeightsConfig, BatchConfig):
 class FastTriageDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         configure_torch_threads()
+        keep_freed_memory()
         self.weights = VersionedModel("FastTriage", "fast_triage", weights_dir)
         self.config = TriageConfig()
 
