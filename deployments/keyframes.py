@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import ModelInfo, Timer, keep_freed_memory, replica_placement
+from deployments.common import ModelInfo, Timer, configure_opencv_threads, keep_freed_memory, replica_placement
 from media import Clip, select_keyframes
 from media.keyframes import Hotspot, Keyframe
 
@@ -39,6 +39,7 @@ class KeyframeResult:
 @serve.deployment(name="KeyframeSelector", ray_actor_options={"num_cpus": 0.5})
 class KeyframeSelectorDeployment:
     def __init__(self) -> None:
+        configure_opencv_threads()
         keep_freed_memory()
         self.config = KeyframeConfig()
 

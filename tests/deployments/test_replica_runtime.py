@@ -1,4 +1,9 @@
-"""Replicas keep freed working memory for the next request instead of faulting it in again.
+"""How a replica sets up its process: OpenCV threads to its CPU share, freed memory kept.
+
+OpenCV's pool has one actively waiting worker per core unless told otherwise; KeyframeSelector
+sizes it to its CPU share as torch's replicas size torch (on this profile, one thread).
+
+Replicas keep freed working memory for the next request instead of faulting it in again.
 
 Deployments compute on worker threads (`asyncio.to_thread`). Left to itself, glibc's malloc maps
 every block over a dynamic threshold (128 KiB at first, at most 32 MiB) afresh and hands an
@@ -16,6 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from deployments import common
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,4 +87,26 @@ def test_each_computing_replica_keeps_freed_memory(module: str, monkeypatch: pyt
     calls: list[bool] = []
     monkeypatch.setattr(m, "keep_freed_memory", lambda: calls.append(True) or True)
     getattr(m, REPLICAS[module]).func_or_class()
+    assert calls == [True]
+
+
+
+@pytest.mark.parametrize(("share", "threads"), [(0.1, 1), (1.0, 1), (1.5, 2)])
+def test_opencv_threads_follow_the_cpu_share(share: float, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    cv2 = pytest.importorskip("cv2")
+    monkeypatch.setattr(common, "replica_cpu_share", lambda: share)
+    before = cv2.getNumThreads()
+    try:
+        assert common.configure_opencv_threads() == threads
+        assert cv2.getNumThreads() == threads
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_keyframe_replica_sizes_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments import keyframes
+
+    calls: list[bool] = []
+    monkeypatch.setattr(keyframes, "configure_opencv_threads", lambda: calls.append(True) or 1)
+    keyframes.KeyframeSelectorDeployment.func_or_class()
     assert calls == [True]
