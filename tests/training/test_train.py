@@ -18,7 +18,7 @@ from skimage.data import astronaut
 
 from media import DecodeConfig, decode_media, select_keyframes
 from models import load_bundle
-from training import cli
+from training import cli, features
 from training.cli import main as cli_main
 from training.features import ClipArrays, FeatureCache, ServingSettings, keyframe_indices, load_manifest_data
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
@@ -150,6 +150,30 @@ def test_feature_cache_decodes_once_then_hits(tiny_manifest: Path, tmp_path: Pat
     assert video.audio.size > 16_000 and video.flow_frames.shape[0] == 15
     audio = ClipArrays.load(first.paths[tiny_manifest.parent / "val_real.wav"])
     assert audio.kind == "audio" and audio.n_frames == 0 and audio.has_audio
+
+
+def test_a_changed_decoder_is_a_cache_miss(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Arrays written by other decoding code (or other library versions) are never read back."""
+    file = tmp_path / "clip.mp4"
+    file.write_bytes(b"any bytes: only the entry's name is computed")
+    before = FeatureCache(tmp_path / "cache").entry_path(file)
+    # an edit to a decoder source
+    real_read = Path.read_bytes
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda self: real_read(self) + (b"# edited" if self.name == "faces.py" else b"")
+    )
+    features.decoder_fingerprint.cache_clear()
+    edited = FeatureCache(tmp_path / "cache").entry_path(file)
+    monkeypatch.undo()
+    # another version of a decoding library
+    real_version = features.metadata.version
+    monkeypatch.setattr(features.metadata, "version", lambda d: "0.0" if d == "av" else real_version(d))
+    features.decoder_fingerprint.cache_clear()
+    upgraded = FeatureCache(tmp_path / "cache").entry_path(file)
+    monkeypatch.undo()
+    features.decoder_fingerprint.cache_clear()
+    assert FeatureCache(tmp_path / "cache").entry_path(file) == before
+    assert len({before, edited, upgraded}) == 3
 
 
 def test_undecodable_file_is_recorded_and_cached(tmp_path: Path) -> None:
