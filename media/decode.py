@@ -458,10 +458,20 @@ class _FramePicker:
         out_w, out_h, quarter_turns = self._geometry
         # One swscale thread: the automatic count (2 here) gave the same pixels for 35 % more CPU per
         # frame and no faster a decode (FFmpeg's decoder threads already use the other core).
+        if frame.format.name.startswith(_SCALE_IN_YUV) and (frame.width, frame.height) != (out_w, out_h):
+            # Scale in the decoder's own YUV layout, then convert the small picture to RGB with the
+            # source's colour matrix: 0.5-0.7 ms per 720p frame against 1.6 ms for one pass that
+            # converts at full size. Chroma is then at the subsampled resolution (mean difference
+            # ~0.8 of 255 on `video_720p`).
+            frame = frame.reformat(width=out_w, height=out_h, interpolation="AREA", threads=1)
         rgb = frame.reformat(
             width=out_w, height=out_h, format="rgb24", interpolation="AREA", threads=1
         ).to_ndarray()  # (h, w, 3)
         return np.ascontiguousarray(np.rot90(rgb, k=quarter_turns)) if quarter_turns else rgb
+
+
+# Pixel formats `_FramePicker._to_rgb` scales before converting: FFmpeg's planar and semi-planar YUV.
+_SCALE_IN_YUV = ("yuv", "nv")
 
 
 def _decode_streams(
