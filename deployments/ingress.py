@@ -374,19 +374,32 @@ class SpectraShieldIngress:
         fused: FusionResult | None = None
         used: dict[str, ModelInfo] = {"MediaDecoder": self._decoder_info}
 
+        motion_call = None
         if meta.kind == "video":
+            if clip.n_frames > 1:
+                # Keyframe selection's optical flow needs no triage scores: it runs beside triage,
+                # and only the clustering waits for the scores.
+                motion_call = self.keyframes.motion.remote(clip_response)
             await stage("triage")
             triage_call = self.triage.remote(clip_response, pin=pins.get("FastTriage"))
-            triage = await _timed(timings, "triage", triage_call)
+            try:
+                triage = await _timed(timings, "triage", triage_call)
+            except BaseException:
+                if motion_call is not None:
+                    motion_call.cancel()
+                raise
             used["FastTriage"] = triage.branch.model
         early = triage is not None and triage.early_exit is not None
+        if early and motion_call is not None:
+            motion_call.cancel()  # settled by triage: no keyframes
 
         if not early:
             calls: dict[str, Awaitable[Any]] = {}
             await stage("keyframes" if meta.kind == "video" else "branches")
             if meta.kind == "video" and clip.n_frames > 0:
                 async def keyframes_then_visual() -> tuple[KeyframeResult, BranchResult]:
-                    kf = await _timed(timings, "keyframes", self.keyframes.remote(clip_response, triage.frame_scores))
+                    kf_call = self.keyframes.remote(clip_response, triage.frame_scores, motion_call)
+                    kf = await _timed(timings, "keyframes", kf_call)
                     await stage("branches")
                     visual_call = self.compression.remote(clip_response, kf, pin=pins.get("CompressionResilient"))
                     vis = await _timed(timings, "visual", visual_call)

@@ -11,9 +11,11 @@ from ray import serve
 
 from deployments.common import ModelInfo, Timer, configure_opencv_threads, keep_freed_memory, replica_placement
 from media import Clip, select_keyframes
-from media.keyframes import Hotspot, Keyframe
+from media.keyframes import Hotspot, Keyframe, motion_statistics
 
 ALGORITHM_VERSION = "dis-kmeans-2"  # DIS optical flow (was Farneback in flow-kmeans-1)
+
+Motion = tuple[np.ndarray, np.ndarray]  # mean and std of optical-flow magnitude per frame, (T,) each
 
 
 class KeyframeConfig(BaseModel):
@@ -46,17 +48,24 @@ class KeyframeSelectorDeployment:
     def reconfigure(self, user_config: dict) -> None:
         self.config = KeyframeConfig.model_validate(user_config or {})
 
-    def _run(self, clip: Clip, frame_scores: np.ndarray) -> KeyframeResult:
+    def _run(self, clip: Clip, frame_scores: np.ndarray, motion: Motion | None = None) -> KeyframeResult:
         cfg = self.config
         with Timer() as timer:
             sel = select_keyframes(
                 clip.flow_frames, clip.timestamps, frame_scores,
-                k=cfg.k, hotspot_threshold=cfg.hotspot_threshold, seed=cfg.seed,
+                k=cfg.k, hotspot_threshold=cfg.hotspot_threshold, seed=cfg.seed, motion=motion,
             )
         return KeyframeResult(sel.keyframes, sel.hotspots, self.info(), timer.ms)
 
-    async def __call__(self, clip: Clip, frame_scores: np.ndarray) -> KeyframeResult:
-        return await asyncio.to_thread(self._run, clip, frame_scores)
+    async def motion(self, clip: Clip) -> Motion:
+        """Optical-flow statistics per frame: the costly half of a selection, and it needs no scores.
+
+        The ingress asks for it while FastTriage scores the frames, then passes it to `__call__`.
+        """
+        return await asyncio.to_thread(motion_statistics, clip.flow_frames)
+
+    async def __call__(self, clip: Clip, frame_scores: np.ndarray, motion: Motion | None = None) -> KeyframeResult:
+        return await asyncio.to_thread(self._run, clip, frame_scores, motion)
 
     def info(self) -> ModelInfo:
         return ModelInfo(

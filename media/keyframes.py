@@ -53,13 +53,15 @@ def select_keyframes(
     hotspot_threshold: float = 0.5,
     min_hotspot_s: float = 0.0,
     seed: int = 0,
+    motion: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> KeyframeSelection:
     """Up to `k` keyframes (exactly min(k, T)) and the runs of frames scoring >= `hotspot_threshold`.
 
     frames: `(T, H, W, 3)` uint8 RGB, or `(T, h, w)` grey such as `Clip.flow_frames` (the same
     selection: flow runs on `small_gray` of either); timestamps: `(T,)` seconds, increasing; frame_scores:
     `(T,)` in [0, 1]. Hotspots shorter than `min_hotspot_s` are dropped. Deterministic for a
-    given `seed`.
+    given `seed`. `motion`: `motion_statistics(frames)` when already computed (it needs no
+    scores, so the served graph computes it while triage scores the frames).
     """
     n_frames = len(frames)
     timestamps = np.asarray(timestamps, np.float64)
@@ -73,7 +75,9 @@ def select_keyframes(
         raise ValueError(f"k must be >= 1, got {k}")
     if n_frames == 0:
         return KeyframeSelection(keyframes=[], hotspots=[], motion=np.zeros(0, np.float32))
-    magnitude_mean, magnitude_std = motion_statistics(frames)  # (T,), (T,)
+    magnitude_mean, magnitude_std = motion_statistics(frames) if motion is None else motion  # (T,), (T,)
+    if len(magnitude_mean) != n_frames or len(magnitude_std) != n_frames:
+        raise ValueError(f"motion statistics cover {len(magnitude_mean)} frames, the clip {n_frames}")
     change = np.abs(np.diff(magnitude_mean, prepend=magnitude_mean[0]))  # (T,)
     motion = np.stack([magnitude_mean, magnitude_std, change], axis=1)  # (T, 3)
     chosen = _pick_diverse(motion, timestamps, scores, min(k, n_frames), seed)

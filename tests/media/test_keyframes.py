@@ -40,6 +40,23 @@ def test_grey_flow_frames_select_what_rgb_frames_do() -> None:
     np.testing.assert_array_equal(from_grey.motion, from_rgb.motion)
 
 
+def test_precomputed_motion_selects_what_computing_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The served graph computes motion beside triage and passes it in: same selection, no second flow."""
+    import media.keyframes
+
+    frames = three_act_clip()
+    times = np.arange(len(frames)) * STEP
+    scores = np.random.default_rng(5).random(len(frames))
+    computed = select_keyframes(frames, times, scores, k=4)
+    motion = motion_statistics(frames)
+    monkeypatch.setattr(media.keyframes, "motion_statistics", lambda frames: pytest.fail("flow computed again"))
+    given = select_keyframes(frames, times, scores, k=4, motion=motion)
+    assert given.keyframes == computed.keyframes and given.hotspots == computed.hotspots
+    np.testing.assert_array_equal(given.motion, computed.motion)
+    with pytest.raises(ValueError, match="motion statistics cover 29 frames"):
+        select_keyframes(frames, times, scores, k=4, motion=(motion[0][1:], motion[1][1:]))
+
+
 def test_keyframes_are_diverse_suspicious_and_sorted() -> None:
     frames = three_act_clip()
     times = np.arange(len(frames)) * STEP
