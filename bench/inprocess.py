@@ -116,8 +116,9 @@ class InProcessGraph:
     def run(self, data: bytes) -> PipelineRun:
         """The ingress's `_analyze` order without Ray: decode, triage, early exit, keyframes, visual, AV, fusion.
 
-        AV runs after the visual branch here (the served graph overlaps them), so the in-process
-        total is the sum of the stages.
+        AV runs after the visual branch and keyframe motion inside the keyframes stage here (the
+        served graph overlaps AV with keyframes + visual, and motion with triage), so the
+        in-process total is the sum of the stages.
         """
         timings: dict[str, float] = {}
         started = time.perf_counter()

@@ -15,16 +15,7 @@ import torch
 from pydantic import Field
 from ray import serve
 
-from deployments.common import (
-    AVResult,
-    BranchResult,
-    Timer,
-    VersionedModel,
-    WeightsConfig,
-    configure_torch_threads,
-    keep_freed_memory,
-    sigmoid,
-)
+from deployments.common import AVResult, BranchResult, Timer, VersionedModel, WeightsConfig, configure_torch_threads, sigmoid
 from media import Clip
 from models.fusion import audio_features, av_features
 
@@ -40,7 +31,6 @@ class AVConfig(WeightsConfig):
 class AVAlignmentDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         configure_torch_threads()
-        keep_freed_memory()
         self.weights = VersionedModel("AVAlignment", "av_alignment", weights_dir)
         self.config = AVConfig()
 

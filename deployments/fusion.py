@@ -18,7 +18,6 @@ from deployments.common import (
     WeightsConfig,
     answer_batch,
     configure_torch_threads,
-    keep_freed_memory,
     submit,
 )
 
@@ -34,7 +33,6 @@ class FusionConfig(WeightsConfig, BatchConfig):
 class FusionDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         configure_torch_threads()
-        keep_freed_memory()
         self.weights = VersionedModel("Fusion", "fusion", weights_dir)
         self.config = FusionConfig()
 

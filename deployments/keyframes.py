@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import ModelInfo, Timer, configure_opencv_threads, keep_freed_memory, replica_placement
+from deployments.common import ModelInfo, Timer, configure_opencv_threads, replica_placement
 from media import Clip, select_keyframes
 from media.keyframes import Hotspot, Keyframe, motion_statistics
 
@@ -42,7 +42,6 @@ class KeyframeResult:
 class KeyframeSelectorDeployment:
     def __init__(self) -> None:
         configure_opencv_threads()
-        keep_freed_memory()
         self.config = KeyframeConfig()
 
     def reconfigure(self, user_config: dict) -> None:

@@ -18,8 +18,8 @@ from deployments.common import (
     WeightsConfig,
     answer_batch,
     configure_torch_threads,
-    keep_freed_memory,
     images_to_tensor,
+    keep_freed_memory,
     sigmoid,
     submit,
 )

@@ -3,16 +3,15 @@
 OpenCV's pool has one actively waiting worker per core unless told otherwise; KeyframeSelector
 sizes it to its CPU share as torch's replicas size torch (on this profile, one thread).
 
-Replicas keep freed working memory for the next request instead of faulting it in again.
-
-Deployments compute on worker threads (`asyncio.to_thread`). Left to itself, glibc's malloc maps
-every block over a dynamic threshold (128 KiB at first, at most 32 MiB) afresh and hands an
-arena's free top back to the OS once it exceeds twice that, so each request paid for its working
-memory in page faults again (measured in the FastTriage replica: 8,300 faults per call, its
-forward pass twice as slow).
-`keep_freed_memory` fixes the thresholds; every deployment that computes on worker threads sets
-them when its replica starts. Each probe runs in a fresh interpreter: the setting is per process,
-and what a process imported beforehand moves glibc's dynamic thresholds.
+FastTriage and CompressionResilient keep freed working memory for the next request instead of
+faulting it in again. Deployments compute on worker threads (`asyncio.to_thread`). Left to
+itself, glibc's malloc maps every block over a dynamic threshold (128 KiB at first, at most
+32 MiB) afresh and hands an arena's free top back to the OS once it exceeds twice that, so each
+request paid for its working memory in page faults again (measured in the FastTriage replica:
+8,300 faults per call, its forward pass twice as slow). `keep_freed_memory` fixes the thresholds;
+those two replicas set them when they start. The others showed no such faults and AVAlignment
+grew ~70 MiB with it, so they keep glibc's defaults. Each probe runs in a fresh interpreter: the
+setting is per process, and what a process imported beforehand moves glibc's dynamic thresholds.
 """
 
 import importlib
@@ -52,13 +51,10 @@ t.start(); t.join()
 print(max(out[1:]))
 """
 
-# deployment module -> its class: every deployment that computes on worker threads
+# deployment module -> its class: the replicas that keep freed memory
 REPLICAS = {
     "deployments.triage": "FastTriageDeployment",
     "deployments.compression": "CompressionResilientDeployment",
-    "deployments.av_alignment": "AVAlignmentDeployment",
-    "deployments.fusion": "FusionDeployment",
-    "deployments.keyframes": "KeyframeSelectorDeployment",
 }
 
 
