@@ -376,11 +376,11 @@ class SpectraShieldIngress:
 
         motion_call = None
         if meta.kind == "video":
+            await stage("triage")
             if clip.n_frames > 1:
                 # Keyframe selection's optical flow needs no triage scores: it runs beside triage,
                 # and only the clustering waits for the scores.
                 motion_call = self.keyframes.motion.remote(clip_response)
-            await stage("triage")
             triage_call = self.triage.remote(clip_response, pin=pins.get("FastTriage"))
             try:
                 triage = await _timed(timings, "triage", triage_call)
