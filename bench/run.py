@@ -2,7 +2,10 @@
 
 Order matters for fairness: media is generated first, then everything in-process is measured
 while no Ray runs, then `serve run` is started (its cold start timed) and loaded over HTTP while
-its processes' memory is sampled. The early-exit workload comes last because it redeploys
+its processes' memory is sampled. Each workload's served latency is also measured paired: served
+requests alternating with in-process runs of the same pipeline in this process, so the
+served / in-process ratio compares the two on the same machine state (this machine's speed drifts
+by tens of percent within an hour; the separate phases are minutes apart). The early-exit workload comes last because it redeploys
 FastTriage's thresholds; the profile's own thresholds are deployed back afterwards.
 
 Results go to `<out>/<UTC timestamp>-<host>.json` and `BENCHMARKS.md` is regenerated from them.
@@ -34,6 +37,7 @@ from bench.workloads import DEFAULT_CACHE_DIR, WORKLOAD_NAMES, Workload, generat
 # (full, quick) defaults; any option given on the command line wins over both.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "requests": (20, 3),
+    "pairs": (10, 2),
     "repeats": (5, 2),
     "level_seconds": (90.0, 10.0),
     "requests_per_client": (10, 1),  # 4 per client left c4/c1 swinging by 0.3 between identical runs
@@ -61,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=Path("cluster/serve.cpu.yaml"), help="Serve config to run")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOAD_NAMES, default=list(WORKLOAD_NAMES))
     parser.add_argument("--requests", type=int, help="timed requests at concurrency 1 (after 2 warm-ups); full 20, quick 3")
+    parser.add_argument("--pairs", type=int,
+                        help="served requests alternating with in-process runs, per workload (0: none); full 10, quick 2")
     parser.add_argument("--repeats", type=int, help="in-process runs per measurement (median); full 5, quick 2")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="throughput levels")
     parser.add_argument("--level-seconds", type=float, help="time bound per throughput level; full 90, quick 10")
@@ -79,14 +85,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_in_process(profile: Profile, workloads: list[Workload], repeats: int) -> dict[str, dict[str, Any]]:
-    """Floor and in-process pipeline for every workload, before any Ray process exists."""
+def measure_in_process(
+    profile: Profile, workloads: list[Workload], repeats: int
+) -> tuple[dict[str, dict[str, Any]], inprocess.InProcessGraph]:
+    """Floor and in-process pipeline for every workload, before any Ray process exists; the graph is kept for pairing."""
     graph, models = inprocess.prepare(profile)
     results = {}
     for workload in workloads:
         log(f"in-process: {workload.name}")
         results[workload.name] = inprocess.measure(graph, models, workload.data(), workload.triage_overrides, repeats)
-    return results
+    return results, graph
 
 
 def measure_served(
@@ -95,9 +103,11 @@ def measure_served(
     workload: Workload,
     args: argparse.Namespace,
     pss_paused: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    graph: inprocess.InProcessGraph | None = None,
 ) -> dict[str, Any]:
-    """Latency at concurrency 1 and throughput per level; redeploys FastTriage around an early-exit workload.
+    """Latency at concurrency 1 (alone, then paired with `graph`'s in-process runs) and throughput per level.
 
+    Redeploys FastTriage around an early-exit workload (and reconfigures `graph`'s the same way).
     The memory sampler's PSS reads (~140 ms of CPU each) are paused while latency and every
     throughput level but the highest are timed; the highest level, where the most requests are
     in flight and memory peaks, is timed with them on.
@@ -112,6 +122,13 @@ def measure_served(
         log(f"served: {workload.name} latency, {args.requests} requests")
         with pss_paused():
             result["latency"] = served.latency(instance.url, upload, args.requests)
+        if graph is not None and args.pairs > 0:
+            log(f"served: {workload.name} paired with in-process runs, {args.pairs} pairs")
+            data = workload.data()
+            with pss_paused(), graph.triage_overrides(workload.triage_overrides):
+                result["paired"] = served.paired(
+                    instance.url, upload, args.pairs, lambda: graph.run(data).timings_ms["total"]
+                )
         result["throughput"] = []
         for c in args.concurrency:
             log(f"served: {workload.name} throughput at c={c}")
@@ -132,6 +149,7 @@ def measure_serving(
     per_workload: dict[str, dict[str, Any]],
     args: argparse.Namespace,
     cpu: CpuAccount,
+    graph: inprocess.InProcessGraph | None = None,
 ) -> dict[str, Any]:
     """Cold start, then every workload over HTTP (early exit last), with the process tree sampled throughout.
 
@@ -157,7 +175,7 @@ def measure_serving(
             ordered = [w for w in workloads if not w.triage_overrides] + [w for w in workloads if w.triage_overrides]
             for workload in ordered:
                 per_workload[workload.name]["served"] = measure_served(
-                    instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext
+                    instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext, graph
                 )
         except (RuntimeError, OSError) as exc:
             # keep what was measured: the report shows the served columns as missing and says why
@@ -190,11 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     log(f"load average {loads['at_start']} on {machine['logical_cores']} cores; generating media in {args.cache_dir}")
     generate(workloads, args.cache_dir, log)
 
-    per_workload = measure_in_process(profile, workloads, args.repeats)
+    per_workload, graph = measure_in_process(profile, workloads, args.repeats)
     gc.collect()
 
     loads["before_served"] = load_average()
-    serving = measure_serving(profile, workloads, per_workload, args, cpu)
+    serving = measure_serving(profile, workloads, per_workload, args, cpu, graph)
     loads["at_end"] = serving.pop("load_at_end")
 
     result: dict[str, Any] = {
@@ -206,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average": loads,
         "options": {
             "quick": args.quick, "profile": str(args.profile), "workloads": args.workloads,
-            "requests": args.requests, "repeats": args.repeats, "concurrency": args.concurrency,
+            "requests": args.requests, "pairs": args.pairs, "repeats": args.repeats, "concurrency": args.concurrency,
             "level_seconds": args.level_seconds, "requests_per_client": args.requests_per_client,
             "video_seconds": args.video_seconds, "long_seconds": args.long_seconds, "audio_seconds": args.audio_seconds,
         },

@@ -214,6 +214,46 @@ def latency(url: str, upload: Upload, requests: int, warmups: int = 2) -> dict[s
     return asyncio.run(_latency(url, upload, requests, warmups))
 
 
+async def _paired(url: str, upload: Upload, pairs: int, in_process: Callable[[], float]) -> dict[str, Any]:
+    in_process_ms: list[float] = []
+    answers: list[Answer] = []
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
+        in_process()  # one warm-up pair
+        await post(client, upload)
+        for k in range(pairs):
+            # alternate which side goes first (A B, B A, ...), so neither always follows the other
+            if k % 2 == 0:
+                in_process_ms.append(in_process())
+            answers.append(await post(client, upload))
+            if k % 2 == 1:
+                in_process_ms.append(in_process())
+    served_ms = [a.latency_ms for a in answers]
+    ok = [a.ok for a in answers]
+    served_p50 = statistics.median([v for v, good in zip(served_ms, ok) if good]) if any(ok) else None
+    in_process_p50 = statistics.median(in_process_ms) if in_process_ms else None
+    return {
+        "pairs": pairs,
+        "ok": sum(ok),
+        "errors": [f"{a.status}: {a.error}" for a in answers if not a.ok][:5],
+        "early_exits": sum(bool(a.early_exit) for a in answers if a.ok),
+        "served_p50_ms": served_p50,
+        "in_process_p50_ms": in_process_p50,
+        "ratio_of_p50s": served_p50 / in_process_p50 if served_p50 and in_process_p50 else None,
+        "served_ms": [round(v, 1) for v in served_ms],
+        "in_process_ms": [round(v, 1) for v in in_process_ms],
+    }
+
+
+def paired(url: str, upload: Upload, pairs: int, in_process: Callable[[], float]) -> dict[str, Any]:
+    """Served and in-process latency measured in alternation: `pairs` requests each, one after the other.
+
+    `in_process()` runs the pipeline once in this process and returns its wall time in ms. This
+    machine's speed drifts by tens of percent within an hour, so two medians taken minutes apart
+    can differ by more than serving costs; taken in alternation, both sides see the same machine.
+    """
+    return asyncio.run(_paired(url, upload, pairs, in_process))
+
+
 async def _throughput(url: str, upload: Upload, concurrency: int, max_requests: int, window_s: float) -> dict[str, Any]:
     answers: list[Answer] = []
     issued = 0
