@@ -28,7 +28,7 @@ import ray  # noqa: F401  -- makes Ray's vendored psutil importable (ray/thirdpa
 import psutil
 
 from bench import served
-from bench.machine import load_average, machine_info, write_result
+from bench.machine import load_average, machine_info, parallel_capacity, write_result
 from bench.memory import process_role
 from bench.profile import Profile
 from bench.workloads import DEFAULT_CACHE_DIR, generate, plan_workloads
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             record["idle_cores_total"] = round(sum(idle.values()), 3)
             print(f"idle: the tree keeps {record['idle_cores_total']:.3f} cores busy", flush=True)
             served.latency(instance.url, upload, requests=2, warmups=1)  # warm every replica's first call
+            record["parallel_capacity"] = {"before": parallel_capacity()}
             for c in args.concurrency:
                 before, t0 = cpu_by_role(root), time.perf_counter()
                 level = served.throughput(instance.url, upload, c, c * args.requests_per_client, window_s=600.0)
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                 record["levels"].append(entry)
                 print(f"c{c}: {level['clips_per_min']:.1f} clips/min, p50 {level['p50_ms']:.0f} ms, "
                       f"{busy:.2f} of {cores} cores busy, {entry['cpu_ms_per_clip']:.0f} CPU ms per clip: {split}", flush=True)
+            record["parallel_capacity"]["after"] = parallel_capacity()
+            print(f"parallel capacity (work of one core): {record['parallel_capacity']}", flush=True)
         finally:
             instance.stop()
     levels = {lv["concurrency"]: lv for lv in record["levels"]}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import inprocess, served
-from bench.machine import CpuAccount, load_average, machine_info
+from bench.machine import CpuAccount, load_average, machine_info, parallel_capacity
 from bench.memory import ClusterSampler
 from bench.profile import Profile
 from bench.report import evaluate_targets, render
@@ -107,6 +107,9 @@ def measure_served(
 ) -> dict[str, Any]:
     """Latency at concurrency 1 (alone, then paired with `graph`'s in-process runs) and throughput per level.
 
+    The machine's parallel capacity (`parallel_capacity`) is probed just before and after the
+    throughput levels, with the cluster idle: the c4 / c1 ratio cannot exceed it.
+
     Redeploys FastTriage around an early-exit workload (and reconfigures `graph`'s the same way).
     The memory sampler's PSS reads (~140 ms of CPU each) are paused while latency and every
     throughput level but the highest are timed; the highest level, where the most requests are
@@ -130,11 +133,13 @@ def measure_served(
                     instance.url, upload, args.pairs, lambda: graph.run(data).timings_ms["total"]
                 )
         result["throughput"] = []
+        result["parallel_capacity"] = {"before": parallel_capacity()}
         for c in args.concurrency:
             log(f"served: {workload.name} throughput at c={c}")
             with pss_paused() if c < max(args.concurrency) else nullcontext():
                 level = served.throughput(instance.url, upload, c, c * args.requests_per_client, args.level_seconds)
             result["throughput"].append({**level, "pss_sampled": c == max(args.concurrency)})
+        result["parallel_capacity"]["after"] = parallel_capacity()
     finally:
         if workload.triage_overrides:
             log("served: restoring the profile's FastTriage thresholds")
