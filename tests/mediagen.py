@@ -330,6 +330,7 @@ def talking_face_video(
     with_audio: bool = True,
     seed: int = 0,
     lip_delay_s: float = 0.0,
+    encoder_options: dict[str, str] | None = None,
 ) -> bytes:
     """A clip of the astronaut's face talking: mouth opening follows the speech envelope.
 
@@ -337,13 +338,14 @@ def talking_face_video(
     webm); audio is `speech_like_audio(seconds, 16000, seed)`, and frame i opens the mouth
     by `talking_face_mouth(...)[i]`, so lips and audio are in sync by construction, a
     positive for AV-alignment. `lip_delay_s` > 0 makes the lips lag the sound (a negative).
+    `encoder_options` go to `encode_video`.
     """
     n = int(round(seconds * fps))
     audio = speech_like_audio(seconds, 16_000, seed)
     mouth = talking_face_mouth(audio, 16_000, fps, n, lip_delay_s)
     codec = "libvpx-vp9" if container == "webm" else "libx264"
     frames = iter_talking_face_frames(mouth, size, seed)
-    return encode_video(frames, container, codec, fps, audio if with_audio else None)
+    return encode_video(frames, container, codec, fps, audio if with_audio else None, encoder_options=encoder_options)
 
 
 def talking_face_mouth(audio: np.ndarray, sr: int, fps: float, n_frames: int, lip_delay_s: float = 0.0) -> np.ndarray:
