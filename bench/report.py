@@ -92,10 +92,20 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if served_p50 is not None and decode_floor is not None:
         limit = decode_floor + EARLY_EXIT_MARGIN_MS
         measured = f"served p50 {served_p50:,.0f} ms vs limit {limit:,.0f} ms (decode+faces floor {decode_floor:,.0f} ms)"
+        met = bool(early_ok) and served_p50 <= limit
+        paired = _get(early, "served", "paired") or {}
+        paired_floor = _get(paired, "local_p50_ms", "decode_faces_floor")
+        if paired.get("served_p50_ms") and paired_floor:
+            # judged on the paired measurement, as the served / in-process ratio is
+            paired_limit = paired_floor + EARLY_EXIT_MARGIN_MS
+            measured = (f"paired, {paired['pairs']} alternating requests each: served p50 {paired['served_p50_ms']:,.0f} ms "
+                        f"vs limit {paired_limit:,.0f} ms (decode+faces floor {paired_floor:,.0f} ms); "
+                        f"separate phases: {measured}")
+            met = bool(early_ok) and bool(paired.get("early_exits")) and paired["served_p50_ms"] <= paired_limit
         if not early_ok:
             measured += "; no answer exited early"
         targets.append({"target": f"early exit: served p50 <= decode floor + {EARLY_EXIT_MARGIN_MS:.0f} ms",
-                        "measured": measured, "met": bool(early_ok) and served_p50 <= limit})
+                        "measured": measured, "met": met})
     else:
         targets.append({"target": f"early exit: served p50 <= decode floor + {EARLY_EXIT_MARGIN_MS:.0f} ms",
                         "measured": "not measured", "met": None})
@@ -306,6 +316,10 @@ def _workload_section(name: str, w: dict[str, Any], levels: list[int]) -> list[s
             f"{ms(paired.get('served_p50_ms'))} / {ms(paired.get('in_process_p50_ms'))} = "
             f"{ratio(paired.get('served_p50_ms'), paired.get('in_process_p50_ms'))}",
         ])
+        paired_floor = _get(paired, "local_p50_ms", "decode_faces_floor")
+        if paired_floor:
+            rows.append(["paired: decode + faces floor, and the early exit limit (floor + "
+                         f"{EARLY_EXIT_MARGIN_MS:.0f} ms)", f"{ms(paired_floor)}, {ms(paired_floor + EARLY_EXIT_MARGIN_MS)}"])
     rows.append(["in-process p50 / floor", ratio(inproc.get("p50_ms"), floor.get("total_ms"))])
     if name == "early_exit":
         rows.append([f"early exit limit: decode + faces floor + {EARLY_EXIT_MARGIN_MS:.0f} ms",
@@ -399,7 +413,8 @@ def _meaning(options: dict[str, Any]) -> list[str]:
         "anywhere from 1.2 to 2.2 within minutes, so the c4 / c1 ratio is bounded by it, not by 2.",
         "- **early exit**: the `video_720p` clip with FastTriage `early_exit_low=0.999, early_exit_high=1.0` "
         "(applied with `serve deploy`, restored afterwards; the clip's triage score never exits under the "
-        "profile's thresholds), compared with that clip's decode + faces floor.",
+        "profile's thresholds), compared with that clip's decode + faces floor; when the run paired it, the "
+        "floor is also timed in the paired rounds, and the target is judged on those.",
         "- **memory**: peak RSS per Serve replica (kernel high-water mark) and its peak PSS, and the peak of the "
         "sums over every process under `serve run` (driver, GCS, raylet, dashboard, agents, controller, proxy, "
         "replicas, idle workers). RSS counts a page shared by several processes (torch's libraries in every "

@@ -214,23 +214,25 @@ def latency(url: str, upload: Upload, requests: int, warmups: int = 2) -> dict[s
     return asyncio.run(_latency(url, upload, requests, warmups))
 
 
-async def _paired(url: str, upload: Upload, pairs: int, in_process: Callable[[], float]) -> dict[str, Any]:
-    in_process_ms: list[float] = []
+async def _paired(url: str, upload: Upload, pairs: int, local: dict[str, Callable[[], float]]) -> dict[str, Any]:
+    local_ms: dict[str, list[float]] = {name: [] for name in local}
     answers: list[Answer] = []
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
-        in_process()  # one warm-up pair
+        for run in local.values():  # one warm-up round
+            run()
         await post(client, upload)
+        # each round runs every side once; the order rotates, so no side always follows the same one
+        sides = [*local, None]  # None: the served request
         for k in range(pairs):
-            # alternate which side goes first (A B, B A, ...), so neither always follows the other
-            if k % 2 == 0:
-                in_process_ms.append(in_process())
-            answers.append(await post(client, upload))
-            if k % 2 == 1:
-                in_process_ms.append(in_process())
-    served_ms = [a.latency_ms for a in answers]
+            for side in sides[k % len(sides):] + sides[: k % len(sides)]:
+                if side is None:
+                    answers.append(await post(client, upload))
+                else:
+                    local_ms[side].append(local[side]())
     ok = [a.ok for a in answers]
-    served_p50 = statistics.median([v for v, good in zip(served_ms, ok) if good]) if any(ok) else None
-    in_process_p50 = statistics.median(in_process_ms) if in_process_ms else None
+    served_p50 = statistics.median([a.latency_ms for a in answers if a.ok]) if any(ok) else None
+    local_p50 = {name: statistics.median(values) if values else None for name, values in local_ms.items()}
+    in_process_p50 = local_p50.get("in_process")
     return {
         "pairs": pairs,
         "ok": sum(ok),
@@ -239,19 +241,21 @@ async def _paired(url: str, upload: Upload, pairs: int, in_process: Callable[[],
         "served_p50_ms": served_p50,
         "in_process_p50_ms": in_process_p50,
         "ratio_of_p50s": served_p50 / in_process_p50 if served_p50 and in_process_p50 else None,
-        "served_ms": [round(v, 1) for v in served_ms],
-        "in_process_ms": [round(v, 1) for v in in_process_ms],
+        "local_p50_ms": local_p50,
+        "served_ms": [round(a.latency_ms, 1) for a in answers],
+        "local_ms": {name: [round(v, 1) for v in values] for name, values in local_ms.items()},
     }
 
 
-def paired(url: str, upload: Upload, pairs: int, in_process: Callable[[], float]) -> dict[str, Any]:
-    """Served and in-process latency measured in alternation: `pairs` requests each, one after the other.
+def paired(url: str, upload: Upload, pairs: int, local: dict[str, Callable[[], float]]) -> dict[str, Any]:
+    """Served latency measured in alternation with local measurements: `pairs` rounds of each, interleaved.
 
-    `in_process()` runs the pipeline once in this process and returns its wall time in ms. This
-    machine's speed drifts by tens of percent within an hour, so two medians taken minutes apart
-    can differ by more than serving costs; taken in alternation, both sides see the same machine.
+    `local` maps a name to a call that runs something once in this process and returns its wall
+    time in ms; "in_process" (the pipeline without Ray) gives `in_process_p50_ms` and the ratio.
+    This machine's speed drifts by tens of percent within an hour, so two medians taken minutes
+    apart can differ by more than serving costs; taken in alternation, every side sees the same machine.
     """
-    return asyncio.run(_paired(url, upload, pairs, in_process))
+    return asyncio.run(_paired(url, upload, pairs, local))
 
 
 async def _throughput(url: str, upload: Upload, concurrency: int, max_requests: int, window_s: float) -> dict[str, Any]:

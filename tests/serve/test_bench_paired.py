@@ -8,7 +8,7 @@ from bench import served
 from tests.mediagen import encode_audio, speech_like_audio
 
 
-def test_paired_run_alternates_served_requests_and_in_process_runs(service, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paired_run_rotates_served_requests_and_local_runs(service, monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
     real_post = served.post
 
@@ -24,12 +24,19 @@ def test_paired_run_alternates_served_requests_and_in_process_runs(service, monk
         return next(in_process_ms)
 
     upload = served.Upload(encode_audio(speech_like_audio(1.0, seed=4), 16_000, "wav"), "speech.wav")
-    result = served.paired(service.url, upload, 4, in_process)
+    result = served.paired(service.url, upload, 4, {"in_process": in_process})
 
-    # warm-up pair, then A B, B A, A B, B A
+    # warm-up round, then A B, B A, A B, B A
     assert events == ["in", "served", "in", "served", "served", "in", "in", "served", "served", "in"]
     assert result["pairs"] == 4 and result["ok"] == 4 and not result["errors"]
-    assert result["in_process_ms"] == [100.0, 300.0, 200.0, 400.0]  # the warm-up is not counted
+    assert result["local_ms"] == {"in_process": [100.0, 300.0, 200.0, 400.0]}  # the warm-up is not counted
     assert result["in_process_p50_ms"] == 250.0
     assert len(result["served_ms"]) == 4 and all(v > 0 for v in result["served_ms"])
     assert result["ratio_of_p50s"] == pytest.approx(result["served_p50_ms"] / 250.0)
+
+    events.clear()
+    three = served.paired(service.url, upload, 3, {"in_process": lambda: events.append("in") or 1.0,
+                                                  "floor": lambda: events.append("floor") or 2.0})
+    # every side once per round, the order rotating: A B S, B S A, S A B
+    assert events == ["in", "floor", "served"] + ["in", "floor", "served", "floor", "served", "in", "served", "in", "floor"]
+    assert three["local_p50_ms"] == {"in_process": 1.0, "floor": 2.0} and three["ok"] == 3
