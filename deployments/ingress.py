@@ -123,6 +123,11 @@ def deployment_ready(state: DeploymentState, needs_model: bool) -> bool:
     )
 
 
+def by_reference(handle: DeploymentHandle) -> DeploymentHandle:
+    """`handle` with calls that go through Ray's object store whatever Serve's transport default."""
+    return handle.options(_by_reference=True)
+
+
 async def _timed(timings: dict[str, float], stage: str, call: Awaitable[Any]) -> Any:
     started = time.perf_counter()
     try:
@@ -144,6 +149,13 @@ class SpectraShieldIngress:
         fusion: DeploymentHandle,
         jobs: DeploymentHandle,
     ) -> None:
+        # Every call passes its arguments and result through Ray's object store, never inline over gRPC:
+        # uploads and decoded clips run to megabytes (a 10 s 720p clip pickles to 7.5 MB; gRPC's message
+        # limit is 4 MiB), and one clip goes to four deployments by reference. By reference is Serve's
+        # default unless RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (or RAY_SERVE_USE_GRPC_BY_DEFAULT=1) is set.
+        decoder, triage, keyframes, compression, av, fusion, jobs = (
+            by_reference(h) for h in (decoder, triage, keyframes, compression, av, fusion, jobs)
+        )
         self.decoder, self.triage, self.keyframes = decoder, triage, keyframes
         self.compression, self.av, self.fusion = compression, av, fusion
         self.handles = {
