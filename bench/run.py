@@ -38,7 +38,7 @@ from media import decode_media
 # (full, quick) defaults; any option given on the command line wins over both.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "requests": (20, 3),
-    "pairs": (10, 2),
+    "pairs": (20, 2),  # 10 left the early-exit judgement swinging: single requests ranged 0.6-1.1 s
     "repeats": (5, 2),
     "level_seconds": (90.0, 10.0),
     "requests_per_client": (10, 1),  # 4 per client left c4/c1 swinging by 0.3 between identical runs
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", choices=WORKLOAD_NAMES, default=list(WORKLOAD_NAMES))
     parser.add_argument("--requests", type=int, help="timed requests at concurrency 1 (after 2 warm-ups); full 20, quick 3")
     parser.add_argument("--pairs", type=int,
-                        help="served requests alternating with in-process runs, per workload (0: none); full 10, quick 2")
+                        help="served requests alternating with in-process runs, per workload (0: none); full 20, quick 2")
     parser.add_argument("--repeats", type=int, help="in-process runs per measurement (median); full 5, quick 2")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="throughput levels")
     parser.add_argument("--level-seconds", type=float, help="time bound per throughput level; full 90, quick 10")
