@@ -6,9 +6,9 @@ import hashlib
 import json
 import multiprocessing
 import os
-import statistics
 import platform
 import socket
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -112,10 +112,9 @@ def _kernel_walls(copies: int, n: int) -> list[float]:
 
 
 def parallel_capacity(rounds: int = 5, n: int = 500_000) -> dict[str, Any]:
-    """How much work two busy cores do here, in units of one busy core: 2.0 on two real cores.
+    """How much work all the cores busy at once do, in units of one busy core: 2.0 on two real cores.
 
-    Each round times the same CPU-bound kernel alone, then as two copies at once (one per core on
-    a 2-core machine). A virtual machine's cores can be hyperthreads of one host core, or share it
+    Each round times the same CPU-bound kernel alone, then as one copy per core at once. A virtual machine's cores can be hyperthreads of one host core, or share it
     with other guests: this one's two vCPUs measured anywhere from 1.2x to 2.2x one vCPU within
     minutes, with no steal time reported. Throughput at concurrency 4 over concurrency 1 is
     bounded by it.

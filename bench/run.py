@@ -3,10 +3,11 @@
 Order matters for fairness: media is generated first, then everything in-process is measured
 while no Ray runs, then `serve run` is started (its cold start timed) and loaded over HTTP while
 its processes' memory is sampled. Each workload's served latency is also measured paired: served
-requests alternating with in-process runs of the same pipeline in this process, so the
-served / in-process ratio compares the two on the same machine state (this machine's speed drifts
-by tens of percent within an hour; the separate phases are minutes apart). The early-exit workload comes last because it redeploys
-FastTriage's thresholds; the profile's own thresholds are deployed back afterwards.
+requests alternating with in-process runs of the same pipeline in this process (and, for the
+early exit, with its decode floor), so the targets compare the two sides on the same machine state
+(this machine's speed drifts by tens of percent within an hour; the separate phases are minutes
+apart). The early-exit workload comes last because it redeploys FastTriage's thresholds; the
+profile's own thresholds are deployed back afterwards.
 
 Results go to `<out>/<UTC timestamp>-<host>.json` and `BENCHMARKS.md` is regenerated from them.
 Benchmarks assert nothing: a missed target is a row in the table, not an exit status.

@@ -1,10 +1,10 @@
 """The benchmark's inputs, generated in code with fixed seeds and cached outside the repository.
 
-Media is never committed: every file is rebuilt from `tests.mediagen` with a fixed seed and a fixed
-libx264 thread count, so two runs on two machines upload byte-identical files. Generating a long 1080p clip takes minutes on a
-small machine, so each file is written once into a cache directory (default: the system temp
-dir) under a name derived from everything that shapes it; later runs, and later workloads of the
-same run, reuse it.
+Media is never committed: every file is rebuilt from `tests.mediagen` with a fixed seed and a
+fixed libx264 thread count, so two runs on two machines upload byte-identical files. Generating a
+long 1080p clip takes minutes on a small machine, so each file is written once into a cache
+directory (default: the system temp dir) under a name derived from everything that shapes it;
+later runs, and later workloads of the same run, reuse it.
 """
 
 from __future__ import annotations
