@@ -396,12 +396,13 @@ def _meaning(options: dict[str, Any]) -> list[str]:
         "- **served**: `serve run <profile>` on this machine, `POST /v1/analyze` with the file as a multipart "
         f"upload over HTTP; 2 warm-ups, then {options['requests']} requests one after another (p50/p95/p99 of "
         "the client's wall time). Stage times are the ingress's `timings_ms`.",
-        (f"- **paired**: after the served latency run, {options['pairs']} served requests alternating with "
-         "in-process runs of the same pipeline in the benchmark's process (which goes first alternates too), "
-         "p50 of each side. This machine's speed drifts by tens of percent within an hour, and the in-process "
-         "and served phases above are minutes apart, so the served / in-process target is judged on the paired "
-         "ratio. Both sides then run beside the idle Serve cluster (about 0.2 of a core of Ray's own background "
-         "work), which the separate in-process phase, run before Ray starts, does not."
+        (f"- **paired**: after the served latency run, {options['pairs']} rounds of one served request and one "
+         "in-process run of the same pipeline in the benchmark's process (for the early exit also one decode + "
+         "faces floor), in an order that rotates from round to round; p50 of each side. This machine's speed "
+         "drifts by tens of percent within an hour, and the in-process and served phases above are minutes "
+         "apart, so the served / in-process and early-exit targets are judged on the paired rounds. Both sides "
+         "then run beside the idle Serve cluster (about 0.2 of a core of Ray's own background work, which slows "
+         "other work here by more than that), which the separate in-process phase, run before Ray starts, does not."
          if options.get("pairs") else
          "- **paired**: not measured in this run; the served / in-process target is judged on the separate phases."),
         "- **throughput**: c clients each sending the next request as soon as the last answered, until "
