@@ -67,6 +67,9 @@ def _ratio_targets(workload: dict[str, Any] | None) -> list[dict[str, Any]]:
     capacity = _get(workload, "served", "parallel_capacity")
     if capacity and scaling["met"] is not None:
         scaling["measured"] += f"; {capacity_text(capacity)}"
+    without_ray = in_process_scaling_text(_get(workload, "served", "in_process_scaling"))
+    if without_ray and scaling["met"] is not None:
+        scaling["measured"] += f"; {without_ray}"
     return [
         served_row,
         _ratio(f"{RATIO_WORKLOAD}: in-process p50 <= {INPROCESS_OVER_FLOOR} x floor", inprocess, floor,
@@ -80,6 +83,19 @@ def capacity_text(capacity: dict[str, Any]) -> str:
     said = [f"{c['median']:.2f} cores ({c['min']:.2f}-{c['max']:.2f}) just {when}"
             for when, c in (("before", capacity.get("before")), ("after", capacity.get("after"))) if c]
     return "the machine's cores together did the work of " + " and ".join(said) + " these levels"
+
+
+def in_process_scaling_text(levels: list[dict[str, Any]] | None) -> str | None:
+    """The in-process pipeline in 1 and in k worker processes at once (no Ray), in words; None if not measured."""
+    by_c = {lv["concurrency"]: lv for lv in levels or [] if lv.get("clips_per_min")}
+    if 1 not in by_c or len(by_c) < 2:
+        return None
+    k = max(by_c)
+    one, many = by_c[1], by_c[k]
+    return (f"without Ray, the in-process pipeline in 1 and in {k} processes at once, right after the served levels: "
+            f"{many['clips_per_min'] / one['clips_per_min']:.2f} ({one['clips_per_min']:,.0f} -> "
+            f"{many['clips_per_min']:,.0f} clips/min; CPU per clip {one['cpu_ms_per_clip']:,.0f} and "
+            f"{many['cpu_ms_per_clip']:,.0f} ms)")
 
 
 def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -345,6 +361,9 @@ def _workload_section(name: str, w: dict[str, Any], levels: list[int]) -> list[s
     capacity = _get(w, "served", "parallel_capacity")
     if capacity:
         lines += [f"Parallel capacity (`bench.machine.parallel_capacity`, cluster idle): {capacity_text(capacity)}.", ""]
+    without_ray = in_process_scaling_text(_get(w, "served", "in_process_scaling"))
+    if without_ray:
+        lines += [f"{without_ray[0].upper()}{without_ray[1:]} (`bench.ceiling.WorkerPool`).", ""]
     if lat.get("errors"):
         lines += ["Latency-run errors: " + "; ".join(lat["errors"]), ""]
     if _get(w, "served", "restored") is False:
@@ -412,6 +431,11 @@ def _meaning(options: dict[str, Any]) -> list[str]:
         "once, five rounds, just before and just after each workload's throughput levels: the work the cores "
         "did together in units of one busy core (2.00 on two real cores). This machine's two vCPUs came out "
         "anywhere from 1.2 to 2.2 within minutes, so the c4 / c1 ratio is bounded by it, not by 2.",
+        *(["- **without Ray**: right after `video_720p`'s served levels 1 and 4, the in-process pipeline running "
+           "back to back in 1, then 4, worker processes at once (`bench.ceiling.WorkerPool`; each process as "
+           "*in-process* above) for as long as that served level took: what running clips at once can buy this "
+           "pipeline on this machine with no serving at all. CPU per clip is the worker processes' own."]
+          if options.get("in_process_scaling") else []),
         "- **early exit**: the `video_720p` clip with FastTriage `early_exit_low=0.999, early_exit_high=1.0` "
         "(applied with `serve deploy`, restored afterwards; the clip's triage score never exits under the "
         "profile's thresholds), compared with that clip's decode + faces floor; when the run paired it, the "
@@ -439,6 +463,7 @@ def _how_to_run() -> list[str]:
         ".venv/bin/python -m bench.run --workloads video_720p early_exit --requests 50",
         ".venv/bin/python -m bench.run --long-seconds 30    # shorter 1080p clip (default 60 s)",
         ".venv/bin/python -m bench.run --profile cluster/serve.gpu.yaml   # on a CUDA machine",
+        ".venv/bin/python -m bench.ceiling            # c4 / c1 served and without Ray, rotating rounds",
         "python -m bench.report bench/results/<file>.json  # re-render this page from a result",
         "```",
         "",

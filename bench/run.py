@@ -9,6 +9,11 @@ early exit, with its decode floor), so the targets compare the two sides on the 
 apart). The early-exit workload comes last because it redeploys FastTriage's thresholds; the
 profile's own thresholds are deployed back afterwards.
 
+`video_720p`'s throughput levels 1 and 4 are each followed by the in-process pipeline running
+back to back in that many worker processes at once (`bench.ceiling.WorkerPool`, no Ray), for as
+long as the served level took: what concurrency can buy this pipeline on this machine, measured in
+the same minutes as the served levels it bounds.
+
 Results go to `<out>/<UTC timestamp>-<host>.json` and `BENCHMARKS.md` is regenerated from them.
 Benchmarks assert nothing: a missed target is a row in the table, not an exit status.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import inprocess, served
+from bench.ceiling import WorkerPool
 from bench.machine import CpuAccount, load_average, machine_info, parallel_capacity
 from bench.memory import ClusterSampler
 from bench.profile import Profile
@@ -78,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--long-seconds", type=float,
                         help="duration of the 1080p clip; full 60, quick 3 (generating 60 s takes minutes; cached)")
     parser.add_argument("--audio-seconds", type=float, help="duration of the audio file; full 10, quick 3")
+    parser.add_argument("--in-process-scaling", action=argparse.BooleanOptionalAction, default=True,
+                        help="after video_720p's levels 1 and 4, the same clips through 1 and 4 in-process pipelines "
+                             "at once (no Ray); needs both levels in --concurrency")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                         help="where generated media is kept between runs (never inside the repository)")
     args = parser.parse_args(argv)
@@ -106,8 +115,12 @@ def measure_served(
     args: argparse.Namespace,
     pss_paused: Callable[[], AbstractContextManager[Any]] = nullcontext,
     graph: inprocess.InProcessGraph | None = None,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """Latency at concurrency 1 (alone, then paired with `graph`'s in-process runs) and throughput per level.
+
+    With `pool`, each served level at 1 and at the pool's size is followed by that many of the pool's
+    in-process pipelines running at once, for as long as the served level took.
 
     The machine's parallel capacity (`parallel_capacity`) is probed just before and after the
     throughput levels, with the cluster idle: the c4 / c1 ratio cannot exceed it.
@@ -142,6 +155,10 @@ def measure_served(
             with pss_paused() if c < max(args.concurrency) else nullcontext():
                 level = served.throughput(instance.url, upload, c, c * args.requests_per_client, args.level_seconds)
             result["throughput"].append({**level, "pss_sampled": c == max(args.concurrency)})
+            if pool is not None and c in (1, pool.size):
+                log(f"in-process: {workload.name} in {c} pipelines at once, {level['elapsed_s']:.0f} s (no Ray)")
+                with pss_paused():
+                    result.setdefault("in_process_scaling", []).append(pool.level(c, level["elapsed_s"]))
         result["parallel_capacity"]["after"] = parallel_capacity()
     finally:
         if workload.triage_overrides:
@@ -158,8 +175,12 @@ def measure_serving(
     args: argparse.Namespace,
     cpu: CpuAccount,
     graph: inprocess.InProcessGraph | None = None,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """Cold start, then every workload over HTTP (early exit last), with the process tree sampled throughout.
+
+    `pool` (in-process pipelines for `video_720p`'s scaling) is closed once that workload is done,
+    before the CPU account closes, so its processes' CPU is counted as the benchmark's own.
 
     Fills `per_workload[name]["served"]`; returns the cold start, the memory result, the error that
     stopped the served part (None when none did), the load average at the end, and the CPU account,
@@ -182,14 +203,22 @@ def measure_serving(
             log(f"served: ready after {found['cold_start_s']:.1f} s")
             ordered = [w for w in workloads if not w.triage_overrides] + [w for w in workloads if w.triage_overrides]
             for workload in ordered:
-                per_workload[workload.name]["served"] = measure_served(
-                    instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext, graph
-                )
+                scaling = pool if workload.name == "video_720p" else None
+                try:
+                    per_workload[workload.name]["served"] = measure_served(
+                        instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext,
+                        graph, scaling,
+                    )
+                finally:
+                    if scaling is not None:
+                        scaling.close()
         except (RuntimeError, OSError) as exc:
             # keep what was measured: the report shows the served columns as missing and says why
             found["served_error"] = f"{type(exc).__name__}: {exc}"
             log(f"served: failed: {found['served_error']}")
         finally:
+            if pool is not None:
+                pool.close()  # the served part failed before video_720p: reap the pool all the same
             for sampler in samplers:
                 sampler.stop()
                 sampler.sample()  # a last look while every process is alive
@@ -216,11 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     log(f"load average {loads['at_start']} on {machine['logical_cores']} cores; generating media in {args.cache_dir}")
     generate(workloads, args.cache_dir, log)
 
+    pool = None
+    video = next((w for w in workloads if w.name == "video_720p"), None)
+    if args.in_process_scaling and video is not None and {1, 4} <= set(args.concurrency):
+        log("in-process: starting 4 pipelines in worker processes for video_720p's scaling")
+        pool = WorkerPool(args.profile, video.path, 4)  # loaded before anything is timed; idle until then
     per_workload, graph = measure_in_process(profile, workloads, args.repeats)
     gc.collect()
 
     loads["before_served"] = load_average()
-    serving = measure_serving(profile, workloads, per_workload, args, cpu, graph)
+    serving = measure_serving(profile, workloads, per_workload, args, cpu, graph, pool)
     loads["at_end"] = serving.pop("load_at_end")
 
     result: dict[str, Any] = {
@@ -235,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             "requests": args.requests, "pairs": args.pairs, "repeats": args.repeats, "concurrency": args.concurrency,
             "level_seconds": args.level_seconds, "requests_per_client": args.requests_per_client,
             "video_seconds": args.video_seconds, "long_seconds": args.long_seconds, "audio_seconds": args.audio_seconds,
+            "in_process_scaling": pool is not None,
         },
         "weights": profile.weight_versions(),
         "workloads": {

@@ -88,3 +88,26 @@ def test_a_paired_early_exit_run_judges_against_the_floor_timed_beside_it(result
     paired["served_p50_ms"], paired["early_exits"] = 900.0, 0  # paired answers that did not exit early fail it
     assert not [t for t in evaluate_targets(result) if t["target"].startswith("early exit")][0]["met"]
     assert "paired: decode + faces floor, and the early exit limit (floor + 150 ms) | 760, 910" in render(result)
+
+
+def test_the_scaling_target_says_what_the_pipeline_did_without_ray(result: dict) -> None:
+    result = copy.deepcopy(result)
+    result["options"]["in_process_scaling"] = True
+    result["workloads"][RATIO_WORKLOAD]["served"]["in_process_scaling"] = [
+        {"concurrency": 1, "clips": 10, "wall_s": 9.5, "clips_per_min": 63.2, "cpu_ms_per_clip": 1100.0},
+        {"concurrency": 4, "clips": 44, "wall_s": 29.1, "clips_per_min": 90.7, "cpu_ms_per_clip": 1190.0},
+    ]
+    (target,) = [t for t in evaluate_targets(result) if "throughput c=4" in t["target"]]
+    assert target["met"] is False  # said beside the ratio, never instead of it
+    assert target["measured"] == (
+        "1.26 (96 / 76); without Ray, the in-process pipeline in 1 and in 4 processes at once, right after the "
+        "served levels: 1.44 (63 -> 91 clips/min; CPU per clip 1,100 and 1,190 ms)"
+    )
+    page = render(result)
+    assert "Without Ray, the in-process pipeline in 1 and in 4 processes at once" in page
+    assert "- **without Ray**:" in page
+    # one level alone gives no ratio, and older results without the measurement render as before
+    result["workloads"][RATIO_WORKLOAD]["served"]["in_process_scaling"] = result["workloads"][RATIO_WORKLOAD][
+        "served"]["in_process_scaling"][:1]
+    (target,) = [t for t in evaluate_targets(result) if "throughput c=4" in t["target"]]
+    assert target["measured"] == "1.26 (96 / 76)"
