@@ -70,6 +70,9 @@ def _ratio_targets(workload: dict[str, Any] | None) -> list[dict[str, Any]]:
     without_ray = in_process_scaling_text(_get(workload, "served", "in_process_scaling"))
     if without_ray and scaling["met"] is not None:
         scaling["measured"] += f"; {without_ray}"
+    drift = c1_drift_text(_get(workload, "served", "throughput"), served)
+    if drift and scaling["met"] is not None:
+        scaling["measured"] += f"; {drift}"
     return [
         served_row,
         _ratio(f"{RATIO_WORKLOAD}: in-process p50 <= {INPROCESS_OVER_FLOOR} x floor", inprocess, floor,
@@ -83,6 +86,25 @@ def capacity_text(capacity: dict[str, Any]) -> str:
     said = [f"{c['median']:.2f} cores ({c['min']:.2f}-{c['max']:.2f}) just {when}"
             for when, c in (("before", capacity.get("before")), ("after", capacity.get("after"))) if c]
     return "the machine's cores together did the work of " + " and ".join(said) + " these levels"
+
+
+C1_DRIFT = 0.15  # the c=1 level's p50 this far from the latency run's: the ratio moved with the machine
+
+
+def c1_drift_text(levels: list[dict[str, Any]] | None, latency_p50: float | None) -> str | None:
+    """A warning when the c=1 throughput level ran at another speed than the latency run just before it.
+
+    Both send one request at a time, so their p50s should agree; on a machine whose speed drifts,
+    a c=1 level that happened to run slow (or fast) inflates (or deflates) c4 / c1 by as much.
+    """
+    one = next((lv for lv in levels or [] if lv["concurrency"] == 1 and lv.get("p50_ms")), None)
+    if one is None or not latency_p50:
+        return None
+    change = one["p50_ms"] / latency_p50 - 1.0
+    if abs(change) <= C1_DRIFT:
+        return None
+    return (f"the c=1 level's p50 was {one['p50_ms']:,.0f} ms against {latency_p50:,.0f} ms in the latency run "
+            f"just before ({change:+.0%}), so this ratio moved with the machine's speed as much as the service's")
 
 
 def in_process_scaling_text(levels: list[dict[str, Any]] | None) -> str | None:

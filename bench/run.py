@@ -85,8 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="duration of the 1080p clip; full 60, quick 3 (generating 60 s takes minutes; cached)")
     parser.add_argument("--audio-seconds", type=float, help="duration of the audio file; full 10, quick 3")
     parser.add_argument("--in-process-scaling", action=argparse.BooleanOptionalAction, default=True,
-                        help="after video_720p's levels 1 and 4, the same clips through 1 and 4 in-process pipelines "
-                             "at once (no Ray); needs both levels in --concurrency")
+                        help="after video_720p's served levels 1 and 4, the in-process pipeline in 1 and 4 worker "
+                             "processes at once (no Ray) for as long as each level took; needs both levels")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                         help="where generated media is kept between runs (never inside the repository)")
     args = parser.parse_args(argv)
@@ -120,7 +120,8 @@ def measure_served(
     """Latency at concurrency 1 (alone, then paired with `graph`'s in-process runs) and throughput per level.
 
     With `pool`, each served level at 1 and at the pool's size is followed by that many of the pool's
-    in-process pipelines running at once, for as long as the served level took.
+    in-process pipelines running at once, for as long as the served level took; the pool is closed
+    after its last level.
 
     The machine's parallel capacity (`parallel_capacity`) is probed just before and after the
     throughput levels, with the cluster idle: the c4 / c1 ratio cannot exceed it.
@@ -159,6 +160,10 @@ def measure_served(
                 log(f"in-process: {workload.name} in {c} pipelines at once, {level['elapsed_s']:.0f} s (no Ray)")
                 with pss_paused():
                     result.setdefault("in_process_scaling", []).append(pool.level(c, level["elapsed_s"]))
+                if c == pool.size:
+                    # gone before any PSS read: its processes share torch's pages with the replicas,
+                    # and PSS splits shared pages among every process mapping them
+                    pool.close()
         result["parallel_capacity"]["after"] = parallel_capacity()
     finally:
         if workload.triage_overrides:
@@ -179,8 +184,9 @@ def measure_serving(
 ) -> dict[str, Any]:
     """Cold start, then every workload over HTTP (early exit last), with the process tree sampled throughout.
 
-    `pool` (in-process pipelines for `video_720p`'s scaling) is closed once that workload is done,
-    before the CPU account closes, so its processes' CPU is counted as the benchmark's own.
+    `pool` (in-process pipelines for `video_720p`'s scaling) is closed right after its last level
+    and at the latest once that workload is done, before the CPU account closes, so its processes'
+    CPU is counted as the benchmark's own.
 
     Fills `per_workload[name]["served"]`; returns the cold start, the memory result, the error that
     stopped the served part (None when none did), the load average at the end, and the CPU account,

@@ -111,3 +111,23 @@ def test_the_scaling_target_says_what_the_pipeline_did_without_ray(result: dict)
         "served"]["in_process_scaling"][:1]
     (target,) = [t for t in evaluate_targets(result) if "throughput c=4" in t["target"]]
     assert target["measured"] == "1.26 (96 / 76)"
+
+
+def test_a_c1_level_at_another_speed_than_the_latency_run_is_called_out(result: dict) -> None:
+    result = copy.deepcopy(result)
+    served = result["workloads"][RATIO_WORKLOAD]["served"]
+    (one,) = [lv for lv in served["throughput"] if lv["concurrency"] == 1]
+    latency_p50 = served["latency"]["p50_ms"]
+
+    def scaling() -> dict:
+        (target,) = [t for t in evaluate_targets(result) if "throughput c=4" in t["target"]]
+        return target
+
+    one["p50_ms"] = latency_p50 * 1.10  # within 15 %: nothing said
+    assert "latency run" not in scaling()["measured"]
+    one["p50_ms"] = latency_p50 * 1.30
+    slow = scaling()
+    assert f"the c=1 level's p50 was {latency_p50 * 1.3:,.0f} ms against {latency_p50:,.0f} ms" in slow["measured"]
+    assert "(+30%)" in slow["measured"] and slow["met"] is False  # a warning beside the verdict, never a new verdict
+    one["p50_ms"] = latency_p50 * 0.8
+    assert "(-20%)" in scaling()["measured"]
