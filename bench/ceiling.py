@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue
 import statistics
 import tempfile
 import time
@@ -34,14 +35,14 @@ from bench.workloads import DEFAULT_CACHE_DIR, generate, plan_workloads
 
 def _worker(profile_path: str, clip_path: str, commands: Any, results: Any) -> None:
     """One in-process pipeline: load, warm up, then run back to back inside each (start, end) window."""
+    data = Path(clip_path).read_bytes()
     from bench.inprocess import InProcessGraph
     from bench.profile import Profile
 
     graph = InProcessGraph(Profile.load(Path(profile_path)))
-    data = Path(clip_path).read_bytes()
     for _ in range(2):
         graph.run(data)
-    results.put("ready")
+    results.put("ready")  # the pool counts these; a worker that dies first is noticed by its exit
     while (window := commands.get()) is not None:
         start, end = window
         time.sleep(max(0.0, start - time.time()))
@@ -68,15 +69,29 @@ class WorkerPool:
         for proc in self._procs:
             proc.start()
         for _ in self._procs:
-            if self._results.get(timeout=600) != "ready":
-                raise RuntimeError("an in-process worker failed to start")
+            self._next(timeout_s=600)
+
+    def _next(self, timeout_s: float) -> Any:
+        """The next message from any worker; raises as soon as a worker has died instead of waiting it out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p.exitcode for p in self._procs if not p.is_alive()]
+                if dead:
+                    self.close()
+                    raise RuntimeError(f"an in-process pipeline worker exited (exit codes {dead})") from None
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"no answer from the in-process pipeline workers in {timeout_s:.0f} s") from None
 
     def level(self, workers: int, seconds: float) -> dict[str, Any]:
         """`workers` pipelines at once for a `seconds` window; runs in flight at its end finish and count."""
         start = time.time() + 0.5
         for q in self._commands[:workers]:
             q.put((start, start + seconds))
-        got = [self._results.get(timeout=seconds + 600) for _ in range(workers)]
+        got = [self._next(timeout_s=seconds + 600) for _ in range(workers)]
         clips = sum(g["clips"] for g in got)
         wall = max(g["wall_s"] for g in got)
         return {

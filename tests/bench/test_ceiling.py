@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
 
-from bench.ceiling import main, rotation, summarize
+from bench.ceiling import WorkerPool, main, rotation, summarize
 
 
 def test_rotation_moves_every_measure_through_every_place() -> None:
@@ -49,3 +50,10 @@ def test_in_process_levels_run_the_pipeline_in_that_many_processes(tmp_path: Pat
     assert len(record["summary"]["in_process_ratio_per_round"]) == 2
     (written,) = (tmp_path / "results").glob("ceiling-*.json")
     assert json.loads(written.read_text())["summary"] == record["summary"]
+
+
+def test_a_worker_that_dies_fails_the_pool_at_once_and_leaves_no_process(tmp_path: Path) -> None:
+    profile = Path(__file__).resolve().parents[2] / "cluster/serve.cpu.yaml"
+    with pytest.raises(RuntimeError, match="exited"):
+        WorkerPool(profile, tmp_path / "missing.mp4", 2)  # each worker fails to read its clip
+    assert not multiprocessing.active_children()
