@@ -114,7 +114,8 @@ def in_process_scaling_text(levels: list[dict[str, Any]] | None) -> str | None:
         return None
     k = max(by_c)
     one, many = by_c[1], by_c[k]
-    return (f"without Ray, the in-process pipeline in 1 and in {k} processes at once, right after the served levels: "
+    return (f"without Ray, the in-process pipeline in 1 and in {k} processes at once, each right after the served "
+            f"level at that concurrency: "
             f"{many['clips_per_min'] / one['clips_per_min']:.2f} ({one['clips_per_min']:,.0f} -> "
             f"{many['clips_per_min']:,.0f} clips/min; CPU per clip {one['cpu_ms_per_clip']:,.0f} and "
             f"{many['cpu_ms_per_clip']:,.0f} ms)")

@@ -100,8 +100,8 @@ def test_the_scaling_target_says_what_the_pipeline_did_without_ray(result: dict)
     (target,) = [t for t in evaluate_targets(result) if "throughput c=4" in t["target"]]
     assert target["met"] is False  # said beside the ratio, never instead of it
     assert target["measured"] == (
-        "1.26 (96 / 76); without Ray, the in-process pipeline in 1 and in 4 processes at once, right after the "
-        "served levels: 1.44 (63 -> 91 clips/min; CPU per clip 1,100 and 1,190 ms)"
+        "1.26 (96 / 76); without Ray, the in-process pipeline in 1 and in 4 processes at once, each right after the "
+        "served level at that concurrency: 1.44 (63 -> 91 clips/min; CPU per clip 1,100 and 1,190 ms)"
     )
     page = render(result)
     assert "Without Ray, the in-process pipeline in 1 and in 4 processes at once" in page
