@@ -64,15 +64,14 @@ def _ratio_targets(workload: dict[str, Any] | None) -> list[dict[str, Any]]:
         served_row = separate
     scaling = _ratio(f"{RATIO_WORKLOAD}: throughput c=4 >= {C4_OVER_C1} x c=1 (clips/min)", throughput.get(4),
                      throughput.get(1), C4_OVER_C1, at_most=False)
-    capacity = _get(workload, "served", "parallel_capacity")
-    if capacity and scaling["met"] is not None:
-        scaling["measured"] += f"; {capacity_text(capacity)}"
-    without_ray = in_process_scaling_text(_get(workload, "served", "in_process_scaling"))
-    if without_ray and scaling["met"] is not None:
-        scaling["measured"] += f"; {without_ray}"
-    drift = c1_drift_text(_get(workload, "served", "throughput"), served)
-    if drift and scaling["met"] is not None:
-        scaling["measured"] += f"; {drift}"
+    if scaling["met"] is not None:  # said beside the ratio, never instead of it
+        capacity = _get(workload, "served", "parallel_capacity")
+        context = [
+            capacity_text(capacity) if capacity else None,
+            in_process_scaling_text(_get(workload, "served", "in_process_scaling")),
+            c1_drift_text(_get(workload, "served", "throughput"), served),
+        ]
+        scaling["measured"] += "".join(f"; {text}" for text in context if text)
     return [
         served_row,
         _ratio(f"{RATIO_WORKLOAD}: in-process p50 <= {INPROCESS_OVER_FLOOR} x floor", inprocess, floor,

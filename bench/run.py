@@ -184,9 +184,9 @@ def measure_serving(
 ) -> dict[str, Any]:
     """Cold start, then every workload over HTTP (early exit last), with the process tree sampled throughout.
 
-    `pool` (in-process pipelines for `video_720p`'s scaling) is closed right after its last level
-    and at the latest once that workload is done, before the CPU account closes, so its processes'
-    CPU is counted as the benchmark's own.
+    `pool` (in-process pipelines for `video_720p`'s scaling) is closed right after its last level,
+    and at the latest before the CPU account closes, so its processes' CPU is counted as the
+    benchmark's own.
 
     Fills `per_workload[name]["served"]`; returns the cold start, the memory result, the error that
     stopped the served part (None when none did), the load average at the end, and the CPU account,
@@ -209,22 +209,17 @@ def measure_serving(
             log(f"served: ready after {found['cold_start_s']:.1f} s")
             ordered = [w for w in workloads if not w.triage_overrides] + [w for w in workloads if w.triage_overrides]
             for workload in ordered:
-                scaling = pool if workload.name == "video_720p" else None
-                try:
-                    per_workload[workload.name]["served"] = measure_served(
-                        instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext,
-                        graph, scaling,
-                    )
-                finally:
-                    if scaling is not None:
-                        scaling.close()
+                per_workload[workload.name]["served"] = measure_served(
+                    instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext,
+                    graph, pool if workload.name == "video_720p" else None,
+                )
         except (RuntimeError, OSError) as exc:
             # keep what was measured: the report shows the served columns as missing and says why
             found["served_error"] = f"{type(exc).__name__}: {exc}"
             log(f"served: failed: {found['served_error']}")
         finally:
             if pool is not None:
-                pool.close()  # the served part failed before video_720p: reap the pool all the same
+                pool.close()  # normally closed after its last level already; reaped here whatever happened
             for sampler in samplers:
                 sampler.stop()
                 sampler.sample()  # a last look while every process is alive

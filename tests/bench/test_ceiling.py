@@ -14,7 +14,7 @@ from bench.ceiling import WorkerPool, main, rotation, summarize
 def test_rotation_moves_every_measure_through_every_place() -> None:
     measures = ["a", "b", "c", "d"]
     orders = [rotation(measures, r) for r in range(4)]
-    assert orders[0] == measures and orders[4 % 4] == measures
+    assert orders[0] == measures
     for place in range(4):
         assert sorted(order[place] for order in orders) == measures
     assert rotation(measures, 5) == orders[1]
