@@ -1,7 +1,8 @@
 """Builds the SpectraShield Serve application; the only place deployments are bound together.
 
 `serve run cluster/serve.cpu.yaml` imports `graph:build_app` and passes the config's `args`,
-validated as `GraphArgs`; `serve run graph:app` runs the defaults.
+validated as `GraphArgs`; `serve run graph:app` runs the defaults (every deployment starts with
+its config model's defaults and the shipped weights, no YAML needed).
 """
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,7 @@ from deployments.compression import CompressionResilientDeployment
 from deployments.decoder import MediaDecoderDeployment
 from deployments.fusion import FusionDeployment
 from deployments.ingress import SpectraShieldIngress
+from deployments.job_worker import JobWorkerDeployment
 from deployments.jobs import JobQueueDeployment
 from deployments.keyframes import KeyframeSelectorDeployment
 from deployments.triage import FastTriageDeployment
@@ -30,14 +32,17 @@ class GraphArgs(BaseModel):
 def build_app(args: GraphArgs) -> Application:
     """Bind every deployment into the DAG of DESIGN.md and return the ingress application."""
     weights_dir = args.weights_dir
-    decoder = MediaDecoderDeployment.bind()
-    triage = FastTriageDeployment.bind(weights_dir)
-    keyframes = KeyframeSelectorDeployment.bind()
-    compression = CompressionResilientDeployment.bind(weights_dir)
-    av = AVAlignmentDeployment.bind(weights_dir)
-    fusion = FusionDeployment.bind(weights_dir)
+    stages = (
+        MediaDecoderDeployment.bind(),
+        FastTriageDeployment.bind(weights_dir),
+        KeyframeSelectorDeployment.bind(),
+        CompressionResilientDeployment.bind(weights_dir),
+        AVAlignmentDeployment.bind(weights_dir),
+        FusionDeployment.bind(weights_dir),
+    )  # in `deployments.orchestration.STAGE_DEPLOYMENTS` order
     jobs = JobQueueDeployment.bind()
-    return SpectraShieldIngress.bind(decoder, triage, keyframes, compression, av, fusion, jobs)
+    worker = JobWorkerDeployment.bind(*stages, jobs)
+    return SpectraShieldIngress.bind(*stages, jobs, worker)
 
 
 app = build_app(GraphArgs())

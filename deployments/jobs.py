@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 STAGES = ("queued", "decoding", "triage", "keyframes", "branches", "fusion", "done")
@@ -28,6 +28,8 @@ STAGES = ("queued", "decoding", "triage", "keyframes", "branches", "fusion", "do
 
 class JobsConfig(BaseModel):
     """user_config of JobQueue."""
+
+    model_config = ConfigDict(extra="forbid")
 
     jobs_dir: str | None = Field(None, description="where state and uploads live; default: <system temp>/spectrashield-jobs")
     result_ttl_s: float = Field(24 * 3600, gt=0, description="finished jobs are deleted this long after they end")
@@ -235,6 +237,7 @@ class JobQueueDeployment:
 
     def __init__(self) -> None:
         self.store: JobStore | None = None
+        self.reconfigure({})  # the defaults until a user_config says otherwise
 
     def reconfigure(self, user_config: dict) -> None:
         cfg = JobsConfig.model_validate(user_config or {})

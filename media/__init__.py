@@ -19,7 +19,7 @@ _EXPORTS = {
     "Clip": "media.clip",
     "ClipMeta": "media.clip",
     "MediaKind": "media.clip",
-    "DecodeConfig": "media.decode",
+    "DecodeConfig": "media.config",
     "decode_media": "media.decode",
     "MediaError": "media.errors",
     "MediaTooLargeError": "media.errors",
@@ -29,8 +29,8 @@ _EXPORTS = {
     "FaceTrack": "media.faces",
     "default_analyzer": "media.faces",
     "landmark_model_path": "media.faces",
-    "Hotspot": "media.keyframes",
-    "Keyframe": "media.keyframes",
+    "Hotspot": "media.clip",
+    "Keyframe": "media.clip",
     "KeyframeSelection": "media.keyframes",
     "find_hotspots": "media.keyframes",
     "select_keyframes": "media.keyframes",
@@ -57,9 +57,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from media import errors
     from media.clip import (
-        AUDIO_SAMPLE_RATE, FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, ClipMeta, MediaKind,
+        AUDIO_SAMPLE_RATE, FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, ClipMeta, Hotspot, Keyframe, MediaKind,
     )
-    from media.decode import DecodeConfig, decode_media
+    from media.config import DecodeConfig
+    from media.decode import decode_media
     from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
     from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, landmark_model_path
-    from media.keyframes import Hotspot, Keyframe, KeyframeSelection, find_hotspots, select_keyframes
+    from media.keyframes import KeyframeSelection, find_hotspots, select_keyframes

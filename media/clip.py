@@ -16,6 +16,20 @@ N_LIP_POINTS = 20  # dlib points 48..67
 
 
 @dataclass
+class Keyframe:
+    index: int  # position in the clip's sampled frames
+    t: float  # seconds
+    score: float  # frame score from triage, in [0, 1]
+
+
+@dataclass
+class Hotspot:
+    start: float  # seconds, time of the first frame in the run
+    end: float  # seconds, time of the last frame in the run plus one grid step
+    score: float  # mean frame score over the run
+
+
+@dataclass
 class ClipMeta:
     """What the container says plus what analysis found; cheap to copy, JSON-friendly."""
 
@@ -64,6 +78,19 @@ class Clip:
     @property
     def n_frames(self) -> int:
         return int(self.timestamps.shape[0])
+
+    # The stage functions of `pipeline` read these three from a Clip or from training's cached arrays.
+    @property
+    def kind(self) -> MediaKind:
+        return self.meta.kind
+
+    @property
+    def has_audio(self) -> bool:
+        return self.meta.has_audio
+
+    @property
+    def face_coverage(self) -> float:
+        return self.meta.face_coverage
 
     def without_frames(self) -> Clip:
         """This clip minus the full-resolution frames: what MediaDecoder puts in the object store.

@@ -36,7 +36,7 @@ T = 0 with frames `(0, 0, 0, 3)` (there is no picture size, matching width = hei
 flow frames `(0, 0, 0)`, and every other per-frame array `(0, ...)` with its usual trailing shape.
 
 Errors: empty or undemuxable bytes, and containers holding only subtitles or data ->
-NotMediaError (415); bytes over `max_bytes`, duration over `max_duration_s` or frames over
+NotMediaError (415); duration over `max_duration_s` or frames over
 `max_pixels` -> MediaTooLargeError (413); a recognised container with nothing decodable (no
 streams, no packets, a video stream none of whose frames decode) -> UnusableMediaError (422).
 What FFmpeg cannot open is "not media": an MP4 cut before its `moov` index (written last by
@@ -59,6 +59,7 @@ import cv2
 import numpy as np
 
 from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
+from media.config import DecodeConfig
 from media.keyframes import small_gray
 from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
 from media.faces import EarlyDetections, FaceAnalyzer, FaceTrack, default_analyzer, faceless_track
@@ -78,33 +79,6 @@ _VFR_TOLERANCE = 0.10  # frame intervals spreading more than this (relative) mak
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, RuntimeError, cv2.error)
 
 
-@dataclass(frozen=True)
-class DecodeConfig:
-    """Limits and sampling choices for `decode_media`; frozen so it can live in a `user_config`."""
-
-    analysis_fps: float = 10.0  # sampling grid rate for videos up to max_frames / analysis_fps long
-    max_frames: int = 100  # longer videos spread this many samples over their whole duration
-    max_side: int = 640  # sampled frames are resized so the longer side is at most this (aspect kept)
-    max_bytes: int = 200 * 1024 * 1024  # uploads larger than this are refused before demuxing
-    max_duration_s: float = 600.0  # longer media is refused, before decoding where the container says
-    max_pixels: int = 50_000_000  # coded frame area above this is refused (decompression bombs)
-    face_detect_every: int = 20  # run the dlib HOG detector on every Nth sampled frame; track landmarks in between
-    detect_max_side: int = 480  # frames are downscaled to this longer side for HOG detection
-    analyze_faces: bool = True  # False skips dlib: every frame faceless, centre-square face crops
-    # Video decoding threads; the pixels are the same either way. True: FFmpeg's frame threads
-    # (several pictures in flight). False: slice threads only, i.e. one decoding thread unless a
-    # picture is cut into several slices. Which is faster depends on the stream: measured on
-    # 2 cores (bench/changes.md), frame threads decode one-slice H.264 (most uploads) faster; slice
-    # threads decode several-slice H.264 faster and cost less CPU on long clips.
-    frame_threads: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("analysis_fps", "max_frames", "max_side", "max_bytes", "max_duration_s", "max_pixels",
-                     "face_detect_every", "detect_max_side"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DecodeConfig.{name} must be > 0, got {getattr(self, name)!r}")
-
-
 def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: FaceAnalyzer | None = None) -> Clip:
     """Decode an upload into a `Clip`, or raise a `MediaError` subclass saying why not.
 
@@ -116,8 +90,6 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
     """
     if not data:
         raise NotMediaError("empty upload")
-    if len(data) > config.max_bytes:
-        raise MediaTooLargeError(f"upload is {len(data)} bytes; the limit is {config.max_bytes}")
     analyzer = (analyzer or default_analyzer()) if config.analyze_faces else None
     early = EarlyDetections(analyzer, config.face_detect_every, config.detect_max_side) if analyzer else None
     try:

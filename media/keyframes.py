@@ -16,24 +16,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from media.clip import Hotspot, Keyframe
+
 FLOW_MAX_SIDE = 160  # optical flow runs on grayscale frames this long: motion statistics, not detail
 _TIME_WEIGHT = 1.0  # time spreads keyframes over the clip as much as any motion statistic
 _SCORE_SCALE = 0.1  # a 0.1 difference in P(fake) counts as one unit; scores are never standardized
 _SCORE_TIE = 0.02  # within a cluster, scores this close to its best are equally suspicious
-
-
-@dataclass
-class Keyframe:
-    index: int  # position in the clip's sampled frames
-    t: float  # seconds
-    score: float  # frame score from triage, in [0, 1]
-
-
-@dataclass
-class Hotspot:
-    start: float  # seconds, time of the first frame in the run
-    end: float  # seconds, time of the last frame in the run plus one grid step
-    score: float  # mean frame score over the run
 
 
 @dataclass

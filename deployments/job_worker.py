@@ -1,0 +1,107 @@
+"""JobWorker: takes queued files from the JobQueue one at a time and analyses them through the same orchestration.
+
+Its loop starts in the replica's (async) constructor and runs for its lifetime; Serve's health
+check reports a loop that died (the replica is then replaced), it never starts one. Scale job throughput with this
+deployment's replicas, apart from the HTTP ingress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.edge import ERROR_NAMES
+from deployments.jobs import Claim
+from deployments.orchestration import Orchestrator, by_reference, stage_handles
+from media.errors import MediaError, NotMediaError
+from pipeline.config import IngressConfig, VerdictConfig, stage_part
+from pipeline.verdict import respond
+
+logger = logging.getLogger("ray.serve")
+
+
+class JobWorkerConfig(BaseModel):
+    """user_config of JobWorker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_s: float = Field(1.0, gt=0, description="how often an idle worker asks the JobQueue for work")
+    heartbeat_s: float = Field(10.0, gt=0, description="lease renewal while one file is analysed")
+    verdict: VerdictConfig = Field(default_factory=lambda: stage_part(IngressConfig(), VerdictConfig))
+
+
+@serve.deployment(name="JobWorker", ray_actor_options={"num_cpus": 0.05})
+class JobWorkerDeployment:
+    async def __init__(
+        self,
+        decoder: DeploymentHandle,
+        triage: DeploymentHandle,
+        keyframes: DeploymentHandle,
+        compression: DeploymentHandle,
+        av: DeploymentHandle,
+        fusion: DeploymentHandle,
+        jobs: DeploymentHandle,
+    ) -> None:
+        self.orchestrator = Orchestrator(stage_handles(decoder, triage, keyframes, compression, av, fusion))
+        self.jobs = by_reference(jobs)
+        self.config = JobWorkerConfig()
+        self.worker_id = uuid.uuid4().hex
+        # Serve runs an async constructor on the replica's event loop: the loop lives as long as the replica.
+        self._loop = asyncio.get_running_loop().create_task(self.work())
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.config = JobWorkerConfig.model_validate(user_config or {})
+
+    async def check_health(self) -> None:
+        """Report a loop that stopped; Serve then replaces the replica."""
+        if self._loop.done():
+            raise RuntimeError(f"job loop stopped: {self._loop.exception()!r}")
+
+    async def work(self) -> None:
+        while True:
+            try:
+                claim: Claim | None = await self.jobs.claim.remote(self.worker_id)
+            except Exception:
+                logger.exception("job queue unreachable; retrying")
+                await asyncio.sleep(5 * self.config.poll_s)
+                continue
+            if claim is None:
+                await asyncio.sleep(self.config.poll_s)
+                continue
+            await self.work_one(claim)
+
+    async def work_one(self, claim: Claim) -> None:
+        current = ["decoding"]
+
+        async def report(name: str) -> None:
+            current[0] = name
+            await self.jobs.progress.remote(claim.job_id, claim.index, self.worker_id, name)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.config.heartbeat_s)
+                await report(current[0])
+
+        beat = asyncio.get_running_loop().create_task(heartbeat())
+        result = error = None
+        request_id = uuid.uuid4().hex
+        try:
+            if not claim.data:
+                raise NotMediaError("empty upload: no bytes to analyse")
+            analysis = await self.orchestrator.analyze(claim.data, {}, report)
+            result = respond(analysis, self.config.verdict, request_id, claim.filename).model_dump(mode="json")
+        except MediaError as exc:
+            error = {"error": ERROR_NAMES.get(exc.http_status, "bad_request"),
+                     "detail": str(getattr(exc, "cause", exc)), "request_id": request_id}
+        except Exception as exc:
+            logger.exception("job %s file %d failed", claim.job_id, claim.index)
+            error = {"error": "internal", "detail": f"{type(exc).__name__}: {getattr(exc, 'cause', exc)}",
+                     "request_id": request_id}
+        finally:
+            beat.cancel()
+        await self.jobs.complete.remote(claim.job_id, claim.index, self.worker_id, result, error)

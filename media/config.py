@@ -1,0 +1,31 @@
+"""The decode stage's settings, apart from the decoder so that reading them loads neither PyAV nor dlib."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DecodeConfig(BaseModel):
+    """The decode stage's settings: limits and sampling choices for `decode_media`.
+
+    MediaDecoder's `user_config` is exactly this model (a typo is an error); training and the
+    benchmark read the same model from the Serve profile. The upload's byte limit is the HTTP
+    edge's (`IngressConfig.max_upload_bytes`), checked before the bytes are buffered.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    analysis_fps: float = Field(10.0, gt=0, le=60)  # sampling grid rate for videos up to max_frames / analysis_fps long
+    max_frames: int = Field(100, ge=1, le=1000)  # longer videos spread this many samples over their whole duration
+    max_side: int = Field(640, ge=64, le=4096)  # sampled frames are resized so the longer side is at most this (aspect kept)
+    max_duration_s: float = Field(600.0, gt=0)  # longer media is refused, before decoding where the container says
+    max_pixels: int = Field(50_000_000, ge=1)  # coded frame area above this is refused (decompression bombs)
+    face_detect_every: int = Field(20, ge=1)  # run the face detector on every Nth sampled frame; track landmarks in between
+    detect_max_side: int = Field(480, ge=64)  # frames are downscaled to this longer side for HOG detection
+    analyze_faces: bool = True  # False skips dlib: every frame faceless, centre-square face crops
+    # Video decoding threads; the pixels are the same either way. True: FFmpeg's frame threads
+    # (several pictures in flight). False: slice threads only, i.e. one decoding thread unless a
+    # picture is cut into several slices. Which is faster depends on the stream: measured on
+    # 2 cores (bench/changes.md), frame threads decode one-slice H.264 (most uploads) faster; slice
+    # threads decode several-slice H.264 faster and cost less CPU on long clips.
+    frame_threads: bool = True

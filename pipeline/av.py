@@ -1,0 +1,68 @@
+"""The AV stage: lip/speech synchrony, A/V offset and audio spoofing (the spoof head alone without usable lips)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models import AVAlignmentModel, audio_features, av_features
+from pipeline.config import AVConfig
+from pipeline.results import AVResult, BranchResult, ModelInfo, StageInput, sigmoid
+from pipeline.tensors import audio_to_tensor, lips_to_tensor, mouths_to_tensor, times_to_tensor
+from pipeline.timing import Timer
+
+
+def served_audio(clip: StageInput, config: AVConfig) -> np.ndarray:
+    """The audio the model reads: the first `max_audio_s` seconds."""
+    return clip.audio[: int(config.max_audio_s * clip.sample_rate)]
+
+
+def lips_usable(clip: StageInput, config: AVConfig) -> bool:
+    """The sync model runs only when there is motion to see and a face most of the time."""
+    return clip.n_frames > 1 and clip.face_coverage >= config.min_face_coverage
+
+
+def has_audio(clip: StageInput) -> bool:
+    return bool(clip.has_audio) and clip.audio.size > 0
+
+
+def run_av(
+    model: AVAlignmentModel, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None,
+) -> AVResult:
+    if not has_audio(clip):
+        return AVResult(
+            BranchResult("av", "skipped", info, reason="no audio"), BranchResult("audio", "skipped", info, reason="no audio")
+        )
+    audio = audio_to_tensor(served_audio(clip, config), device).unsqueeze(0)  # (1, N)
+    usable = lips_usable(clip, config)
+    with Timer() as timer, torch.inference_mode():
+        if usable:
+            out = model(
+                audio,
+                lips_to_tensor(clip.lip_trajectory, device).unsqueeze(0),  # (1, T, 20, 2)
+                mouths_to_tensor(clip.mouth_crops, device).unsqueeze(0),  # (1, T, h, w)
+                times_to_tensor(clip.timestamps, device).unsqueeze(0),  # (1, T)
+            )
+            spoof_logit, embedding = float(out.spoof_logit[0]), out.embedding[0].float().cpu().numpy()
+        else:
+            spoof = model.spoof(audio)
+            spoof_logit, embedding = float(spoof.spoof_logit[0]), spoof.embedding[0].float().cpu().numpy()
+    audio_branch = BranchResult(
+        "audio", "ok", info, score=sigmoid(spoof_logit),
+        features=audio_features(spoof_logit, embedding),
+        details={"audio_s": round(audio.shape[1] / clip.sample_rate, 3)},
+        timing_ms=timer.ms,
+    )
+    if not usable:
+        reason = "no video" if clip.n_frames <= 1 else f"face in {clip.face_coverage:.0%} of frames"
+        return AVResult(BranchResult("av", "skipped", info, reason=reason), audio_branch)
+    sync_logit, offset_ms = float(out.sync_logit[0]), float(out.offset_ms[0])
+    sync_p = sigmoid(sync_logit)
+    av_branch = BranchResult(
+        "av", "ok", info,
+        score=1.0 - sync_p,  # P(fake) rises as synchrony falls
+        features=av_features(sync_logit, offset_ms, spoof_logit, embedding),
+        details={"sync_probability": sync_p, "offset_ms": offset_ms},
+        timing_ms=timer.ms,
+    )
+    return AVResult(av_branch, audio_branch)

@@ -1,0 +1,179 @@
+"""Every setting of the pipeline, declared once: one pydantic model per stage, one per deployment's `user_config`.
+
+A stage's config says what the stage computes; a deployment's `user_config` is its stage's config
+plus the serving parts it has (weights version and canary, `@serve.batch` sizes, the edge's
+limits). Unknown keys are errors everywhere, so a typo in a Serve YAML fails the deploy instead of
+being ignored. Serving, training and the benchmark read these models and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from media.config import DecodeConfig
+
+# The trained version shipped in weights/ (v0 is the untrained seeded initialisation).
+DEFAULT_WEIGHTS_VERSION = "v1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- stage configs --------------------------------------------------------------------------
+
+
+class TriageConfig(_Strict):
+    """FastTriage: the clip exits early when p_triage < low or > high."""
+
+    early_exit_low: float = Field(0.02, ge=0.0, le=1.0)
+    early_exit_high: float = Field(0.98, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TriageConfig":
+        if self.early_exit_low > self.early_exit_high:
+            raise ValueError("early_exit_low must not exceed early_exit_high")
+        return self
+
+
+class KeyframeConfig(_Strict):
+    """KeyframeSelector: how many keyframes, and the frame score above which a range is a hotspot."""
+
+    k: int = Field(4, ge=1, le=64)
+    hotspot_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class VisualConfig(_Strict):
+    """CompressionResilient: crops scored when no keyframes were selected (images)."""
+
+    max_crops: int = Field(8, ge=1, le=128)
+
+
+class AVConfig(_Strict):
+    """AVAlignment: when the lips are trusted, and how much audio is read."""
+
+    min_face_coverage: float = Field(0.5, ge=0.0, le=1.0)  # below this the lips are not trusted
+    max_audio_s: float = Field(30.0, gt=0)  # longer audio is cut to bound latency
+
+
+class FuseConfig(_Strict):
+    """Fusion has no settings of its own beyond its weights: the model decides how modalities combine."""
+
+
+class VerdictConfig(_Strict):
+    """How the fused probability becomes `fake` / `real` / `uncertain`, and when an artifact is "detected"."""
+
+    decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    uncertain_margin: float = Field(0.1, ge=0.0, lt=0.5)  # |p - threshold| below this -> "uncertain"
+    mismatch_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # branch score above which an artifact is "detected"
+
+
+# ---- serving parts --------------------------------------------------------------------------
+
+
+class CanaryConfig(_Strict):
+    """A second version that answers a random `fraction` of requests."""
+
+    version: str
+    fraction: float = Field(ge=0.0, le=1.0)
+
+
+class WeightsConfig(_Strict):
+    """The weights part of a model deployment's user_config."""
+
+    version: str = DEFAULT_WEIGHTS_VERSION
+    canary: CanaryConfig | None = None
+
+
+class BatchConfig(_Strict):
+    """The `@serve.batch` part of a model deployment's user_config.
+
+    Requests that wait in a replica at the same time share one forward pass, up to `max_batch_size`
+    of them; a batch starts once it is full or `batch_wait_timeout_s` after its first request. The
+    default, 1, runs every request alone: on the 2-core CPU profile batching bought nothing
+    (bench/changes.md). Keep `max_ongoing_requests` >= `max_batch_size`, or batches never fill.
+    """
+
+    max_batch_size: int = Field(1, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)
+
+    def apply_to(self, handler: Any) -> None:
+        """Retune a `@serve.batch` method in place (no replica restart)."""
+        handler.set_max_batch_size(self.max_batch_size)
+        handler.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+
+
+# ---- deployments' user_config models --------------------------------------------------------
+
+
+class TriageDeploymentConfig(TriageConfig, WeightsConfig, BatchConfig):
+    """user_config of FastTriage."""
+
+
+class VisualDeploymentConfig(VisualConfig, WeightsConfig, BatchConfig):
+    """user_config of CompressionResilient."""
+
+
+class AVDeploymentConfig(AVConfig, WeightsConfig):
+    """user_config of AVAlignment (not batched: see deployments/av_alignment.py)."""
+
+
+class FusionDeploymentConfig(FuseConfig, WeightsConfig, BatchConfig):
+    """user_config of Fusion."""
+
+
+class IngressConfig(VerdictConfig):
+    """user_config of the ingress: the edge's limits and the verdict rules it applies."""
+
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+
+
+def stage_part(config: BaseModel, stage_model: type[BaseModel]) -> BaseModel:
+    """The stage's own settings out of a deployment's user_config model."""
+    return stage_model.model_validate(config.model_dump(include=set(stage_model.model_fields)))
+
+
+class PipelineConfig(_Strict):
+    """Every stage's settings: what `analyze` runs with, in-process or served."""
+
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    triage: TriageConfig = Field(default_factory=TriageConfig)
+    keyframes: KeyframeConfig = Field(default_factory=KeyframeConfig)
+    visual: VisualConfig = Field(default_factory=VisualConfig)
+    av: AVConfig = Field(default_factory=AVConfig)
+    fuse: FuseConfig = Field(default_factory=FuseConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+
+    @classmethod
+    def from_user_configs(cls, user_configs: dict[str, dict[str, Any]]) -> PipelineConfig:
+        """From deployment name -> user_config (as in a Serve config); each validated by its deployment's model."""
+        from pipeline.table import STAGES
+
+        return cls(**{
+            stage.name: stage_part(stage.user_config.model_validate(user_configs.get(stage.deployment) or {}), stage.config)
+            for stage in STAGES
+        })
+
+    @classmethod
+    def from_serve_config(cls, path: str | Path) -> PipelineConfig:
+        """From a Serve config file (`cluster/serve.*.yaml`): its first application's deployments."""
+        config = yaml.safe_load(Path(path).read_text())
+        deployments = config["applications"][0].get("deployments") or []
+        return cls.from_user_configs({d["name"]: d.get("user_config") or {} for d in deployments})
+
+
+def weight_versions(user_configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Bundle name -> the version a set of user_configs serves (the default where none is named)."""
+    from pipeline.table import STAGES
+
+    return {
+        stage.bundle: WeightsConfig.model_validate(
+            {k: v for k, v in (user_configs.get(stage.deployment) or {}).items() if k in WeightsConfig.model_fields}
+        ).version
+        for stage in STAGES if stage.bundle is not None
+    }

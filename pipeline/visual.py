@@ -1,0 +1,68 @@
+"""The visual stage: CompressionResilient (two-stream CNN + DAE) on the keyframes' face crops."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models import CompressionResilientDetector, visual_features
+from pipeline.config import VisualConfig
+from pipeline.results import BranchResult, KeyframeResult, ModelInfo, StageInput, sigmoid
+from pipeline.tensors import images_to_tensor
+from pipeline.timing import Timer
+
+
+def crop_indices(clip: StageInput, keyframes: KeyframeResult | None, config: VisualConfig) -> np.ndarray:
+    """The frames whose crops are scored: the keyframes, else up to `max_crops` evenly spaced (sorted, unique)."""
+    if keyframes is not None and keyframes.keyframes:
+        idx = np.asarray(keyframes.indices, dtype=np.int64)
+    else:
+        n = clip.n_frames
+        idx = np.linspace(0, n - 1, min(n, config.max_crops)).round().astype(np.int64)
+    return np.unique(idx)
+
+
+def run_visual(
+    model: CompressionResilientDetector, clips: Sequence[StageInput], keyframes: Sequence[KeyframeResult | None],
+    config: VisualConfig, device: str = "cpu", info: ModelInfo | None = None,
+) -> list[BranchResult]:
+    """One forward pass over the chosen crops of every clip with frames, split back per clip."""
+    results: list[BranchResult | None] = [None] * len(clips)
+    chosen: list[tuple[int, np.ndarray]] = []  # (clip position, its frame indices)
+    for i, (clip, kf) in enumerate(zip(clips, keyframes, strict=True)):
+        if clip.n_frames == 0:
+            results[i] = BranchResult("visual", "skipped", info, reason="no video frames")
+        else:
+            chosen.append((i, crop_indices(clip, kf, config)))
+    if not chosen:
+        return results
+    with Timer() as timer, torch.inference_mode():
+        crops = np.concatenate([clips[i].face_crops[idx] for i, idx in chosen])  # (sum K, S, S, 3)
+        out = model(images_to_tensor(crops, device))
+        logits = out.logit.float().cpu().numpy()  # (sum K,)
+        embeddings = out.embedding.float().cpu().numpy()  # (sum K, E)
+        errors = out.recon_error.float().cpu().numpy()  # (sum K,)
+    start = 0
+    for i, idx in chosen:
+        clip, rows = clips[i], slice(start, start + len(idx))
+        start += len(idx)
+        faces = int(np.asarray(clip.face_found)[idx].sum())
+        results[i] = BranchResult(
+            "visual", "ok", info,
+            score=sigmoid(float(logits[rows].mean())),
+            reason=None if faces else "no face found: analysed the centre of the frame",
+            features=visual_features(logits[rows], embeddings[rows], errors[rows]),
+            details={
+                "frames_analyzed": int(len(idx)),
+                "frames_with_face": faces,
+                "frame_times": [round(float(clip.timestamps[j]), 3) for j in idx],
+                "max_frame_score": sigmoid(float(logits[rows].max())),
+                "reconstruction_error": float(errors[rows].mean()),
+                "batch_size": len(chosen),
+            },
+            timing_ms=timer.ms,
+            item_scores=np.array([sigmoid(float(x)) for x in logits[rows]], np.float32),
+        )
+    return results
