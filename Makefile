@@ -1,27 +1,44 @@
 # Two entry points for a fresh machine with only Python 3.11: `make serve` and `make test`.
-# Both create .venv and install the project into it when pyproject.toml changed.
+# Both create .venv and install the project into it when pyproject.toml changed: `make serve`
+# only what a serving replica needs (`pip install -e .`), `make test` the `dev` extra (training,
+# bench, pytest). Each has its own stamp, so `make serve` after `make test` installs nothing.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
+# Everything but the Serve, multi-node cluster and end-to-end benchmark tests.
+FAST_MARKERS := not serve and not cluster and not bench
 
-.PHONY: serve test install weights-init clean
+.PHONY: serve test test-fast install install-dev weights-init clean
 
-install: $(STAMP)
+install: $(BASE_STAMP)
+install-dev: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+$(BASE_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
-serve: $(STAMP)
+# The dev extra contains the base, so a dev install also satisfies `make serve`.
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(BASE_STAMP)
+
+serve: $(BASE_STAMP)
 	$(BIN)/serve run cluster/serve.cpu.yaml
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
-weights-init: $(STAMP)
+# A few minutes on 2 cores: no Ray/Serve instance, no multi-node cluster, no benchmark run.
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -m '$(FAST_MARKERS)'
+
+weights-init: $(BASE_STAMP)
 	$(BIN)/python -m models.init_weights --version v0
 
 clean:
@@ -42,7 +59,7 @@ BENCH_DIR ?= build/benchmark
 BENCH_ARGS ?= --videos 400 --images 200 --audio 200 --seed 0
 WORKERS ?= 2
 WEIGHTS_DIR ?= weights
-weights: $(STAMP)
+weights: $(DEV_STAMP)
 	$(BIN)/spectrashield generate $(BENCH_DIR) $(BENCH_ARGS) --workers $(WORKERS)
 	$(BIN)/spectrashield train all --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --weights-dir $(WEIGHTS_DIR) --workers $(WORKERS)
 	$(BIN)/spectrashield eval --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --weights-dir $(WEIGHTS_DIR) --out $(BENCH_DIR)/eval-$(WEIGHTS_VERSION) --record-in-cards
@@ -52,5 +69,5 @@ weights: $(STAMP)
 # tens of minutes on 2 cores; smoke run: make bench BENCH_OPTS=--quick
 .PHONY: bench
 BENCH_OPTS ?=
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_OPTS)

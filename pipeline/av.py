@@ -17,9 +17,13 @@ def served_audio(clip: StageInput, config: AVConfig) -> np.ndarray:
     return clip.audio[: int(config.max_audio_s * clip.sample_rate)]
 
 
-def lips_usable(clip: StageInput, config: AVConfig) -> bool:
+def lips_usable_at(n_frames: int, face_coverage: float, config: AVConfig) -> bool:
     """The sync model runs only when there is motion to see and a face most of the time."""
-    return clip.n_frames > 1 and clip.face_coverage >= config.min_face_coverage
+    return n_frames > 1 and face_coverage >= config.min_face_coverage
+
+
+def lips_usable(clip: StageInput, config: AVConfig) -> bool:
+    return lips_usable_at(clip.n_frames, clip.face_coverage, config)
 
 
 def has_audio(clip: StageInput) -> bool:

@@ -84,6 +84,11 @@ class LocalPipeline:
     def model(self, bundle: str) -> Any:
         return self.bundles[bundle].model
 
+    @property
+    def versions(self) -> dict[str, str]:
+        """Bundle name -> "name/version", marked when untrained: what a card or report names."""
+        return {n: f"{n}/{b.version}" + ("" if b.trained else " (untrained)") for n, b in self.bundles.items()}
+
     # ---- the stages, one clip at a time -------------------------------------------------
     def triage(self, clip: StageInput) -> TriageResult:
         return run_triage(self.model("fast_triage"), [clip], self.config.triage, self.device, self.infos["FastTriage"])[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from training.evaluate import evaluate, leave_one_family_out, record_in_cards
-from training.features import ServingSettings
+from pipeline.config import PipelineConfig
 from training.train import MODEL_NAMES, PRESETS, train_all, train_model
 
 DELEGATED = {
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # eval --url: not one INFO line per request
     command_line = shlex.join(["spectrashield", *argv])
-    settings = ServingSettings.from_serve_config(args.serve_config) if args.serve_config else ServingSettings()
+    settings = PipelineConfig.from_serve_config(args.serve_config) if args.serve_config else PipelineConfig()
     device = _device(args.device)
     progress = not args.no_progress
     common = {"weights_dir": args.weights_dir, "cache_dir": args.cache_dir, "settings": settings, "device": device,

@@ -41,13 +41,13 @@ from tqdm.auto import tqdm
 
 from models.bundle import update_card, weights_root
 
+from pipeline.config import PipelineConfig
+from pipeline.local import LocalPipeline
 from training.features import (
     MODALITIES,
-    BranchModels,
     ManifestData,
-    ServingSettings,
-    load_branch_models,
     load_manifest_data,
+    load_pipeline,
     run_branches,
     run_fusion,
     served_probability,
@@ -138,20 +138,20 @@ class ScoredFile:
 
 
 def score_in_process(
-    models: BranchModels, data: ManifestData, indices: Sequence[int], settings: ServingSettings,
+    models: LocalPipeline, data: ManifestData, indices: Sequence[int],
     *, progress: bool = True, desc: str = "score",
 ) -> list[ScoredFile]:
     """Every branch runs (for branch metrics and baselines); the verdict honours triage's early exit."""
-    if models.fusion is None:
+    if "fusion" not in models.bundles:
         raise ValueError("evaluation needs the fusion model")
     scored = []
     for i in tqdm(indices, desc=desc, unit="file", disable=not progress):
         entry = data.entries[i]
-        run = run_branches(models, data.arrays(i), settings, honour_early_exit=False)
+        run = run_branches(models, data.arrays(i), honour_early_exit=False)
         if not run.features:
             scored.append(ScoredFile.of(entry, fake_probability=None, error="no branch could run"))
             continue
-        fused = float(run_fusion(models.fusion, [run], models.device)[0])
+        fused = float(run_fusion(models, [run])[0])
         scored.append(ScoredFile.of(
             entry,
             fake_probability=served_probability(run, fused),
@@ -320,10 +320,10 @@ def evaluate(
     *,
     version: str | Mapping[str, str] | None = None,
     weights_dir: Path | None = None,
-    models: BranchModels | None = None,
+    models: LocalPipeline | None = None,
     url: str | None = None,
     out_dir: Path | None = None,
-    settings: ServingSettings | None = None,
+    settings: PipelineConfig | None = None,
     cache_dir: Path | None = None,
     device: str = "cpu",
     workers: int = 1,
@@ -341,19 +341,19 @@ def evaluate(
     """
     if sum(x is not None for x in (version, models, url)) != 1:
         raise ValueError("pass exactly one of version, models or url")
-    settings = settings or ServingSettings()
-    threshold = settings.decision_threshold
+    settings = settings or PipelineConfig()
+    threshold = settings.verdict.decision_threshold
     if url is None:
         data = load_manifest_data(
             manifest, splits=(split, "fusion") if with_baselines else (split,), cache_dir=cache_dir,
             decode_config=settings.decode, workers=workers, progress=progress,
         )
-        models = models or load_branch_models(version, weights_dir=weights_dir, device=device)
+        models = models or load_pipeline(version, settings, weights_dir=weights_dir, device=device)
         used_models: dict[str, Any] = dict(models.versions)
-        files = score_in_process(models, data, data.indices(split, families), settings, progress=progress, desc=split)
+        files = score_in_process(models, data, data.indices(split, families), progress=progress, desc=split)
         fit = []
         if with_baselines:
-            fit = score_in_process(models, data, data.indices("fusion"), settings, progress=progress, desc="fusion")
+            fit = score_in_process(models, data, data.indices("fusion"), progress=progress, desc="fusion")
         undecodable = sum(e.split == split and f in data.failed for e, f in zip(data.entries, data.files, strict=True))
     else:
         entries = list(read_manifest(Path(manifest)))
@@ -425,7 +425,7 @@ def leave_one_family_out(
     epochs: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    settings: ServingSettings | None = None,
+    settings: PipelineConfig | None = None,
     cache_dir: Path | None = None,
     workers: int = 1,
     progress: bool = True,

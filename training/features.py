@@ -1,16 +1,14 @@
 """Decode each manifest file once, cache what the models read, and replay the served graph's stages.
 
 Training and evaluation must feed the models exactly what the Serve deployments feed them,
-or trained weights meet different inputs in production. This module holds both halves:
+or trained weights meet different inputs in production, so nothing here re-implements a stage:
 
 - `FeatureCache`: `decode_media` on every file once (PyAV + dlib dominate the cost), keeping a
   slimmed `Clip` (`ClipArrays`) in one compressed `.npz` per file, keyed by the file's sha256
   and the `DecodeConfig`, so re-runs and other trainers skip decoding.
-- `run_branches` / `run_fusion`: the stages of `deployments/` (triage -> early exit ->
-  keyframes -> compression crops; AV on lips + audio; fusion feature builders) in-process,
-  without Ray. Deployments import Ray, so their few tensor conversions (`images_to_tensor`,
-  the AV tensors, keyframe/crop index choice) are replicated here; each replica says which
-  deployment line it mirrors. `ServingSettings` mirrors the deployments' `user_config` values.
+- `run_branches` / `run_fusion`: `pipeline.analyze` and `pipeline.fuse` on cached arrays, through
+  `pipeline.local.LocalPipeline`: the same stage functions the replicas run, with the same
+  `PipelineConfig` (read from a Serve profile with `PipelineConfig.from_serve_config`).
 """
 
 from __future__ import annotations
@@ -21,32 +19,22 @@ import json
 import logging
 import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import yaml
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, DecodeConfig, MediaError, decode_media
-from media.keyframes import select_keyframes
 from models.bundle import sha256_file
-from models import (
-    AVAlignmentModel,
-    CompressionResilientDetector,
-    FastTriage,
-    FusionModel,
-    audio_features,
-    av_features,
-    fusion_inputs,
-    load_version,
-    triage_features,
-    visual_features,
-)
+from pipeline.analyze import Analysis
+from pipeline.config import PipelineConfig
+from pipeline.fuse import branch_features
+from pipeline.fuse import run_fusion as fuse_stage
+from pipeline.local import LocalPipeline
+from pipeline.visual import crop_indices
 from training.manifest import ManifestEntry, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -170,7 +158,7 @@ def decode_config_digest(config: DecodeConfig) -> str:
 
     A changed setting, decoder source or decoding library is a cache miss.
     """
-    settings = {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY_FIELDS}
+    settings = {k: v for k, v in config.model_dump().items() if k not in _SPEED_ONLY_FIELDS}
     text = json.dumps({"format": CACHE_FORMAT, "decoder": decoder_fingerprint(), **settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -190,7 +178,7 @@ def _decode_one(job: tuple[str, str, dict[str, Any]]) -> tuple[str, str | None]:
     file, target, config = job
     target_path = Path(target)
     try:
-        clip = decode_media(Path(file).read_bytes(), DecodeConfig(**config))
+        clip = decode_media(Path(file).read_bytes(), DecodeConfig.model_validate(config))
     except MediaError as exc:
         target_path.with_suffix(".err").write_text(f"{type(exc).__name__}: {exc}\n")
         return file, f"{type(exc).__name__}: {exc}"
@@ -231,7 +219,7 @@ class FeatureCache:
             elif target.with_suffix(".err").is_file():
                 report.failed[file] = target.with_suffix(".err").read_text().strip()
             else:
-                todo.append((str(file), str(target), asdict(self.decode_config)))
+                todo.append((str(file), str(target), self.decode_config.model_dump()))
         bar = tqdm(total=len(todo), desc="decode", unit="file", disable=not progress or not todo)
         if workers > 1 and len(todo) > 1:
             # spawn: the parent may already run torch/OpenCV threads, which fork would copy mid-flight
@@ -258,86 +246,7 @@ def _track(results: Iterable[Any], bar: tqdm) -> Iterable[Any]:
         yield result
 
 
-# ---- serving settings ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServingSettings:
-    """The deployments' `user_config` values that change what a model sees or how scores combine.
-
-    Defaults equal the deployments' pydantic defaults and `cluster/serve.cpu.yaml`; read
-    another Serve config with `from_serve_config` so evaluation matches what is deployed.
-    """
-
-    decode: DecodeConfig = field(default_factory=DecodeConfig)  # MediaDecoder
-    early_exit_low: float = 0.02  # FastTriage
-    early_exit_high: float = 0.98
-    keyframes_k: int = 4  # KeyframeSelector
-    hotspot_threshold: float = 0.5
-    keyframe_seed: int = 0
-    max_crops: int = 8  # CompressionResilient, for images
-    min_face_coverage: float = 0.5  # AVAlignment
-    max_audio_s: float = 30.0
-    decision_threshold: float = 0.5  # Fusion
-
-    @classmethod
-    def from_serve_config(cls, path: Path) -> ServingSettings:
-        """Settings from a Serve config file's per-deployment `user_config` blocks (first application)."""
-        config = yaml.safe_load(Path(path).read_text())
-        deployments = {d["name"]: d.get("user_config") or {} for d in config["applications"][0]["deployments"]}
-        decoder = deployments.get("MediaDecoder", {})
-        triage = deployments.get("FastTriage", {})
-        keyframes = deployments.get("KeyframeSelector", {})
-        compression = deployments.get("CompressionResilient", {})
-        av = deployments.get("AVAlignment", {})
-        fusion = deployments.get("Fusion", {})
-        default = cls()
-        return cls(
-            decode=DecodeConfig(**decoder),
-            early_exit_low=triage.get("early_exit_low", default.early_exit_low),
-            early_exit_high=triage.get("early_exit_high", default.early_exit_high),
-            keyframes_k=keyframes.get("k", default.keyframes_k),
-            hotspot_threshold=keyframes.get("hotspot_threshold", default.hotspot_threshold),
-            keyframe_seed=keyframes.get("seed", default.keyframe_seed),
-            max_crops=compression.get("max_crops", default.max_crops),
-            min_face_coverage=av.get("min_face_coverage", default.min_face_coverage),
-            max_audio_s=av.get("max_audio_s", default.max_audio_s),
-            decision_threshold=fusion.get("decision_threshold", default.decision_threshold),
-        )
-
-
-# ---- tensor conversions (replicas of the deployments') -------------------------------------
-
-
-def images_to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]; replica of `deployments.common.images_to_tensor`."""
-    t = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # (N, H, W, 3)
-    return t.permute(0, 3, 1, 2).to(device=device, dtype=torch.float32).div_(255.0)
-
-
-def lips_to_tensor(lips: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
-    """(T, 20, 2) -> (T, 20, 2) float32, as `deployments/av_alignment.py` passes lip trajectories."""
-    return torch.from_numpy(np.array(lips, np.float32)).to(device)
-
-
-def mouths_to_tensor(mouths: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
-    """(T, 48, 96) uint8 -> float in [0, 1], as `deployments/av_alignment.py` passes mouth crops."""
-    return torch.from_numpy(np.array(mouths, np.float32) / 255.0).to(device)
-
-
-def audio_to_tensor(audio: np.ndarray, device: str | torch.device = "cpu") -> Tensor:
-    """(N,) -> (N,) float32 tensor; the deployment cuts it to `max_audio_s` first (see `served_audio`)."""
-    return torch.from_numpy(np.array(audio, np.float32)).to(device)
-
-
-def served_audio(arrays: ClipArrays, settings: ServingSettings) -> np.ndarray:
-    """The audio AVAlignment reads: the first `max_audio_s` seconds."""
-    return arrays.audio[: int(settings.max_audio_s * arrays.sample_rate)]
-
-
-def lips_usable(arrays: ClipArrays, settings: ServingSettings) -> bool:
-    """AVAlignment runs the sync model only when there is motion to see and a face most of the time."""
-    return arrays.n_frames > 1 and arrays.face_coverage >= settings.min_face_coverage
+# ---- the served stages on cached arrays -----------------------------------------------------
 
 
 def expit(logits: np.ndarray | float) -> np.ndarray:
@@ -345,30 +254,11 @@ def expit(logits: np.ndarray | float) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -np.asarray(logits, np.float64)))
 
 
-def probability(logit: float) -> float:
-    """P(fake) from a logit, as the deployments' `sigmoid`."""
-    return float(expit(float(logit)))
-
-
-# ---- the served graph's stages, in-process -------------------------------------------------
-
-
-@dataclass
-class BranchModels:
-    """The four served models, in eval mode on one device."""
-
-    triage: FastTriage
-    compression: CompressionResilientDetector
-    av: AVAlignmentModel
-    fusion: FusionModel | None = None
-    device: str = "cpu"
-    versions: dict[str, str] = field(default_factory=dict)  # bundle name -> "name/version"
-
-
 @dataclass
 class BranchRun:
-    """One file through the served stages: per-modality fusion features, scores and per-item scores."""
+    """One file through `pipeline.analyze` (no fusion): per-modality fusion features, scores and per-item scores."""
 
+    analysis: Analysis | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> fusion feature vector
     scores: dict[str, float] = field(default_factory=dict)  # modality -> that branch's P(fake)
     item_scores: dict[str, np.ndarray] = field(default_factory=dict)  # per frame (triage), per crop (visual)
@@ -376,125 +266,51 @@ class BranchRun:
     keyframes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # frame indices the visual branch read
     offset_ms: float | None = None
 
-
-def keyframe_indices(arrays: ClipArrays, frame_scores: np.ndarray, settings: ServingSettings) -> np.ndarray:
-    """Frames KeyframeSelector picks, from the cached grey frames (its own input: `Clip.flow_frames`)."""
-    sel = select_keyframes(
-        arrays.flow_frames, arrays.timestamps, frame_scores,
-        k=settings.keyframes_k, hotspot_threshold=settings.hotspot_threshold, seed=settings.keyframe_seed,
-    )
-    return np.asarray([k.index for k in sel.keyframes], np.int64)
-
-
-def visual_crop_indices(arrays: ClipArrays, keyframes: np.ndarray | None, settings: ServingSettings) -> np.ndarray:
-    """Replica of `CompressionResilientDeployment._frame_indices` + `np.unique`: keyframes, else evenly spaced."""
-    if keyframes is not None and len(keyframes):
-        idx = np.asarray(keyframes, np.int64)
-    else:
-        n = arrays.n_frames
-        idx = np.linspace(0, n - 1, min(n, settings.max_crops)).round().astype(np.int64)
-    return np.unique(idx)
-
-
-@torch.inference_mode()
-def run_triage(model: FastTriage, arrays: ClipArrays, device: str = "cpu") -> tuple[float, np.ndarray]:
-    """(clip logit, frame logits (T,)) as FastTriageDeployment computes them on all face crops."""
-    out = model(images_to_tensor(arrays.face_crops, device).unsqueeze(0))  # (1, T, 3, H, W)
-    return float(out.clip_logit[0]), out.frame_logits[0].float().cpu().numpy()
-
-
-@torch.inference_mode()
-def run_visual(
-    model: CompressionResilientDetector, crops: np.ndarray, device: str = "cpu"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits (K,), embeddings (K, E), recon errors (K,)) for face crops (K, H, W, 3)."""
-    out = model(images_to_tensor(crops, device))
-    return out.logit.float().cpu().numpy(), out.embedding.float().cpu().numpy(), out.recon_error.float().cpu().numpy()
-
-
-@torch.inference_mode()
-def run_av(
-    model: AVAlignmentModel, arrays: ClipArrays, settings: ServingSettings, device: str = "cpu"
-) -> dict[str, Any]:
-    """AVAlignmentDeployment's computation: full model when the lips are usable, spoof head alone otherwise."""
-    audio = audio_to_tensor(served_audio(arrays, settings), device).unsqueeze(0)  # (1, N)
-    if lips_usable(arrays, settings):
-        out = model(
-            audio,
-            lips_to_tensor(arrays.lip_trajectory, device).unsqueeze(0),  # (1, T, 20, 2)
-            mouths_to_tensor(arrays.mouth_crops, device).unsqueeze(0),  # (1, T, h, w)
-            torch.from_numpy(np.array(arrays.timestamps, np.float32)).to(device).unsqueeze(0),  # (1, T)
-        )
-        return {
-            "sync_logit": float(out.sync_logit[0]), "offset_ms": float(out.offset_ms[0]),
-            "spoof_logit": float(out.spoof_logit[0]), "embedding": out.embedding[0].float().cpu().numpy(),
-        }
-    spoof = model.spoof(audio)
-    return {"spoof_logit": float(spoof.spoof_logit[0]), "embedding": spoof.embedding[0].float().cpu().numpy()}
+    @classmethod
+    def from_analysis(cls, analysis: Analysis, crops: np.ndarray | None = None) -> BranchRun:
+        run = cls(analysis, features=branch_features(analysis.branches()))
+        for branch in analysis.branches():
+            if branch.status != "ok":
+                continue
+            run.scores[branch.modality] = float(branch.score)
+            items = branch.item_scores if branch.item_scores is not None else np.array([branch.score], np.float32)
+            run.item_scores[branch.modality] = np.asarray(items, np.float32)
+        if analysis.triage is not None:
+            run.early_exit = analysis.triage.early_exit
+        if crops is not None:
+            run.keyframes = crops
+        if analysis.av is not None and analysis.av.av.status == "ok":
+            run.offset_ms = float(analysis.av.av.details["offset_ms"])
+        return run
 
 
 def run_branches(
-    models: BranchModels, arrays: ClipArrays, settings: ServingSettings, *, honour_early_exit: bool = True
+    pipeline: LocalPipeline, arrays: ClipArrays, *, honour_early_exit: bool = True
 ) -> BranchRun:
-    """The ingress's order: video -> triage (maybe early exit) -> keyframes -> visual; AV when there is audio.
+    """`pipeline.analyze` on cached arrays up to fusion, in the served graph's order.
 
     `honour_early_exit=False` runs every branch regardless, which fusion training uses so that
     clips triage would settle still teach fusion (they simply never reach it when served).
     """
-    run = BranchRun()
-    dev = models.device
-    if arrays.kind == "video" and arrays.n_frames > 0:
-        clip_logit, frame_logits = run_triage(models.triage, arrays, dev)
-        p = probability(clip_logit)
-        run.features["triage"] = triage_features(clip_logit, frame_logits)
-        run.scores["triage"] = p
-        # FastTriageDeployment's own float32 expression: keyframes are picked from bit-identical scores
-        run.item_scores["triage"] = (1.0 / (1.0 + np.exp(-frame_logits))).astype(np.float32)
-        if p < settings.early_exit_low:
-            run.early_exit = "real"
-        elif p > settings.early_exit_high:
-            run.early_exit = "fake"
-        if run.early_exit is not None and honour_early_exit:
-            return run
-    if arrays.n_frames > 0 and arrays.kind in ("video", "image"):
-        keyframes = (
-            keyframe_indices(arrays, run.item_scores["triage"], settings) if arrays.kind == "video" else None
-        )
-        idx = visual_crop_indices(arrays, keyframes, settings)
-        logits, embeddings, errors = run_visual(models.compression, arrays.face_crops[idx], dev)
-        run.keyframes = idx
-        run.features["visual"] = visual_features(logits, embeddings, errors)
-        run.scores["visual"] = probability(logits.mean())
-        run.item_scores["visual"] = expit(logits).astype(np.float32)
-    if arrays.has_audio and arrays.audio.size > 0 and arrays.kind != "image":
-        out = run_av(models.av, arrays, settings, dev)
-        run.features["audio"] = audio_features(out["spoof_logit"], out["embedding"])
-        run.scores["audio"] = probability(out["spoof_logit"])
-        run.item_scores["audio"] = np.array([run.scores["audio"]], np.float32)
-        if "sync_logit" in out:
-            run.features["av"] = av_features(out["sync_logit"], out["offset_ms"], out["spoof_logit"], out["embedding"])
-            run.scores["av"] = 1.0 - probability(out["sync_logit"])  # P(fake) rises as synchrony falls
-            run.item_scores["av"] = np.array([run.scores["av"]], np.float32)
-            run.offset_ms = out["offset_ms"]
-    return run
+    if not _has_branch(arrays):
+        return BranchRun()
+    analysis = pipeline.run_clip(arrays, honour_early_exit=honour_early_exit, fuse=False)
+    crops = crop_indices(arrays, analysis.keyframes, pipeline.config.visual) if analysis.visual is not None else None
+    return BranchRun.from_analysis(analysis, crops)
 
 
-def fusion_batch(
-    samples: Sequence[Mapping[str, np.ndarray]], fusion: FusionModel, device: str = "cpu"
-) -> tuple[dict[str, Tensor], Tensor]:
-    """`fusion_inputs` over many runs' feature dicts, on `device`: FusionDeployment's inputs, batched."""
-    features, present = fusion_inputs(samples, fusion.config)
-    return {k: v.to(device) for k, v in features.items()}, present.to(device)
+def _has_branch(arrays: ClipArrays) -> bool:
+    """Whether any branch would read this file (else the service answers 422 and there is nothing to learn)."""
+    return arrays.n_frames > 0 or (arrays.has_audio and arrays.audio.size > 0 and arrays.kind != "image")
 
 
-@torch.inference_mode()
-def run_fusion(fusion: FusionModel, runs: Sequence[BranchRun], device: str = "cpu") -> np.ndarray:
-    """Calibrated P(fake) per run (B,); runs without any modality get NaN (the service answers 422)."""
+def run_fusion(pipeline: LocalPipeline, runs: Sequence[BranchRun]) -> np.ndarray:
+    """Calibrated P(fake) per run (B,), as the Fusion deployment computes it; NaN where no branch ran (422)."""
     probs = np.full(len(runs), np.nan)
     usable = [i for i, r in enumerate(runs) if r.features]
     if usable:
-        features, present = fusion_batch([runs[i].features for i in usable], fusion, device)
-        probs[usable] = fusion(features, present).probability.float().cpu().numpy()
+        fused = fuse_stage(pipeline.model("fusion"), [runs[i].analysis.branches() for i in usable], pipeline.device)
+        probs[usable] = [f.probability for f in fused]
     return probs
 
 
@@ -519,10 +335,9 @@ def check_shapes(arrays: ClipArrays) -> None:
 
 
 def run_many(
-    models: BranchModels,
+    pipeline: LocalPipeline,
     data: ManifestData,
     indices: Sequence[int],
-    settings: ServingSettings,
     *,
     honour_early_exit: bool = True,
     progress: bool = True,
@@ -530,30 +345,21 @@ def run_many(
 ) -> list[BranchRun]:
     """`run_branches` over manifest entries, with a progress bar."""
     return [
-        run_branches(models, data.arrays(i), settings, honour_early_exit=honour_early_exit)
+        run_branches(pipeline, data.arrays(i), honour_early_exit=honour_early_exit)
         for i in tqdm(indices, desc=desc, unit="file", disable=not progress)
     ]
 
 
-def load_branch_models(
+def load_pipeline(
     version: str | Mapping[str, str],
+    settings: PipelineConfig | None = None,
     *,
     weights_dir: Path | None = None,
     device: str = "cpu",
     with_fusion: bool = True,
-) -> BranchModels:
-    """Load the served bundles: one version for all, or bundle name -> version (e.g. a single new branch)."""
-    names = ("fast_triage", "compression_resilient", "av_alignment") + (("fusion",) if with_fusion else ())
-    versions = {n: version for n in names} if isinstance(version, str) else {n: version[n] for n in names}
-    bundles = {n: load_version(n, versions[n], root=weights_dir, device=device) for n in names}
-    return BranchModels(
-        triage=bundles["fast_triage"].model,
-        compression=bundles["compression_resilient"].model,
-        av=bundles["av_alignment"].model,
-        fusion=bundles["fusion"].model if with_fusion else None,
-        device=device,
-        versions={n: f"{n}/{b.version}" + ("" if b.trained else " (untrained)") for n, b in bundles.items()},
-    )
+) -> LocalPipeline:
+    """The served bundles in this process: one version for all, or bundle name -> version (e.g. a single new branch)."""
+    return LocalPipeline.load(settings, version, weights_dir=weights_dir, device=device, with_fusion=with_fusion)
 
 
 # ---- manifests with their cached arrays ----------------------------------------------------

@@ -47,25 +47,19 @@ from models import (
     weights_root,
 )
 from models.common import resize_to
+from pipeline.av import lips_usable_at, run_av, served_audio
+from pipeline.config import PipelineConfig, TriageConfig
+from pipeline.fuse import fusion_batch
+from pipeline.local import LocalPipeline
+from pipeline.tensors import audio_to_tensor, images_to_tensor, lips_to_tensor, mouths_to_tensor
+from pipeline.triage import run_triage
+from pipeline.visual import run_visual
 from training.features import (
-    BranchModels,
     ClipArrays,
     ManifestData,
-    ServingSettings,
-    audio_to_tensor,
-    fusion_batch,
-    images_to_tensor,
-    lips_to_tensor,
-    load_branch_models,
     load_manifest_data,
-    mouths_to_tensor,
-    probability,
-    run_av,
+    load_pipeline,
     run_many,
-    run_triage,
-    run_visual,
-    served_audio,
-    visual_crop_indices,
 )
 from training.manifest import ManifestEntry
 
@@ -316,7 +310,7 @@ def train_fast_triage(
             _step(optimizer, loss, params, hp.grad_clip)
     model.eval()
     val = _with_frames(data, "val", ("video",))
-    probs = [probability(run_triage(model, data.arrays(i), device)[0]) for i in val]
+    probs = [run_triage(model, [data.arrays(i)], TriageConfig(), device)[0].branch.score for i in val]
     return {"split": "val", "target": "label", **binary_scores([triage_target(data.entries[i]) for i in val], probs)}
 
 
@@ -382,7 +376,7 @@ def original_pairs(data: ManifestData, indices: Sequence[int]) -> dict[int, int]
 
 
 def train_compression_resilient(
-    model: CompressionResilientDetector, data: ManifestData, hp: HParams, settings: ServingSettings,
+    model: CompressionResilientDetector, data: ManifestData, hp: HParams, settings: PipelineConfig,
     *, seed: int, device: str, workers: int, progress: bool,
 ) -> dict[str, Any]:
     """Two phases. (1) The DAE learns to restore real faces: MSE at `dae_size` from degraded (or
@@ -429,9 +423,9 @@ def train_compression_resilient(
     probs, errors = [], {0: [], 1: []}
     for i in val:
         arrays = data.arrays(i)
-        logits, _, err = run_visual(model, arrays.face_crops[visual_crop_indices(arrays, None, settings)], device)
-        probs.append(probability(logits.mean()))
-        errors[visual_target(data.entries[i])].append(float(err.mean()))
+        branch = run_visual(model, [arrays], [None], settings.visual, device)[0]
+        probs.append(branch.score)
+        errors[visual_target(data.entries[i])].append(branch.details["reconstruction_error"])
     return {
         "split": "val", "target": "visual", "crops": "evenly spaced (served videos use keyframes)",
         **binary_scores([visual_target(data.entries[i]) for i in val], probs),
@@ -537,14 +531,14 @@ def _masked_bce(logits: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits[mask], targets[mask], pos_weight=weight, reduction="sum")
 
 
-def av_items(data: ManifestData, split: str, settings: ServingSettings) -> list[tuple[int, str]]:
+def av_items(data: ManifestData, split: str, settings: PipelineConfig) -> list[tuple[int, str]]:
     """(entry, "av" | "audio") for every file with audio, as AVAlignmentDeployment would treat it."""
     items = []
     for i in data.indices(split):
         entry, info = data.entries[i], data.peek(i)
         if entry.kind == "image" or not info["has_audio"] or info["n_audio"] == 0:
             continue
-        usable = info["n_frames"] > 1 and info["face_coverage"] >= settings.min_face_coverage
+        usable = lips_usable_at(info["n_frames"], info["face_coverage"], settings.av)
         if usable and (sync_target(entry) is not None or spoof_target(entry) is not None):
             items.append((i, "av"))
         elif spoof_target(entry) is not None:
@@ -553,7 +547,7 @@ def av_items(data: ManifestData, split: str, settings: ServingSettings) -> list[
 
 
 def train_av_alignment(
-    model: AVAlignmentModel, data: ManifestData, hp: HParams, settings: ServingSettings,
+    model: AVAlignmentModel, data: ManifestData, hp: HParams, settings: PipelineConfig,
     *, seed: int, device: str, workers: int, progress: bool,
 ) -> dict[str, Any]:
     """Summed per item: class-balanced BCE on sync (labelled + shifted negatives), smooth-L1 on the
@@ -598,30 +592,30 @@ def train_av_alignment(
     return validate_av(model, data, settings, device)
 
 
-def validate_av(model: AVAlignmentModel, data: ManifestData, settings: ServingSettings, device: str) -> dict[str, Any]:
+def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineConfig, device: str) -> dict[str, Any]:
     """Full val clips as served, plus each in-sync clip again with its audio rotated 400 ms early."""
     sync_y, sync_p, shift_y, shift_p, spoof_y, spoof_p, offset_err = [], [], [], [], [], [], []
     lead_ms = 400.0
     for i, _ in av_items(data, "val", settings):
         entry, arrays = data.entries[i], data.arrays(i)
-        out = run_av(model, arrays, settings, device)
+        out = run_av(model, arrays, settings.av, device)
         if (t := spoof_target(entry)) is not None:
             spoof_y.append(t)
-            spoof_p.append(probability(out["spoof_logit"]))
-        if "sync_logit" not in out:
+            spoof_p.append(out.audio.score)
+        if out.av.status != "ok":
             continue
         if (t := sync_target(entry)) is not None:
             sync_y.append(t)
-            sync_p.append(probability(out["sync_logit"]))
+            sync_p.append(out.av.details["sync_probability"])
         if (o := offset_target_ms(entry)) is not None:
-            offset_err.append(abs(out["offset_ms"] - o))
+            offset_err.append(abs(out.av.details["offset_ms"] - o))
         if sync_target(entry) == 1:
-            early = np.roll(served_audio(arrays, settings), -int(lead_ms / 1000 * arrays.sample_rate))
+            early = np.roll(served_audio(arrays, settings.av), -int(lead_ms / 1000 * arrays.sample_rate))
             shifted = replace(arrays, audio=early)
-            s_out = run_av(model, shifted, settings, device)
+            s_out = run_av(model, shifted, settings.av, device)
             shift_y += [1, 0]
-            shift_p += [probability(out["sync_logit"]), probability(s_out["sync_logit"])]
-            offset_err.append(abs(s_out["offset_ms"] - lead_ms))
+            shift_p += [out.av.details["sync_probability"], s_out.av.details["sync_probability"]]
+            offset_err.append(abs(s_out.av.details["offset_ms"] - lead_ms))
     return {
         "split": "val",
         "sync": binary_scores(sync_y, sync_p),  # target 1 = in sync
@@ -672,7 +666,7 @@ def drop_modalities(present: Tensor, p: float, generator: torch.Generator) -> Te
 
 
 def train_fusion(
-    model: FusionModel, branches: BranchModels, data: ManifestData, hp: HParams, settings: ServingSettings,
+    model: FusionModel, branches: LocalPipeline, data: ManifestData, hp: HParams, settings: PipelineConfig,
     *, seed: int, device: str, progress: bool,
 ) -> dict[str, Any]:
     """Class-unweighted BCE on `label` over the trained branches' features for the `fusion` split,
@@ -680,8 +674,8 @@ def train_fusion(
     fit_idx = data.indices("fusion")
     val_idx = data.indices("val")
     every_branch = {"honour_early_exit": False, "progress": progress}
-    fit_runs = run_many(branches, data, fit_idx, settings, desc="fusion split", **every_branch)
-    val_runs = run_many(branches, data, val_idx, settings, desc="val split", **every_branch)
+    fit_runs = run_many(branches, data, fit_idx, desc="fusion split", **every_branch)
+    val_runs = run_many(branches, data, val_idx, desc="val split", **every_branch)
     fit = [(r.features, data.entries[i].label) for r, i in zip(fit_runs, fit_idx, strict=True) if r.features]
     val = [(r.features, data.entries[i].label) for r, i in zip(val_runs, val_idx, strict=True) if r.features]
     if not fit:
@@ -851,7 +845,7 @@ def train_model(
     device: str = "cpu",
     branch_version: str | None = None,
     exclude_families: Sequence[str] = (),
-    settings: ServingSettings | None = None,
+    settings: PipelineConfig | None = None,
     cache_dir: Path | None = None,
     workers: int = 1,
     loader_workers: int = 0,
@@ -875,7 +869,7 @@ def train_model(
     root = weights_dir if weights_dir is not None else weights_root()
     check_new_version(root, [name], version, overwrite)
     started = time.perf_counter()
-    settings = settings or ServingSettings()
+    settings = settings or PipelineConfig()
     base = HPARAMS[(name, preset)]
     hp = replace(
         base,
@@ -897,9 +891,11 @@ def train_model(
     extra_lines: list[str] = []
     common = {"seed": seed, "device": device, "progress": progress}
     if name == "fusion":
-        branches = load_branch_models(branch_version or version, weights_dir=root, device=device, with_fusion=False)
+        branches = load_pipeline(branch_version or version, settings, weights_dir=root, device=device, with_fusion=False)
         template = _build("fusion", preset).config
-        config = replace(template, modalities=modality_dims(branches.compression.config, branches.av.config))
+        config = replace(template, modalities=modality_dims(
+            branches.bundles["compression_resilient"].config, branches.bundles["av_alignment"].config,
+        ))
         model = build_fusion(config).to(device)
         metrics = train_fusion(model, branches, data, hp, settings, **common)
         used = {"fusion": len(data.indices("fusion")), "val": len(data.indices("val"))}
@@ -941,7 +937,7 @@ def train_all(
     seed: int = 0,
     device: str = "cpu",
     exclude_families: Sequence[str] = (),
-    settings: ServingSettings | None = None,
+    settings: PipelineConfig | None = None,
     cache_dir: Path | None = None,
     workers: int = 1,
     loader_workers: int = 0,
@@ -952,7 +948,7 @@ def train_all(
 ) -> dict[str, TrainResult]:
     """Every model in dependency order (branches, then fusion on them), decoding the manifest once."""
     check_new_version(weights_dir if weights_dir is not None else weights_root(), MODEL_NAMES, version, overwrite)
-    settings = settings or ServingSettings()
+    settings = settings or PipelineConfig()
     data = load_manifest_data(
         manifest, splits=("train", "val", "fusion"), cache_dir=cache_dir, decode_config=settings.decode,
         exclude_families=exclude_families, workers=workers, progress=progress,

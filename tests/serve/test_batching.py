@@ -16,6 +16,8 @@ import pytest
 
 from tests.mediagen import talking_face_video
 
+pytestmark = pytest.mark.serve
+
 WAIT_S = 180
 BATCHED = ("FastTriage", "CompressionResilient", "Fusion")
 

@@ -7,6 +7,8 @@ import pytest
 from bench import served
 from tests.mediagen import encode_audio, speech_like_audio
 
+pytestmark = pytest.mark.serve
+
 
 def test_paired_run_rotates_served_requests_and_local_runs(service, monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []

@@ -9,6 +9,8 @@ import pytest
 
 from tests.mediagen import encode_audio, encode_image, speech_like_audio, talking_face_video
 
+pytestmark = pytest.mark.serve
+
 MODEL_DEPLOYMENTS = {"MediaDecoder", "FastTriage", "KeyframeSelector", "CompressionResilient", "AVAlignment", "Fusion"}
 RESPONSE_FIELDS = {
     "filename", "is_fake", "confidence", "verdict", "artifacts", "gate_weights", "modalities",

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from deployments.schemas import AnalyzeResponse
 from tests.mediagen import talking_face_video
+
+pytestmark = pytest.mark.serve
 
 
 def test_job_with_good_and_bad_files_ends_done_with_per_file_outcomes(service):

@@ -11,6 +11,8 @@ import pytest
 
 from tests.mediagen import talking_face_video
 
+pytestmark = pytest.mark.serve
+
 WAIT_S = 180
 
 

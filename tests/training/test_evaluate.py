@@ -1,5 +1,5 @@
-"""Evaluation: metric functions on hand-checkable cases, in-process evaluation and plots, the served
-stages replayed in-process against the deployments' own code, URL mode, leave-one-family-out wiring.
+"""Evaluation: metric functions on hand-checkable cases, in-process evaluation and plots, URL mode,
+leave-one-family-out wiring.
 
 Models here are the untrained `test` presets saved as bundles: evaluation must be right whatever
 the scores are, and training has its own tests.
@@ -7,7 +7,6 @@ the scores are, and training has its own tests.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -16,13 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.av_alignment import AVAlignmentDeployment, AVConfig
-from deployments.compression import CompressionConfig, CompressionResilientDeployment
-from deployments.decoder import DecoderConfig
-from deployments.fusion import FusionConfig
-from deployments.keyframes import KeyframeConfig, KeyframeSelectorDeployment
-from deployments.triage import FastTriageDeployment, TriageConfig
-from media import DecodeConfig, decode_media
 from models import BUNDLE_NAMES, MODELS, load_bundle, save_bundle
 from training import evaluate as evaluate_module
 from training.cli import main as cli_main
@@ -35,7 +27,6 @@ from training.evaluate import (
     leave_one_family_out,
     score_url,
 )
-from training.features import ClipArrays, ServingSettings, load_branch_models, run_branches
 from training.manifest import read_manifest
 from tests.training.test_train import write_tiny_manifest
 
@@ -150,62 +141,6 @@ def test_evaluate_in_process_reports_every_metric(tiny_manifest: Path, untrained
     for plot in ("roc.png", "reliability.png"):
         data = (tmp_path / plot).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
-
-
-def test_serving_settings_mirror_the_deployments() -> None:
-    """The in-process stages use the deployments' defaults and what both Serve profiles configure."""
-    settings = ServingSettings()
-    assert settings.decode == DecodeConfig(**DecoderConfig().model_dump())
-    triage, keyframes, av = TriageConfig(), KeyframeConfig(), AVConfig()
-    assert (settings.early_exit_low, settings.early_exit_high) == (triage.early_exit_low, triage.early_exit_high)
-    assert (settings.keyframes_k, settings.hotspot_threshold, settings.keyframe_seed) == (
-        keyframes.k, keyframes.hotspot_threshold, keyframes.seed
-    )
-    assert settings.max_crops == CompressionConfig().max_crops
-    assert (settings.min_face_coverage, settings.max_audio_s) == (av.min_face_coverage, av.max_audio_s)
-    assert settings.decision_threshold == FusionConfig().decision_threshold
-    for profile in ("serve.cpu.yaml", "serve.gpu.yaml"):
-        assert ServingSettings.from_serve_config(REPO / "cluster" / profile) == settings
-
-
-def test_in_process_stages_equal_the_deployments(tiny_manifest: Path, untrained_weights: Path) -> None:
-    """Fusion features from `run_branches` on cached arrays == what the deployments compute on the Clip.
-
-    The deployments are called through their public `__call__` (as the ingress awaits them), as
-    plain classes: no Ray cluster needed.
-    """
-    threads = torch.get_num_threads()  # deployments size torch's threads to their replica
-    try:
-        triage = FastTriageDeployment.func_or_class(str(untrained_weights))
-        keyframes = KeyframeSelectorDeployment.func_or_class()
-        visual = CompressionResilientDeployment.func_or_class(str(untrained_weights))
-        av = AVAlignmentDeployment.func_or_class(str(untrained_weights))
-        for deployment in (triage, visual, av):
-            deployment.reconfigure({"version": "u0"})
-        keyframes.reconfigure({})
-        models = load_branch_models("u0", weights_dir=untrained_weights, with_fusion=False)
-        for name in ("test_blend.mp4", "test_real.jpg", "test_vocoder.wav"):
-            clip = decode_media((tiny_manifest.parent / name).read_bytes())
-            run = run_branches(models, ClipArrays.from_clip(clip), ServingSettings(), honour_early_exit=False)
-            served = {}
-            if clip.meta.kind == "video":
-                t = asyncio.run(triage(clip))
-                served["triage"] = t.branch.features
-                chosen = asyncio.run(keyframes(clip, t.frame_scores))
-                served["visual"] = asyncio.run(visual(clip, chosen)).features
-                np.testing.assert_array_equal(run.keyframes, np.unique(chosen.indices))
-            elif clip.meta.kind == "image":
-                served["visual"] = asyncio.run(visual(clip, None)).features
-            if clip.meta.kind != "image":
-                result = asyncio.run(av(clip))
-                served.update({b.modality: b.features for b in (result.av, result.audio) if b.status == "ok"})
-            assert set(run.features) == set(served), name
-            if clip.meta.kind == "video":
-                assert set(served) == {"triage", "visual", "av", "audio"}
-            for modality, features in served.items():
-                np.testing.assert_allclose(run.features[modality], features, rtol=1e-5, atol=1e-5, err_msg=name)
-    finally:
-        torch.set_num_threads(threads)
 
 
 _ANSWERED: list[int] = []

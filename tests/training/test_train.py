@@ -20,7 +20,9 @@ from media import DecodeConfig, decode_media, select_keyframes
 from models import load_bundle
 from training import cli, features
 from training.cli import main as cli_main
-from training.features import ClipArrays, FeatureCache, ServingSettings, keyframe_indices, load_manifest_data
+from pipeline.config import KeyframeConfig
+from pipeline.keyframes import select_keyframes as keyframes_stage
+from training.features import ClipArrays, FeatureCache, load_manifest_data
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 from training.train import (
     MODEL_NAMES,
@@ -191,8 +193,8 @@ def test_cached_grey_frames_give_the_served_keyframes(tiny_manifest: Path) -> No
     arrays = ClipArrays.from_clip(clip)
     scores = np.random.default_rng(0).uniform(0, 1, clip.n_frames)
     served = select_keyframes(clip.frames, clip.timestamps, scores, k=4, seed=0)
-    cached = keyframe_indices(arrays, scores, ServingSettings())
-    np.testing.assert_array_equal(cached, [k.index for k in served.keyframes])
+    cached = keyframes_stage(arrays, scores, KeyframeConfig(k=4, seed=0))
+    assert cached.indices == [k.index for k in served.keyframes]
 
 
 # ---- targets and augmentation -------------------------------------------------------------------
