@@ -13,7 +13,7 @@ from importlib.metadata import version as pkg_version
 import ray
 from ray import serve
 
-from deployments.weights import replica_placement
+from deployments.placement import replica_placement
 from media import DecodeConfig
 from pipeline.decode import decode
 from pipeline.results import Decoded, ModelInfo
@@ -43,7 +43,9 @@ class MediaDecoderDeployment:
             data = await upload[0]
             # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
             clip = await asyncio.to_thread(decode, data, self.config)
-        return Decoded(clip.meta, clip.n_frames, [ray.put(clip)], self.info())
+        # Outside Ray (the class used in-process) there is no object store: the clip travels itself.
+        handle = [ray.put(clip)] if ray.is_initialized() else clip
+        return Decoded(clip.meta, clip.n_frames, handle, self.info())
 
     def info(self) -> ModelInfo:
         return ModelInfo(

@@ -9,7 +9,7 @@ import numpy as np
 from ray import serve
 
 from deployments.batching import resolve
-from deployments.weights import replica_placement
+from deployments.placement import replica_placement
 from pipeline.config import KeyframeConfig
 from pipeline.keyframes import ALGORITHM_VERSION, motion, select_keyframes
 from pipeline.results import KeyframeResult, ModelInfo, Motion

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
 from pathlib import Path
 from typing import Any
 
+from deployments.placement import replica_placement
 from pipeline.config import WeightsConfig
 from pipeline.results import ModelInfo, UnknownVersionError
 from pipeline.tensors import pick_device
 
 logger = logging.getLogger("ray.serve")
-
-
-def replica_placement() -> dict[str, Any]:
-    """Which replica, node and GPUs this process is: lets operators and tests see packing and rollouts."""
-    return dict(_placement())
-
-
-@functools.cache
-def _placement() -> tuple[tuple[str, Any], ...]:
-    import ray
-    from ray import serve
-
-    if not ray.is_initialized():  # get_runtime_context() would start a local Ray
-        return ()
-    try:
-        ctx = ray.get_runtime_context()
-        return (
-            ("replica_id", serve.get_replica_context().replica_id.unique_id),
-            ("node_id", ctx.get_node_id()),
-            ("gpu_ids", [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]),
-        )
-    except Exception:  # outside a Serve replica (in-process use, tests)
-        return ()
 
 
 class VersionedModel:

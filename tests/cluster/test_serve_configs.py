@@ -9,23 +9,17 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.av_alignment import AVConfig
-from deployments.compression import CompressionConfig
-from deployments.decoder import DecoderConfig
-from deployments.fusion import FusionConfig
-from deployments.ingress import IngressConfig
+from deployments.job_worker import JobWorkerConfig
 from deployments.jobs import JobsConfig
-from deployments.keyframes import KeyframeConfig
-from deployments.triage import TriageConfig
 from graph import GraphArgs, build_app
+from pipeline.table import MODEL_BUNDLES, STAGES
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 USER_CONFIGS = {
-    "Ingress": IngressConfig, "MediaDecoder": DecoderConfig, "FastTriage": TriageConfig,
-    "KeyframeSelector": KeyframeConfig, "CompressionResilient": CompressionConfig,
-    "AVAlignment": AVConfig, "Fusion": FusionConfig, "JobQueue": JobsConfig,
+    **{stage.deployment: stage.user_config for stage in STAGES}, "JobQueue": JobsConfig, "JobWorker": JobWorkerConfig,
 }
-MODEL_DEPLOYMENTS = ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion")
+MODEL_DEPLOYMENTS = tuple(MODEL_BUNDLES)
+SINGLE_REPLICA = ("JobQueue", "JobWorker")
 
 
 def _load(name: str) -> ServeDeploySchema:
@@ -50,7 +44,7 @@ def test_profile_validates_and_names_every_graph_deployment(profile: str) -> Non
     assert names == _graph_deployment_names() == set(USER_CONFIGS)
     for d in app.deployments:
         USER_CONFIGS[d.name].model_validate(d.user_config)  # a typo in a user_config fails here, not at deploy
-        if d.name == "JobQueue":  # owns the job state: one replica, never autoscaled
+        if d.name in SINGLE_REPLICA:  # the job state's owner, and the worker: fixed replica counts
             assert d.num_replicas == 1 and not isinstance(d.autoscaling_config, dict)
             continue
         assert d.autoscaling_config["min_replicas"] >= 1

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.common import BranchResult, Failed, answer_batch, unwrap
-from deployments.compression import CompressionConfig, CompressionResilientDeployment
+from deployments.batching import Failed, answer_batch, unwrap
+from deployments.compression import CompressionResilientDeployment
 from deployments.fusion import FusionDeployment
-from deployments.keyframes import KeyframeSelectorDeployment
-from deployments.triage import FastTriageDeployment, TriageConfig
+from deployments.triage import FastTriageDeployment
 from media import decode_media
+from pipeline.config import KeyframeConfig, TriageDeploymentConfig, VisualDeploymentConfig
+from pipeline.keyframes import select_keyframes
+from pipeline.results import BranchResult
 from tests.mediagen import encode_audio, speech_like_audio, talking_face_video
 
 
@@ -54,7 +56,7 @@ def test_triage_batch_matches_each_clip_alone(clips) -> None:
     replica = _replica(FastTriageDeployment)
     bundle = replica.weights.choose()
     batched = replica._run_batch(bundle, clips)
-    alone = [replica._run(bundle, clip) for clip in clips]
+    alone = [replica._run_batch(bundle, [clip])[0] for clip in clips]
     for b, a, clip in zip(batched, alone, clips):
         _same_branch(b.branch, a.branch)
         assert b.early_exit == a.early_exit
@@ -67,16 +69,14 @@ def test_triage_batch_matches_each_clip_alone(clips) -> None:
 
 def test_compression_batch_matches_each_clip_alone(clips) -> None:
     replica = _replica(CompressionResilientDeployment)
-    selector = KeyframeSelectorDeployment.func_or_class()
-    selector.reconfigure({})
     triage = _replica(FastTriageDeployment)
     # One clip with its selected keyframes, the others by the even spread used without keyframes.
-    first = triage._run(triage.weights.choose(), clips[0])
-    keyframes = [selector._run(clips[0], first.frame_scores), None, None, None]
+    first = triage._run_batch(triage.weights.choose(), [clips[0]])[0]
+    keyframes = [select_keyframes(clips[0], first.frame_scores, KeyframeConfig()), None, None, None]
     assert keyframes[0].keyframes
     bundle = replica.weights.choose()
     batched = replica._run_batch(bundle, clips, keyframes)
-    alone = [replica._run(bundle, clip, kf) for clip, kf in zip(clips, keyframes)]
+    alone = [replica._run_batch(bundle, [clip], [kf])[0] for clip, kf in zip(clips, keyframes)]
     for b, a in zip(batched, alone):
         _same_branch(b, a)
     assert batched[0].details["frames_analyzed"] == len(set(keyframes[0].indices))
@@ -88,7 +88,10 @@ def test_fusion_batch_matches_each_request_alone_and_a_bad_request_fails_alone(c
     triage, visual, fusion = _replica(FastTriageDeployment), _replica(CompressionResilientDeployment), _replica(FusionDeployment)
     requests = []
     for clip in clips:
-        branches = [triage._run(triage.weights.choose(), clip).branch, visual._run(visual.weights.choose(), clip, None)]
+        branches = [
+            triage._run_batch(triage.weights.choose(), [clip])[0].branch,
+            visual._run_batch(visual.weights.choose(), [clip], [None])[0],
+        ]
         requests.append(branches)
     assert all(b.status == "skipped" for b in requests[2])
     bundle = fusion.weights.choose()
@@ -99,9 +102,8 @@ def test_fusion_batch_matches_each_request_alone_and_a_bad_request_fails_alone(c
     with pytest.raises(ValueError, match="at least one modality"):
         unwrap(answers[2])
     for i in (0, 1, 3):
-        alone = fusion._run(bundle, requests[i])
+        alone = fusion._run_batch(bundle, [requests[i]])[0]
         assert answers[i].probability == pytest.approx(alone.probability, abs=1e-6)
-        assert answers[i].verdict == alone.verdict
         assert answers[i].gate_weights == pytest.approx(alone.gate_weights, abs=1e-4)
     good = [requests[i] for i in (0, 1, 3)]
     shared = fusion._run_batch(bundle, good)
@@ -122,9 +124,9 @@ def test_answer_batch_runs_one_call_per_weights_version() -> None:
 
 def test_batch_settings_come_from_user_config() -> None:
     with pytest.raises(ValueError):
-        TriageConfig.model_validate({"max_batch_size": 0})
+        TriageDeploymentConfig.model_validate({"max_batch_size": 0})
     with pytest.raises(ValueError):
-        CompressionConfig.model_validate({"batch_wait_timeout_s": -1})
+        VisualDeploymentConfig.model_validate({"batch_wait_timeout_s": -1})
     replica = FastTriageDeployment.func_or_class()
     replica.reconfigure({"version": "v1", "max_batch_size": 8, "batch_wait_timeout_s": 0.02})
     assert replica._batched._get_max_batch_size() == 8

@@ -25,8 +25,7 @@ def test_every_handle_the_ingress_keeps_passes_by_reference() -> None:
     user_class = SpectraShieldIngress.func_or_class.__mro__[1]
     ingress = user_class.__new__(user_class)
     user_class.__init__(ingress, *(FakeHandle(name) for name in NAMES))
-    kept = [ingress.decoder, ingress.triage, ingress.keyframes, ingress.compression, ingress.av, ingress.fusion,
-            ingress.jobs, *ingress.handles.values()]
+    kept = [ingress.jobs, *ingress.orchestrator.handles.values()]
     assert {h.name for h in kept} == set(NAMES)
     assert all(h.applied == {"_by_reference": True} for h in kept)
-    assert ingress.handles["MediaDecoder"] is ingress.decoder  # the probes use the same handles
+    assert ingress.orchestrator.handles["MediaDecoder"].name == "decoder"  # wired in graph.py's order

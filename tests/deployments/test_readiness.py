@@ -9,7 +9,7 @@ wanted HEALTHY took the service out of rotation exactly when it was busiest. Lik
 import pytest
 
 from deployments.ingress import deployment_ready
-from deployments.schemas import DeploymentState, ModelVersion
+from pipeline.schemas import DeploymentState, ModelVersion
 
 WEIGHTS = ModelVersion(version="fast_triage/v1", trained=True)
 

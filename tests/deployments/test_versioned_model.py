@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from deployments.common import CanaryConfig, UnknownVersionError, VersionedModel, WeightsConfig
-from deployments.ingress import parse_pins
+from deployments.edge import parse_pins
+from deployments.weights import VersionedModel
+from pipeline.config import CanaryConfig, WeightsConfig
+from pipeline.results import UnknownVersionError
 
 REPO = Path(__file__).resolve().parents[2]
 

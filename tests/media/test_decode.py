@@ -466,12 +466,12 @@ def test_damaged_uploads_raise_only_media_errors() -> None:
         assert clip.frames.ndim == 4
 
 
-def test_upload_over_max_bytes_is_too_large() -> None:
-    data = encode_video(numbered_frames(10), "mp4", "libx264", 25)
-    with pytest.raises(MediaTooLargeError) as info:
-        decode_media(data, DecodeConfig(analyze_faces=False, max_bytes=len(data) - 1))
-    assert info.value.http_status == 413
-    assert decode_media(data, DecodeConfig(analyze_faces=False, max_bytes=len(data))).n_frames == 4
+def test_decode_config_refuses_unknown_settings() -> None:
+    """A typo in MediaDecoder's user_config is an error, not a silently ignored key (the byte limit is the edge's)."""
+    with pytest.raises(ValueError, match="max_bytes"):
+        DecodeConfig(max_bytes=1)
+    with pytest.raises(ValueError, match="detect_every"):
+        DecodeConfig.model_validate({"detect_every": 5})
 
 
 @pytest.mark.parametrize("kind", ["video", "audio"])

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from deployments.schemas import AnalyzeResponse
+from pipeline.schemas import AnalyzeResponse
 from tests.mediagen import talking_face_video
 
 pytestmark = pytest.mark.serve
