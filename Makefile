@@ -64,9 +64,10 @@ weights: $(DEV_STAMP)
 	$(BIN)/spectrashield train all --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --weights-dir $(WEIGHTS_DIR) --workers $(WORKERS)
 	$(BIN)/spectrashield eval --manifest $(BENCH_DIR)/manifest.jsonl --version $(WEIGHTS_VERSION) --weights-dir $(WEIGHTS_DIR) --out $(BENCH_DIR)/eval-$(WEIGHTS_VERSION) --record-in-cards
 
-# `make bench`: performance benchmarks (bench/, not tests): floor vs in-process vs served, throughput,
-# memory, cold start; writes bench/results/<timestamp>-<host>.json and BENCHMARKS.md. A full run takes
-# tens of minutes on 2 cores; smoke run: make bench BENCH_OPTS=--quick
+# `make bench`: performance benchmarks (bench/, not tests): floor vs in-process vs served latency,
+# throughput at concurrency 1 and 4, PSS per deployment, cold start; writes
+# bench/results/<timestamp>-<host>.json and BENCHMARKS.md. A full run takes many minutes on 2 cores
+# (the 60 s 1080p clip is encoded once, then cached); smoke run: make bench BENCH_OPTS=--quick
 .PHONY: bench
 BENCH_OPTS ?=
 bench: $(DEV_STAMP)

@@ -1,54 +1,42 @@
 """`python -m bench.run` (`make bench`): floor, in-process and served numbers for every workload, in one run.
 
 Order matters for fairness: media is generated first, then everything in-process is measured
-while no Ray runs, then `serve run` is started (its cold start timed) and loaded over HTTP while
-its processes' memory is sampled. Each workload's served latency is also measured paired: served
-requests alternating with in-process runs of the same pipeline in this process (and, for the
-early exit, with its decode floor), so the targets compare the two sides on the same machine state
-(this machine's speed drifts by tens of percent within an hour; the separate phases are minutes
-apart). The early-exit workload comes last because it redeploys FastTriage's thresholds; the
-profile's own thresholds are deployed back afterwards.
-
-`video_720p`'s throughput levels 1 and 4 are each followed by the in-process pipeline running
-back to back in that many worker processes at once (`bench.ceiling.WorkerPool`, no Ray), for as
-long as the served level took: what concurrency can buy this pipeline on this machine, measured in
-the same minutes as the served levels it bounds.
-
-Results go to `<out>/<UTC timestamp>-<host>.json` and `BENCHMARKS.md` is regenerated from them.
-Benchmarks assert nothing: a missed target is a row in the table, not an exit status.
+while no Ray runs, then `serve run` is started (its cold start timed) and each workload is sent
+at each concurrency level, PSS sampled during the highest. The early-exit workload comes last
+because it redeploys FastTriage's thresholds; the profile's own are deployed back afterwards.
+Results go to `<out>/<UTC timestamp>-<host>.json` and the markdown page is rendered from them.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
+import torch
+import yaml
+
 from bench import inprocess, served
-from bench.ceiling import WorkerPool
-from bench.machine import CpuAccount, load_average, machine_info, parallel_capacity
-from bench.memory import ClusterSampler
-from bench.profile import Profile
+from bench.memory import PssSampler
 from bench.report import evaluate_targets, render
 from bench.workloads import DEFAULT_CACHE_DIR, WORKLOAD_NAMES, Workload, generate, plan_workloads
-from media import decode_media
 
-# (full, quick) defaults; any option given on the command line wins over both.
+# (full, quick) defaults; an option given on the command line wins over both.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "requests": (20, 3),
-    "pairs": (20, 2),  # 10 left the early-exit judgement swinging: single requests ranged 0.6-1.1 s
+    "requests": (20, 2),
     "repeats": (5, 2),
-    "level_seconds": (90.0, 10.0),
-    "requests_per_client": (10, 1),  # 4 per client left c4/c1 swinging by 0.3 between identical runs
     "video_seconds": (10.0, 3.0),
     "long_seconds": (60.0, 3.0),
     "audio_seconds": (10.0, 3.0),
@@ -57,225 +45,149 @@ _T0 = time.monotonic()
 
 
 def log(message: str) -> None:
-    elapsed = time.monotonic() - _T0
-    print(f"[bench {int(elapsed // 60):02d}:{elapsed % 60:04.1f}] {message}", file=sys.stderr, flush=True)
+    print(f"[bench {time.monotonic() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.run",
-        description="SpectraShield benchmark: floor vs in-process vs served, throughput, memory, cold start.",
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 s clips, 3 requests, short throughput levels (a few minutes)")
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 s clips, 2 requests per client")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for the result JSON")
-    parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"), help="report regenerated from the result")
-    parser.add_argument("--profile", type=Path, default=Path("cluster/serve.cpu.yaml"), help="Serve config to run")
+    parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"), help="page rendered from the result")
+    parser.add_argument("--profile", type=Path, default=Path("cluster/serve.cpu.yaml"), help="Serve config")
+    parser.add_argument("--url", help="load this running service (127.0.0.1 only) instead of starting one; "
+                                      "no cold start, and the early-exit workload is not served")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOAD_NAMES, default=list(WORKLOAD_NAMES))
-    parser.add_argument("--requests", type=int, help="timed requests at concurrency 1 (after 2 warm-ups); full 20, quick 3")
-    parser.add_argument("--pairs", type=int,
-                        help="served requests alternating with in-process runs, per workload (0: none); full 20, quick 2")
-    parser.add_argument("--repeats", type=int, help="in-process runs per measurement (median); full 5, quick 2")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="throughput levels")
-    parser.add_argument("--level-seconds", type=float, help="time bound per throughput level; full 90, quick 10")
-    parser.add_argument("--requests-per-client", type=int,
-                        help="request bound per throughput level, per client; full 10, quick 1")
-    parser.add_argument("--video-seconds", type=float, help="duration of the 720p clip (and early-exit clip); full 10, quick 3")
-    parser.add_argument("--long-seconds", type=float,
-                        help="duration of the 1080p clip; full 60, quick 3 (generating 60 s takes minutes; cached)")
-    parser.add_argument("--audio-seconds", type=float, help="duration of the audio file; full 10, quick 3")
-    parser.add_argument("--in-process-scaling", action=argparse.BooleanOptionalAction, default=True,
-                        help="after video_720p's served levels 1 and 4, the in-process pipeline in 1 and 4 worker "
-                             "processes at once (no Ray) for as long as each level took; needs both levels")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                        help="where generated media is kept between runs (never inside the repository)")
+    parser.add_argument("--requests", type=int, help="uploads per client at each level; full 20, quick 2")
+    parser.add_argument("--repeats", type=int, help="in-process and floor runs per median; full 5, quick 2")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="served load levels")
+    parser.add_argument("--video-seconds", type=float, help="the 720p (and early-exit) clip; full 10, quick 3")
+    parser.add_argument("--long-seconds", type=float, help="the 1080p clip; full 60, quick 3")
+    parser.add_argument("--audio-seconds", type=float, help="the audio file; full 10, quick 3")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="generated media, kept between runs")
     args = parser.parse_args(argv)
     for name, (full, quick) in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    args.concurrency = sorted(set(args.concurrency))
+    args.url = served.local_url(args.url) if args.url else None
     return args
 
 
-def measure_in_process(
-    profile: Profile, workloads: list[Workload], repeats: int
-) -> tuple[dict[str, dict[str, Any]], inprocess.InProcessGraph]:
-    """Floor and in-process pipeline for every workload, before any Ray process exists; the graph is kept for pairing."""
-    graph, models = inprocess.prepare(profile)
-    results = {}
-    for workload in workloads:
-        log(f"in-process: {workload.name}")
-        results[workload.name] = inprocess.measure(graph, models, workload.data(), workload.triage_overrides, repeats)
-    return results, graph
+def machine_info() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    git = ["git", "-C", str(served.REPO)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    status = [*git, "status", "--porcelain", "--untracked-files=no"]
+    dirty = subprocess.run(status, capture_output=True, text=True).stdout
+    return {
+        "host": platform.node().split(".")[0] or "host",
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
+        "logical_cores": psutil.cpu_count(),
+        "ram_gib": psutil.virtual_memory().total / 2**30,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": f"{torch.__version__} / {version('ray')} / {version('av')}",
+        "commit": commit + (" with uncommitted changes" if dirty.strip() else ""),
+        "python": platform.python_version(),
+    }
+
+
+def upload_of(workload: Workload) -> served.Upload:
+    return served.Upload(workload.data(), workload.path.name if workload.path else workload.name)
+
+
+def serve_levels(url: str, workload: Workload, args: argparse.Namespace, sampler: PssSampler) -> list[dict[str, Any]]:
+    """Each concurrency level; PSS is sampled during the highest (most requests in flight).
+
+    Warm-up: one upload per client of the highest level at once, so every replica the levels use
+    (both MediaDecoders of the CPU profile) has served this upload before anything is timed.
+    """
+    upload = upload_of(workload)
+    served.load(url, upload, args.concurrency[-1], 1)
+    levels = []
+    for c in args.concurrency:
+        log(f"served: {workload.name} at c={c}, {c * args.requests} uploads")
+        with sampler.during() if c == args.concurrency[-1] else nullcontext():
+            levels.append(served.summarize(c, *served.load(url, upload, c, args.requests)))
+    return levels
 
 
 def measure_served(
-    instance: served.ServeInstance,
-    profile: Profile,
-    workload: Workload,
-    args: argparse.Namespace,
-    pss_paused: Callable[[], AbstractContextManager[Any]] = nullcontext,
-    graph: inprocess.InProcessGraph | None = None,
-    pool: WorkerPool | None = None,
+    config: dict[str, Any], workloads: list[Workload], found: dict[str, dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Latency at concurrency 1 (alone, then paired with `graph`'s in-process runs) and throughput per level.
-
-    With `pool`, each served level at 1 and at the pool's size is followed by that many of the pool's
-    in-process pipelines running at once, for as long as the served level took; the pool is closed
-    after its last level.
-
-    The machine's parallel capacity (`parallel_capacity`) is probed just before and after the
-    throughput levels, with the cluster idle: the c4 / c1 ratio cannot exceed it.
-
-    Redeploys FastTriage around an early-exit workload (and reconfigures `graph`'s the same way).
-    The memory sampler's PSS reads (~140 ms of CPU each) are paused while latency and every
-    throughput level but the highest are timed; the highest level, where the most requests are
-    in flight and memory peaks, is timed with them on.
-    """
-    upload = served.Upload(workload.data(), workload.path.name if workload.path else workload.name)
-    result: dict[str, Any] = {}
-    if workload.triage_overrides:
-        log(f"served: serve deploy FastTriage {workload.triage_overrides}")
-        instance.deploy(profile.with_triage(workload.triage_overrides))
-        result["overrides_applied"] = served.wait_for_early_exit(instance.url, upload, expected=True)
-    try:
-        log(f"served: {workload.name} latency, {args.requests} requests")
-        with pss_paused():
-            result["latency"] = served.latency(instance.url, upload, args.requests)
-        if graph is not None and args.pairs > 0:
-            log(f"served: {workload.name} paired with in-process runs, {args.pairs} pairs")
-            data = workload.data()
-            local = {"in_process": lambda: graph.run(data).timings_ms["total"]}
-            if workload.triage_overrides:  # the early-exit target's floor, in the same minutes
-                local["decode_faces_floor"] = lambda: inprocess.wall_ms(lambda: decode_media(data, graph.decoder.config))
-            with pss_paused(), graph.triage_overrides(workload.triage_overrides):
-                result["paired"] = served.paired(instance.url, upload, args.pairs, local)
-        result["throughput"] = []
-        result["parallel_capacity"] = {"before": parallel_capacity()}
-        for c in args.concurrency:
-            log(f"served: {workload.name} throughput at c={c}")
-            with pss_paused() if c < max(args.concurrency) else nullcontext():
-                level = served.throughput(instance.url, upload, c, c * args.requests_per_client, args.level_seconds)
-            result["throughput"].append({**level, "pss_sampled": c == max(args.concurrency)})
-            if pool is not None and c in (1, pool.size):
-                log(f"in-process: {workload.name} in {c} pipelines at once, {level['elapsed_s']:.0f} s (no Ray)")
-                with pss_paused():
-                    result.setdefault("in_process_scaling", []).append(pool.level(c, level["elapsed_s"]))
-                if c == pool.size:
-                    # gone before any PSS read: its processes share torch's pages with the replicas,
-                    # and PSS splits shared pages among every process mapping them
-                    pool.close()
-        result["parallel_capacity"]["after"] = parallel_capacity()
-    finally:
-        if workload.triage_overrides:
-            log("served: restoring the profile's FastTriage thresholds")
-            instance.deploy(profile.config)
-            result["restored"] = served.wait_for_early_exit(instance.url, upload, expected=False)
-    return result
-
-
-def measure_serving(
-    profile: Profile,
-    workloads: list[Workload],
-    per_workload: dict[str, dict[str, Any]],
-    args: argparse.Namespace,
-    cpu: CpuAccount,
-    graph: inprocess.InProcessGraph | None = None,
-    pool: WorkerPool | None = None,
-) -> dict[str, Any]:
-    """Cold start, then every workload over HTTP (early exit last), with the process tree sampled throughout.
-
-    `pool` (in-process pipelines for `video_720p`'s scaling) is closed right after its last level,
-    and at the latest before the CPU account closes, so its processes' CPU is counted as the
-    benchmark's own.
-
-    Fills `per_workload[name]["served"]`; returns the cold start, the memory result, the error that
-    stopped the served part (None when none did), the load average at the end, and the CPU account,
-    closed while the Serve processes are still alive (once reaped, their CPU time would also show up
-    in this process's children's and be counted twice).
-    """
-    deployments = [d["name"] for d in profile.app["deployments"]]
-    found: dict[str, Any] = {"cold_start_s": None, "memory": None, "served_error": None}
-    samplers: list[ClusterSampler] = []
-
-    def sample_from(pid: int) -> None:
-        samplers.append(ClusterSampler(pid, deployments))
-        samplers[-1].start()
-
+    """Cold start (unless `--url`), then every workload over HTTP, early exit last; fills `found[name]["served"]`."""
+    run: dict[str, Any] = {"url": args.url, "cold_start_s": None, "memory": None, "served_error": None}
     with tempfile.TemporaryDirectory(prefix="ss-bench-") as tmp:
-        instance = served.ServeInstance(profile.config, Path(tmp), log)
+        instance = None if args.url else served.ServeInstance(config, Path(tmp))
+        sampler = PssSampler(None)
         try:
-            log(f"served: starting serve run {args.profile} on {instance.url}")
-            found["cold_start_s"] = instance.start(on_launch=sample_from)
-            log(f"served: ready after {found['cold_start_s']:.1f} s")
-            ordered = [w for w in workloads if not w.triage_overrides] + [w for w in workloads if w.triage_overrides]
-            for workload in ordered:
-                per_workload[workload.name]["served"] = measure_served(
-                    instance, profile, workload, args, samplers[0].pss_paused if samplers else nullcontext,
-                    graph, pool if workload.name == "video_720p" else None,
-                )
-        except (RuntimeError, OSError) as exc:
-            # keep what was measured: the report shows the served columns as missing and says why
-            found["served_error"] = f"{type(exc).__name__}: {exc}"
-            log(f"served: failed: {found['served_error']}")
+            if instance is not None:
+                log(f"served: serve run {args.profile} on {instance.url}")
+                run["cold_start_s"] = instance.start()
+                run["url"], sampler = instance.url, PssSampler(instance.proc.pid)
+                log(f"served: ready after {run['cold_start_s']:.1f} s")
+            for workload in sorted(workloads, key=lambda w: bool(w.triage_overrides)):
+                if not workload.triage_overrides:
+                    found[workload.name]["served"] = {"levels": serve_levels(run["url"], workload, args, sampler)}
+                elif instance is not None:
+                    found[workload.name]["served"] = serve_early_exit(instance, config, workload, args, sampler)
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            # keep what was measured: the page shows the served columns as missing and says why
+            run["served_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"served: failed: {run['served_error']}")
         finally:
-            if pool is not None:
-                pool.close()  # normally closed after its last level already; reaped here whatever happened
-            for sampler in samplers:
-                sampler.stop()
-                sampler.sample()  # a last look while every process is alive
-            found["cpu_use"] = cpu.finish(sum(s.cpu_seconds() for s in samplers))
-            found["load_at_end"] = load_average()
-            log("served: stopping")
-            instance.stop()
-    if samplers:
-        found["memory"] = samplers[0].result()
-    return found
+            run["memory"] = sampler.result() if sampler.samples else None
+            if instance is not None:
+                log("served: stopping")
+                instance.stop()
+    return run
+
+
+def serve_early_exit(
+    instance: served.ServeInstance, config: dict[str, Any], workload: Workload, args: argparse.Namespace,
+    sampler: PssSampler,
+) -> dict[str, Any]:
+    """The workload's levels with its FastTriage thresholds deployed, the profile's restored afterwards."""
+    upload = upload_of(workload)
+    log(f"served: serve deploy FastTriage {workload.triage_overrides}")
+    instance.deploy(served.with_triage(config, workload.triage_overrides))
+    result: dict[str, Any] = {"overrides_applied": served.wait_for_early_exit(instance.url, upload, expected=True)}
+    try:
+        result["levels"] = serve_levels(instance.url, workload, args, sampler)
+    finally:
+        instance.deploy(config)
+        result["restored"] = served.wait_for_early_exit(instance.url, upload, expected=False)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started_at = datetime.now(timezone.utc)
-    loads = {"at_start": load_average()}
-    cpu = CpuAccount.start()
-    machine = machine_info()
-    profile = Profile.load(args.profile)
-    workloads = plan_workloads(
-        args.workloads, video_seconds=args.video_seconds, long_seconds=args.long_seconds,
-        audio_seconds=args.audio_seconds,
-    )
-    log(f"load average {loads['at_start']} on {machine['logical_cores']} cores; generating media in {args.cache_dir}")
+    config = yaml.safe_load(args.profile.read_text())
+    workloads = plan_workloads(args.workloads, video_seconds=args.video_seconds, long_seconds=args.long_seconds,
+                               audio_seconds=args.audio_seconds)
     generate(workloads, args.cache_dir, log)
 
-    pool = None
-    video = next((w for w in workloads if w.name == "video_720p"), None)
-    if args.in_process_scaling and video is not None and {1, 4} <= set(args.concurrency):
-        log("in-process: starting 4 pipelines in worker processes for video_720p's scaling")
-        pool = WorkerPool(args.profile, video.path, 4)  # loaded before anything is timed; idle until then
-    per_workload, graph = measure_in_process(profile, workloads, args.repeats)
-    gc.collect()
+    pipe = inprocess.load_pipeline(config)
+    found: dict[str, dict[str, Any]] = {}
+    for workload in workloads:
+        log(f"in-process: {workload.name}")
+        local = inprocess.with_triage(pipe, workload.triage_overrides) if workload.triage_overrides else pipe
+        measured = inprocess.measure(local, workload.data(), args.repeats)
+        found[workload.name] = {"workload": workload.summary(), **measured}
+    serving = measure_served(config, workloads, found, args)
 
-    loads["before_served"] = load_average()
-    serving = measure_serving(profile, workloads, per_workload, args, cpu, graph, pool)
-    loads["at_end"] = serving.pop("load_at_end")
-
+    machine = machine_info()
     result: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python -m bench.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join([".venv/bin/python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine,
-        "load_average": loads,
-        "options": {
-            "quick": args.quick, "profile": str(args.profile), "workloads": args.workloads,
-            "requests": args.requests, "pairs": args.pairs, "repeats": args.repeats, "concurrency": args.concurrency,
-            "level_seconds": args.level_seconds, "requests_per_client": args.requests_per_client,
-            "video_seconds": args.video_seconds, "long_seconds": args.long_seconds, "audio_seconds": args.audio_seconds,
-            "in_process_scaling": pool is not None,
-        },
-        "weights": profile.weight_versions(),
-        "workloads": {
-            w.name: {"workload": w.summary(), **per_workload[w.name]} for w in workloads
-        },
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "weights": pipe.versions,  # what the in-process side loaded, from the profile's user_configs
+        "workloads": found,
         **serving,
     }
     result["targets"] = evaluate_targets(result)
@@ -285,8 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     args.markdown.write_text(render(result, str(path)))
     log(f"wrote {path} and {args.markdown}")
     for target in result["targets"]:
-        log(f"{target['target']}: {target['measured']} -> "
-            f"{ {True: 'met', False: 'missed', None: 'not measured'}[target['met']] }")
+        log(f"{target['target']}: {target['measured']} -> {target['met']}")
     if serving["served_error"] is not None:
         raise SystemExit(f"the served part failed ({serving['served_error']}); see {path}")
 

@@ -20,7 +20,7 @@ from pipeline.config import AVConfig, AVDeploymentConfig, stage_part
 from pipeline.results import AVResult
 
 
-@serve.deployment(name="AVAlignment", ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="AVAlignment", ray_actor_options={"num_cpus": 0.2})
 class AVAlignmentDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         self.weights = VersionedModel("AVAlignment", "av_alignment", weights_dir)

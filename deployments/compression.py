@@ -14,7 +14,7 @@ from pipeline.results import BranchResult, KeyframeResult
 from pipeline.visual import run_visual
 
 
-@serve.deployment(name="CompressionResilient", ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="CompressionResilient", ray_actor_options={"num_cpus": 0.15})
 class CompressionResilientDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         self.weights = VersionedModel("CompressionResilient", "compression_resilient", weights_dir)

@@ -19,7 +19,7 @@ from pipeline.decode import decode
 from pipeline.results import Decoded, ModelInfo
 
 
-@serve.deployment(name="MediaDecoder", ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="MediaDecoder", ray_actor_options={"num_cpus": 0.5})
 class MediaDecoderDeployment:
     def __init__(self) -> None:
         self.config = DecodeConfig()

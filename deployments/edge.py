@@ -5,7 +5,6 @@ validation, an unknown route (404), a wrong method (405) — is an `ErrorRespons
 `{"error", "detail", "request_id"}`, through the app's exception handlers.
 """
 
-from __future__ import annotations
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError

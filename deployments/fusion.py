@@ -14,7 +14,7 @@ from pipeline.fuse import run_fusion
 from pipeline.results import BranchResult, FusionResult
 
 
-@serve.deployment(name="Fusion", ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(name="Fusion", ray_actor_options={"num_cpus": 0.1})
 class FusionDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         self.weights = VersionedModel("Fusion", "fusion", weights_dir)

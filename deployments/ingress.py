@@ -5,7 +5,6 @@ Request parsing and the error shape live in `deployments.edge`; the stage order 
 JobWorker deployment.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -65,7 +64,7 @@ async def read_upload(file: UploadFile, limit: int, request_id: str | None = Non
     return data
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class SpectraShieldIngress:
     def __init__(

@@ -15,7 +15,7 @@ from pipeline.keyframes import ALGORITHM_VERSION, motion, select_keyframes
 from pipeline.results import KeyframeResult, ModelInfo, Motion
 
 
-@serve.deployment(name="KeyframeSelector", ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(name="KeyframeSelector", ray_actor_options={"num_cpus": 0.1})
 class KeyframeSelectorDeployment:
     def __init__(self) -> None:
         self.config = KeyframeConfig()

@@ -14,7 +14,7 @@ from pipeline.results import TriageResult
 from pipeline.triage import run_triage
 
 
-@serve.deployment(name="FastTriage", ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="FastTriage", ray_actor_options={"num_cpus": 0.15})
 class FastTriageDeployment:
     def __init__(self, weights_dir: str | None = None) -> None:
         self.weights = VersionedModel("FastTriage", "fast_triage", weights_dir)

@@ -69,3 +69,15 @@ def test_gpu_profile_packs_one_replica_of_every_model_onto_one_gpu() -> None:
     assert all(0 < gpus[name] < 1 for name in MODEL_DEPLOYMENTS)
     assert sum(gpus[name] for name in MODEL_DEPLOYMENTS) <= 1.0
     assert gpus["MediaDecoder"] == 0 and gpus["KeyframeSelector"] == 0
+
+
+def test_graph_defaults_fit_two_cores() -> None:
+    """`serve run graph:app` (no YAML) places one replica of everything on the 2-core machine."""
+    names, todo, cpus = set(), [build_app(GraphArgs())], 0.0
+    while todo:
+        deployment = todo.pop()._bound_deployment
+        if deployment.name not in names:
+            names.add(deployment.name)
+            cpus += deployment.ray_actor_options.get("num_cpus", 1)
+        todo.extend(a for a in deployment.init_args if isinstance(a, Application))
+    assert cpus <= 2.0

@@ -34,7 +34,7 @@ def test_probes_and_models(service):
         assert ready.status_code == 200, ready.text
         body = ready.json()
         assert body["ready"] is True
-        assert set(body["deployments"]) == MODEL_DEPLOYMENTS | {"Ingress", "JobQueue"}
+        assert set(body["deployments"]) == MODEL_DEPLOYMENTS | {"Ingress", "JobQueue", "JobWorker"}
         assert all(d["status"] == "HEALTHY" for d in body["deployments"].values())
         models = c.get("/v1/models").json()
     assert set(models["deployments"]) == MODEL_DEPLOYMENTS
@@ -144,10 +144,69 @@ def test_truncated_mp4_is_rejected_and_service_keeps_answering(service, talking_
         assert again.status_code == 200, again.text
 
 
-def test_missing_file_field_is_422(service):
+ERROR_KEYS = {"error", "detail", "request_id"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "error"),
+    [
+        ("post", "/v1/analyze", {"data": {"nothing": "here"}}, 400, "bad_request"),  # no `file` field
+        ("post", "/v1/jobs", {"data": {"x": "y"}}, 400, "bad_request"),
+        ("get", "/v1/nothing-here", {}, 404, "not_found"),
+        ("get", "/v1/analyze", {}, 405, "method_not_allowed"),
+        ("get", "/v1/jobs/0123456789abcdef", {}, 404, "not_found"),
+        ("post", "/v1/analyze", {"files": {"file": ("x.bin", b"x")}, "headers": {"X-Model-Versions": "Nope=v1"}},
+         400, "bad_request"),
+    ],
+)
+def test_every_error_has_one_shape(service, method, path, kwargs, status, error):
     with service.client() as c:
-        r = c.post("/v1/analyze", data={"nothing": "here"})
-    assert r.status_code == 422
+        r = getattr(c, method)(path, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == ERROR_KEYS and body["error"] == error and body["detail"], body
+
+
+@pytest.mark.parametrize("kind", ["video", "image", "audio"])
+def test_served_answer_equals_the_in_process_pipeline(service, talking_face, kind):
+    """The same upload through HTTP and through `pipeline.local.LocalPipeline` with the same profile and weights."""
+    torch = pytest.importorskip("torch")
+    from skimage.data import astronaut
+
+    from pipeline.config import PipelineConfig
+    from pipeline.local import LocalPipeline
+
+    upload = {
+        "video": talking_face,
+        "image": encode_image(astronaut()),
+        "audio": encode_audio(speech_like_audio(2.0, seed=4), fmt="wav"),
+    }[kind]
+    with service.client() as c:
+        r = _post(c, f"upload.{kind}", upload)
+    assert r.status_code == 200, r.text
+    served = r.json()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every model replica runs (OMP_NUM_THREADS=1 in the profile)
+    try:
+        local = LocalPipeline.load(
+            PipelineConfig.from_user_configs({d["name"]: d.get("user_config") or {} for d in service.config["applications"][0]["deployments"]}),
+            "v1", weights_dir=service.weights_dir, device="cpu",
+        )
+        here = local.respond(local.run(upload), filename=f"upload.{kind}").model_dump(mode="json")
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("verdict", "is_fake", "early_exit", "keyframes", "hotspots", "gate_weights"):
+        assert served[key] == here[key], key
+    assert served["fake_probability"] == pytest.approx(here["fake_probability"], abs=1e-6)
+    assert served["media"] | {"size_bytes": 0} == here["media"] | {"size_bytes": 0}
+    for name, report in here["modalities"].items():
+        got = served["modalities"][name]
+        assert (got["status"], got["reason"]) == (report["status"], report["reason"]), name
+        if report["score"] is not None:
+            assert got["score"] == pytest.approx(report["score"], abs=1e-6), name
+    assert {k: v["version"] for k, v in served["models"].items() if k in local.infos} == {
+        k: v.version for k, v in local.infos.items() if k in served["models"]
+    }
 
 
 def test_openapi_describes_the_api(service):

@@ -41,6 +41,3 @@ def test_job_with_good_and_bad_files_ends_done_with_per_file_outcomes(service):
         assert c.get("/v1/jobs/0123456789abcdef").status_code == 404
 
 
-def test_job_without_files_is_422(service):
-    with service.client() as c:
-        assert c.post("/v1/jobs", data={"x": "y"}).status_code == 422
