@@ -168,12 +168,10 @@ class PipelineConfig(_Strict):
 
 
 def weight_versions(user_configs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Bundle name -> the version a set of user_configs serves (the default where none is named)."""
+    """Bundle name -> the version a set of user_configs serves (the default where none is named); each validated."""
     from pipeline.table import STAGES
 
     return {
-        stage.bundle: WeightsConfig.model_validate(
-            {k: v for k, v in (user_configs.get(stage.deployment) or {}).items() if k in WeightsConfig.model_fields}
-        ).version
+        stage.bundle: stage.user_config.model_validate(user_configs.get(stage.deployment) or {}).version
         for stage in STAGES if stage.bundle is not None
     }

@@ -22,7 +22,9 @@ from pipeline.config import PipelineConfig
 from pipeline.decode import decode
 from pipeline.fuse import run_fusion
 from pipeline.keyframes import ALGORITHM_VERSION, select_keyframes
-from pipeline.results import AVResult, BranchResult, Decoded, FusionResult, KeyframeResult, ModelInfo, StageInput, TriageResult
+from pipeline.results import (
+    AVResult, BranchResult, Decoded, FusionResult, KeyframeResult, ModelInfo, StageInput, TriageResult, UnknownVersionError,
+)
 from pipeline.schemas import AnalyzeResponse
 from pipeline.table import STAGES
 from pipeline.tensors import pick_device
@@ -106,6 +108,15 @@ class LocalPipeline:
     def fuse(self, branches: list[BranchResult]) -> FusionResult:
         return run_fusion(self.model("fusion"), [branches], self.device, self.infos.get("Fusion"))[0]
 
+    def check_pin(self, deployment: str, pin: str | None) -> None:
+        """A pin must name the loaded version (this process serves one version per bundle)."""
+        info = self.infos.get(deployment)
+        if pin is None or info is None:
+            return
+        _, _, version = info.version.partition("/")
+        if pin not in (version, info.version):
+            raise UnknownVersionError(f"{deployment} does not serve version {pin!r}; it serves {version}")
+
     def calls(self, decoder: Any = None) -> StageCalls:
         """`analyze`'s callables; `decoder(upload) -> Decoded` replaces decoding bytes (e.g. cached arrays)."""
 
@@ -116,18 +127,22 @@ class LocalPipeline:
             return Decoded(clip.meta, clip.n_frames, clip)
 
         async def triage(clip: Any, pin: str | None) -> TriageResult:
+            self.check_pin("FastTriage", pin)
             return self.triage(clip)
 
         async def keyframes(clip: Any, frame_scores: np.ndarray, motion: Any) -> KeyframeResult:
             return self.keyframes(clip, frame_scores)
 
         async def visual(clip: Any, kf: KeyframeResult | None, pin: str | None) -> BranchResult:
+            self.check_pin("CompressionResilient", pin)
             return self.visual(clip, kf)
 
         async def av(clip: Any, pin: str | None) -> AVResult:
+            self.check_pin("AVAlignment", pin)
             return self.av(clip)
 
         async def fuse(branches: list[BranchResult], pin: str | None) -> FusionResult:
+            self.check_pin("Fusion", pin)
             return self.fuse(branches)
 
         return StageCalls(decode_upload, triage, keyframes, visual, av, fuse)

@@ -47,6 +47,9 @@ def served_probability(analysis: Analysis) -> float:
 
 
 def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename: str | None) -> AnalyzeResponse:
+    """The answer to one upload: needs either a fused result or triage's early exit."""
+    if analysis.fused is None and not analysis.early_exit:
+        raise ValueError("no verdict: the analysis neither fused its branches nor exited early")
     meta = analysis.meta
     triage, keyframes, visual, av, fused = analysis.triage, analysis.keyframes, analysis.visual, analysis.av, analysis.fused
     failures = analysis.failures

@@ -231,3 +231,8 @@ def test_the_stage_table_matches_the_profiles(profile: Path) -> None:
         user_config = found[stage.deployment].get("user_config") or {}
         assert ("version" in user_config) == (stage.bundle is not None), stage.deployment
         stage.user_config.model_validate(user_config)  # each profile validates against the table's model
+
+
+def test_weight_versions_refuses_a_typo() -> None:
+    with pytest.raises(ValidationError, match="verison"):
+        weight_versions({"FastTriage": {"verison": "v0"}})

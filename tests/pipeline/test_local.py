@@ -197,3 +197,17 @@ def test_fusion_batch_agrees_with_single(local: LocalPipeline, runs: dict[str, A
         (alone,) = run_fusion(model, [request])
         assert batched.probability == pytest.approx(alone.probability, abs=1e-5)
         assert batched.gate_weights == pytest.approx(alone.gate_weights, abs=1e-3)
+
+
+def test_a_pin_must_name_the_loaded_version(local: LocalPipeline, uploads: dict[str, bytes]) -> None:
+    """As a served deployment answers an unknown pin with UnknownVersionError (HTTP 400), so does the local one."""
+    import asyncio
+
+    from pipeline.analyze import analyze
+    from pipeline.results import UnknownVersionError
+
+    calls = local.calls()
+    with pytest.raises(UnknownVersionError, match="v0"):
+        asyncio.run(analyze(uploads["image"], calls, pins={"CompressionResilient": "v0"}))
+    answer = asyncio.run(analyze(uploads["image"], calls, pins={"CompressionResilient": "v1"}))
+    assert answer.visual.status == "ok"

@@ -306,3 +306,12 @@ def test_models_and_media_are_reported() -> None:
     assert response.models["KeyframeSelector"].trained is None
     assert response.timings_ms == {"decode": 1.0, "total": 2.0}
     assert response.media.size_bytes == 1234 and response.media.face_coverage == 0.5
+
+
+def test_no_verdict_without_fusion_or_early_exit() -> None:
+    """An analysis stopped before fusion (training's `fuse=False`) is not an answer."""
+
+    meta = ClipMeta(kind="image", duration_s=0.0, native_fps=None, width=8, height=8, rotation=0,
+                    has_audio=False, has_video=True, face_coverage=1.0, container="png")
+    with pytest.raises(ValueError, match="no verdict"):
+        respond(Analysis(meta, 1), VerdictConfig(), "r", None)
