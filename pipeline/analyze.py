@@ -119,7 +119,9 @@ async def analyze(
     abort the analysis instead of being reported as a failed branch (a bad pin always is; the
     served graph adds lost replicas, so the caller can re-run). `honour_early_exit=False` runs
     every branch even when triage settles the clip, and `fuse=False` stops before fusion
-    (training uses both). Raises `UnusableMediaError` when no branch had anything to analyse.
+    (training uses both). When every branch abstained for want of a face the analysis ends
+    without fusion (`pipeline.verdict` answers `uncertain`); when no branch had any input at all
+    it raises `UnusableMediaError`, and `RuntimeError` when every branch failed.
     """
     pins = pins or {}
     started = time.perf_counter()
@@ -155,7 +157,9 @@ async def analyze(
     branch_calls: dict[str, Awaitable[Any]] = {}
     await stage("keyframes" if meta.kind == "video" else "branches")
     if meta.kind == "video" and decoded.n_frames > 0:
-        frame_scores = result.triage.frame_scores
+        # Without triage's scores (it abstained) keyframes are chosen by motion and time alone.
+        triaged = result.triage.branch.status == "ok"
+        frame_scores = result.triage.frame_scores if triaged else np.zeros(decoded.n_frames, np.float32)
 
         async def keyframes_then_visual() -> tuple[KeyframeResult, BranchResult]:
             kf = await _timed(timings, "keyframes", calls.keyframes(clip, frame_scores, motion))
@@ -190,6 +194,10 @@ async def analyze(
     if fuse:
         branches = result.branches()
         if not any(b.status == "ok" for b in branches):
+            if any(b.code == "no_face" for b in branches):
+                # Decodable, but nothing any model can judge (a faceless photo): no verdict, not an error.
+                timings["total"] = round((time.perf_counter() - started) * 1e3, 2)
+                return result
             raise _unusable(result.failures, branches)
         await stage("fusion")
         result.fused = await _timed(timings, "fusion", calls.fuse(branches, pins.get("Fusion")))

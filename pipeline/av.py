@@ -35,7 +35,8 @@ def run_av(
 ) -> AVResult:
     if not has_audio(clip):
         return AVResult(
-            BranchResult("av", "skipped", info, reason="no audio"), BranchResult("audio", "skipped", info, reason="no audio")
+            BranchResult("av", "skipped", info, reason="no audio", code="no_audio"),
+            BranchResult("audio", "skipped", info, reason="no audio", code="no_audio"),
         )
     audio = audio_to_tensor(served_audio(clip, config), device).unsqueeze(0)  # (1, N)
     usable = lips_usable(clip, config)
@@ -58,8 +59,12 @@ def run_av(
         timing_ms=timer.ms,
     )
     if not usable:
-        reason = "no video" if clip.n_frames <= 1 else f"face in {clip.face_coverage:.0%} of frames"
-        return AVResult(BranchResult("av", "skipped", info, reason=reason), audio_branch)
+        if clip.n_frames <= 1:
+            skipped = BranchResult("av", "skipped", info, reason="no video", code="no_video")
+        else:
+            reason = f"face in {clip.face_coverage:.0%} of frames (lips need {config.min_face_coverage:.0%})"
+            skipped = BranchResult("av", "skipped", info, reason=reason, code="no_face")
+        return AVResult(skipped, audio_branch)
     sync_logit, offset_ms = float(out.sync_logit[0]), float(out.offset_ms[0])
     sync_p = sigmoid(sync_logit)
     av_branch = BranchResult(

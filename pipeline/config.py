@@ -28,10 +28,15 @@ class _Strict(BaseModel):
 
 
 class TriageConfig(_Strict):
-    """FastTriage: the clip exits early when p_triage < low or > high."""
+    """FastTriage: the clip exits early when p_triage < low or > high.
+
+    Triage scores face crops: below `min_face_coverage` it abstains (it would score the centre of
+    faceless frames, which it never learned), and then the clip never exits early.
+    """
 
     early_exit_low: float = Field(0.02, ge=0.0, le=1.0)
     early_exit_high: float = Field(0.98, ge=0.0, le=1.0)
+    min_face_coverage: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "TriageConfig":
@@ -49,7 +54,11 @@ class KeyframeConfig(_Strict):
 
 
 class VisualConfig(_Strict):
-    """CompressionResilient: crops scored when no keyframes were selected (images)."""
+    """CompressionResilient: crops scored when no keyframes were selected (images).
+
+    The model was trained on face crops only: it scores frames with a face and abstains
+    (`no_face`) when none of the clip's frames has one.
+    """
 
     max_crops: int = Field(8, ge=1, le=128)
 

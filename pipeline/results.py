@@ -60,6 +60,7 @@ class BranchResult:
     model: ModelInfo | None = None
     score: float | None = None
     reason: str | None = None
+    code: str | None = None  # why it did not run, machine-readable: no_face, no_audio, no_video, branch_failed
     features: np.ndarray | None = None  # (D,) float32
     details: dict[str, Any] = field(default_factory=dict)
     timing_ms: float = 0.0

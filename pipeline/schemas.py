@@ -7,10 +7,32 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
+ReasonCode = Literal[
+    "no_face", "no_usable_modality", "branch_failed", "near_threshold", "fusion_degraded", "out_of_distribution",
+]
+
+
+class VerdictReason(BaseModel):
+    code: ReasonCode = Field(
+        description="no_face: a face model had no face to look at (it abstained); no_usable_modality: no model "
+        "had evidence, so there is no verdict; branch_failed: a branch raised, the rest cannot stand for it; "
+        "near_threshold: the fused probability is within uncertain_margin of the threshold; fusion_degraded: "
+        "fusion could not read a branch's features and averaged the branch scores; out_of_distribution: the "
+        "input is unlike the authentic training data"
+    )
+    message: str
+    modalities: list[str] = Field(default_factory=list, description="the modalities the reason is about")
+    decisive: bool = Field(description="true when this reason made the verdict `uncertain`")
+
+
 class ModalityReport(BaseModel):
     status: Literal["ok", "skipped", "failed"] = Field(description="ok: ran; skipped: see reason; failed: raised")
     score: float | None = Field(None, description="P(fake) from this modality alone (uncalibrated)")
     reason: str | None = Field(None, description="why it did not run, or a caveat (no face, no audio, early exit)")
+    code: str | None = Field(
+        None, description="machine-readable reason it did not run: no_face, no_audio, no_video, early_exit, "
+        "branch_failed, not_applicable"
+    )
     details: dict[str, float | int | str | bool | list[float] | None] = Field(default_factory=dict)
 
 
@@ -80,9 +102,18 @@ class AnalyzeResponse(BaseModel):
     request_id: str
     filename: str | None
     is_fake: bool
-    confidence: float = Field(description="probability of the stated verdict: P(fake) if is_fake else 1 - P(fake)")
-    fake_probability: float = Field(description="calibrated P(fake) of the fused verdict")
-    verdict: Literal["fake", "real", "uncertain"]
+    confidence: float = Field(
+        description="calibrated probability of the more likely class: P(fake) if is_fake else 1 - P(fake); the same "
+        "for all three verdicts (for `uncertain` it says how close to a coin flip the evidence is; 0.5 with no evidence)"
+    )
+    fake_probability: float = Field(description="calibrated P(fake) of the fused verdict; 0.5 when there is no evidence")
+    verdict: Literal["fake", "real", "uncertain"] = Field(
+        description="`uncertain` whenever a decisive reason in `reasons` applies: no evidence, a failed branch, "
+        "a probability near the threshold, a degraded fusion"
+    )
+    reasons: list[VerdictReason] = Field(
+        default_factory=list, description="why the verdict is what it is, or what it could not see (machine-readable)"
+    )
     early_exit: bool = Field(description="true when FastTriage settled the clip and later stages did not run")
     artifacts: Artifacts
     gate_weights: dict[str, float] = Field(description="Fusion's weight per modality; 0 for a modality that did not run")

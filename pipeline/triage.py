@@ -19,16 +19,23 @@ def early_exit(p: float, config: TriageConfig) -> str | None:
     return "real" if p < config.early_exit_low else "fake" if p > config.early_exit_high else None
 
 
+def skipped(clip: StageInput, config: TriageConfig, info: ModelInfo | None) -> TriageResult | None:
+    """Triage's abstention for a clip it has nothing to score on, else None."""
+    if not clip.n_frames:
+        return TriageResult(BranchResult("triage", "skipped", info, reason="no video frames", code="no_video"))
+    if clip.face_coverage < config.min_face_coverage:
+        reason = f"face in {clip.face_coverage:.0%} of frames (triage needs {config.min_face_coverage:.0%})"
+        return TriageResult(BranchResult("triage", "skipped", info, reason=reason, code="no_face"))
+    return None
+
+
 def run_triage(
     model: FastTriage, clips: Sequence[StageInput], config: TriageConfig,
     device: str = "cpu", info: ModelInfo | None = None,
 ) -> list[TriageResult]:
     """One forward pass over every clip with frames (packed: no clip reads another's frames or padding)."""
-    results: list[TriageResult | None] = [
-        None if clip.n_frames else TriageResult(BranchResult("triage", "skipped", info, reason="no video frames"))
-        for clip in clips
-    ]
-    scored = [i for i, clip in enumerate(clips) if clip.n_frames]
+    results: list[TriageResult | None] = [skipped(clip, config, info) for clip in clips]
+    scored = [i for i, result in enumerate(results) if result is None]
     if not scored:
         return results
     with Timer() as timer, torch.inference_mode():

@@ -14,6 +14,7 @@ from pipeline.schemas import (
     MediaInfo,
     ModalityReport,
     ModelVersion,
+    VerdictReason,
     VisualAnomalies,
 )
 
@@ -33,10 +34,46 @@ def model_version(info: ModelInfo) -> ModelVersion:
     )
 
 
-def _report(branch: BranchResult | None, missing_reason: str) -> ModalityReport:
+def _report(branch: BranchResult | None, missing: tuple[str, str]) -> ModalityReport:
     if branch is None:
-        return ModalityReport(status="skipped", reason=missing_reason)
-    return ModalityReport(status=branch.status, score=branch.score, reason=branch.reason, details=branch.details)
+        code, reason = missing
+        return ModalityReport(status="skipped", reason=reason, code=code)
+    return ModalityReport(
+        status=branch.status, score=branch.score, reason=branch.reason, code=branch.code, details=branch.details,
+    )
+
+
+def reasons_for(analysis: Analysis, config: VerdictConfig) -> list[VerdictReason]:
+    """What the evidence lacked or where it broke; `decisive` ones make the verdict `uncertain`."""
+    reasons: list[VerdictReason] = []
+    faceless = [b.modality for b in analysis.branches() if b.code == "no_face"]
+    if faceless:
+        reasons.append(VerdictReason(
+            code="no_face", message="no face to analyse for " + ", ".join(faceless) + "; those modalities abstained",
+            modalities=faceless, decisive=False,
+        ))
+    if analysis.fused is None and not analysis.early_exit:
+        reasons.append(VerdictReason(
+            code="no_usable_modality", message="no model had evidence to judge this upload: no verdict",
+            decisive=True,
+        ))
+    for name, failure in analysis.failures.items():
+        modalities = ["av", "audio"] if name == "av" else [name]
+        reasons.append(VerdictReason(
+            code="branch_failed", message=f"{name} failed ({failure}); the other branches cannot stand for it",
+            modalities=modalities, decisive=True,
+        ))
+    fused = analysis.fused
+    if fused is not None and fused.status != "ok":
+        reasons.append(VerdictReason(code="fusion_degraded", message=fused.reason or "fusion degraded", decisive=True))
+    if fused is not None and abs(fused.probability - config.decision_threshold) < config.uncertain_margin:
+        reasons.append(VerdictReason(
+            code="near_threshold",
+            message=f"P(fake) {fused.probability:.2f} is within {config.uncertain_margin:g} of the threshold "
+            f"{config.decision_threshold:g}",
+            decisive=True,
+        ))
+    return reasons
 
 
 def served_probability(analysis: Analysis) -> float:
@@ -47,42 +84,51 @@ def served_probability(analysis: Analysis) -> float:
 
 
 def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename: str | None) -> AnalyzeResponse:
-    """The answer to one upload: needs either a fused result or triage's early exit."""
-    if analysis.fused is None and not analysis.early_exit:
+    """The answer to one upload. An analysis stopped before fusion on purpose (`fuse=False`) is not one."""
+    if analysis.fused is None and not analysis.early_exit and not any(
+        b.code == "no_face" for b in analysis.branches()
+    ):
         raise ValueError("no verdict: the analysis neither fused its branches nor exited early")
     meta = analysis.meta
     triage, keyframes, visual, av, fused = analysis.triage, analysis.keyframes, analysis.visual, analysis.av, analysis.fused
     failures = analysis.failures
-    early = fused is None
-    p = served_probability(analysis)
+    early = analysis.early_exit and fused is None
+    reasons = reasons_for(analysis, config)
     if early:  # triage settled the clip
+        p = served_probability(analysis)
         is_fake = triage.early_exit == "fake"
         verdict = "fake" if is_fake else "real"
+    elif fused is None:  # every modality abstained
+        p, is_fake, verdict = 0.5, False, "uncertain"
     else:
+        p = fused.probability
         is_fake, verdict = decide(p, config)
+        if any(r.decisive for r in reasons):
+            verdict = "uncertain"
 
-    def why_skipped(modality: str) -> str:
+    def why_skipped(modality: str) -> tuple[str, str]:
         if modality in failures:
-            return "failed: " + failures[modality]
+            return "branch_failed", "failed: " + failures[modality]
         if early:
-            return "early exit: triage settled the clip"
+            return "early_exit", "early exit: triage settled the clip"
         if meta.kind == "image":
-            return "image upload: only the visual branch runs"
+            return "not_applicable", "image upload: only the visual branch runs"
         if meta.kind == "audio":
-            return "audio upload: no video"
-        return "no audio" if not meta.has_audio else "did not run"
+            return "no_video", "audio upload: no video"
+        return ("no_audio", "no audio") if not meta.has_audio else ("not_applicable", "did not run")
 
     modalities = {
-        "triage": _report(triage.branch if triage else None, "not a video"),
+        "triage": _report(triage.branch if triage else None, ("not_applicable", "not a video")),
         "visual": _report(visual, why_skipped("visual")),
         "av": _report(av.av if av else None, why_skipped("av")),
         "audio": _report(av.audio if av else None, why_skipped("av")),
     }
     for name, reason in failures.items():
+        failed = ModalityReport(status="failed", reason=reason, code="branch_failed")
         if name == "av":
-            modalities["av"] = modalities["audio"] = ModalityReport(status="failed", reason=reason)
+            modalities["av"] = modalities["audio"] = failed
         else:
-            modalities[name] = ModalityReport(status="failed", reason=reason)
+            modalities[name] = failed
 
     threshold = config.mismatch_threshold
     av_ok = av is not None and av.av.status == "ok"
@@ -107,7 +153,7 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
     if early:
         gate_weights = {m: (1.0 if m == "triage" else 0.0) for m in modalities}
     else:
-        gate_weights = fused.gate_weights or {m: 0.0 for m in modalities}
+        gate_weights = (fused.gate_weights if fused is not None else None) or {m: 0.0 for m in modalities}
     return AnalyzeResponse(
         request_id=request_id,
         filename=filename,
@@ -115,6 +161,7 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
         confidence=p if is_fake else 1.0 - p,
         fake_probability=p,
         verdict=verdict,
+        reasons=reasons,
         early_exit=early,
         artifacts=artifacts,
         gate_weights=gate_weights,

@@ -15,13 +15,20 @@ from pipeline.timing import Timer
 
 
 def crop_indices(clip: StageInput, keyframes: KeyframeResult | None, config: VisualConfig) -> np.ndarray:
-    """The frames whose crops are scored: the keyframes, else up to `max_crops` evenly spaced (sorted, unique)."""
+    """The frames whose face crops are scored (sorted, unique; empty when no frame has a face).
+
+    The keyframes that show a face; when none does, up to `max_crops` evenly spaced frames among
+    those with a face.
+    """
+    found = np.flatnonzero(np.asarray(clip.face_found, bool))
     if keyframes is not None and keyframes.keyframes:
-        idx = np.asarray(keyframes.indices, dtype=np.int64)
-    else:
-        n = clip.n_frames
-        idx = np.linspace(0, n - 1, min(n, config.max_crops)).round().astype(np.int64)
-    return np.unique(idx)
+        idx = np.intersect1d(np.asarray(keyframes.indices, dtype=np.int64), found)
+        if idx.size:
+            return idx
+    if found.size == 0:
+        return found.astype(np.int64)
+    picks = np.linspace(0, found.size - 1, min(found.size, config.max_crops)).round().astype(np.int64)
+    return np.unique(found[picks])
 
 
 def run_visual(
@@ -32,10 +39,13 @@ def run_visual(
     results: list[BranchResult | None] = [None] * len(clips)
     chosen: list[tuple[int, np.ndarray]] = []  # (clip position, its frame indices)
     for i, (clip, kf) in enumerate(zip(clips, keyframes, strict=True)):
+        idx = crop_indices(clip, kf, config) if clip.n_frames else np.zeros(0, np.int64)
         if clip.n_frames == 0:
-            results[i] = BranchResult("visual", "skipped", info, reason="no video frames")
+            results[i] = BranchResult("visual", "skipped", info, reason="no video frames", code="no_video")
+        elif idx.size == 0:
+            results[i] = BranchResult("visual", "skipped", info, reason="no face found in any frame", code="no_face")
         else:
-            chosen.append((i, crop_indices(clip, kf, config)))
+            chosen.append((i, idx))
     if not chosen:
         return results
     with Timer() as timer, torch.inference_mode():
@@ -48,15 +58,13 @@ def run_visual(
     for i, idx in chosen:
         clip, rows = clips[i], slice(start, start + len(idx))
         start += len(idx)
-        faces = int(np.asarray(clip.face_found)[idx].sum())
         results[i] = BranchResult(
             "visual", "ok", info,
             score=sigmoid(float(logits[rows].mean())),
-            reason=None if faces else "no face found: analysed the centre of the frame",
             features=visual_features(logits[rows], embeddings[rows], errors[rows]),
             details={
                 "frames_analyzed": int(len(idx)),
-                "frames_with_face": faces,
+                "frames_with_face": int(len(idx)),  # every analysed crop shows a face
                 "frame_times": [round(float(clip.timestamps[j]), 3) for j in idx],
                 "max_frame_score": sigmoid(float(logits[rows].max())),
                 "reconstruction_error": float(errors[rows].mean()),

@@ -1,0 +1,102 @@
+"""No evidence, no verdict: face models abstain without a face, and the verdict says why it is `uncertain`.
+
+Runs the real stage functions on the shipped v1 weights (`LocalPipeline`) for faceless uploads, and
+`pipeline.verdict.respond` on hand-built analyses for failed branches and near-threshold answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.data import chelsea, coffee
+
+from media.clip import ClipMeta, Keyframe
+from pipeline.analyze import Analysis
+from pipeline.config import PipelineConfig, VerdictConfig, VisualConfig
+from pipeline.local import LocalPipeline
+from pipeline.results import AVResult, BranchResult, FusionResult, KeyframeResult, TriageResult
+from pipeline.verdict import respond
+from pipeline.visual import crop_indices
+
+from tests.mediagen import encode_image, encode_video, speech_like_audio
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalPipeline:
+    return LocalPipeline.load(PipelineConfig(), "v1", device="cpu")
+
+
+@pytest.mark.parametrize("photo", [coffee, chelsea], ids=["coffee", "cat"])
+def test_a_faceless_photo_gets_no_verdict(local: LocalPipeline, photo) -> None:
+    answer = local.respond(local.run(encode_image(photo(), "jpeg")))
+    assert answer.verdict == "uncertain" and answer.is_fake is False
+    assert answer.fake_probability == 0.5 and answer.confidence == 0.5
+    codes = {r.code: r for r in answer.reasons}
+    assert set(codes) == {"no_face", "no_usable_modality"} and codes["no_usable_modality"].decisive
+    assert answer.modalities["visual"].status == "skipped" and answer.modalities["visual"].code == "no_face"
+    assert answer.gate_weights == {m: 0.0 for m in answer.modalities}
+
+
+def test_a_faceless_video_with_speech_is_judged_on_the_audio_alone(local: LocalPipeline) -> None:
+    rng = np.random.default_rng(0)
+    frames = [np.full((120, 160, 3), 40 + 4 * i, np.uint8) + rng.integers(0, 8, (120, 160, 3), dtype=np.uint8)
+              for i in range(20)]
+    upload = encode_video(frames, "mp4", "libx264", 10, audio=speech_like_audio(2.0, seed=2))
+    answer = local.respond(local.run(upload))
+    assert answer.media.face_coverage == 0.0
+    for modality in ("triage", "visual", "av"):
+        report = answer.modalities[modality]
+        assert (report.status, report.code) == ("skipped", "no_face"), modality
+    assert answer.modalities["audio"].status == "ok"
+    assert answer.early_exit is False  # triage abstained, so it cannot settle the clip
+    no_face = next(r for r in answer.reasons if r.code == "no_face")
+    assert set(no_face.modalities) == {"triage", "visual", "av"} and not no_face.decisive
+    assert answer.gate_weights["audio"] == pytest.approx(1.0, abs=1e-3)
+
+
+def _clip(face_found: list[bool]) -> object:
+    class Arrays:
+        pass
+
+    arrays = Arrays()
+    arrays.face_found = np.asarray(face_found)
+    arrays.n_frames = len(face_found)
+    return arrays
+
+
+def test_visual_crops_are_frames_with_a_face() -> None:
+    clip = _clip([False, True, True, False, True, False])
+    keyframes = KeyframeResult([Keyframe(0, 0.0, 0.1), Keyframe(2, 0.2, 0.3), Keyframe(3, 0.3, 0.9)])
+    assert crop_indices(clip, keyframes, VisualConfig()).tolist() == [2]  # keyframes 0 and 3 show no face
+    faceless_keys = KeyframeResult([Keyframe(0, 0.0, 0.1), Keyframe(5, 0.5, 0.2)])
+    assert crop_indices(clip, faceless_keys, VisualConfig(max_crops=2)).tolist() == [1, 4]
+    assert crop_indices(_clip([False] * 4), None, VisualConfig()).size == 0
+
+
+META = ClipMeta(kind="video", duration_s=2.0, native_fps=25.0, width=320, height=240, rotation=0,
+                has_audio=True, has_video=True, face_coverage=1.0, container="mp4")
+
+
+def _analysis(p: float, failures: dict[str, str] | None = None, fusion_status: str = "ok") -> Analysis:
+    triage = TriageResult(BranchResult("triage", "ok", score=0.9), np.zeros(4, np.float32))
+    visual = BranchResult("visual", "ok", score=0.95)
+    av = None if failures else AVResult(BranchResult("av", "ok", score=0.9), BranchResult("audio", "ok", score=0.9))
+    fused = FusionResult(p, status=fusion_status, reason=None if fusion_status == "ok" else "feature size mismatch")
+    return Analysis(META, 4, triage=triage, visual=visual, av=av, fused=fused, failures=failures or {})
+
+
+def test_a_failed_branch_never_leaves_a_confident_verdict() -> None:
+    answer = respond(_analysis(0.99, {"av": "RuntimeError: flow broke"}), VerdictConfig(), "r", None)
+    assert answer.verdict == "uncertain" and answer.fake_probability == 0.99
+    failed = next(r for r in answer.reasons if r.code == "branch_failed")
+    assert failed.decisive and failed.modalities == ["av", "audio"]
+    assert answer.modalities["av"].code == "branch_failed"
+
+
+def test_confident_evidence_keeps_its_verdict_and_the_margin_abstains() -> None:
+    sure = respond(_analysis(0.99), VerdictConfig(), "r", None)
+    assert (sure.verdict, sure.reasons) == ("fake", [])
+    near = respond(_analysis(0.55), VerdictConfig(uncertain_margin=0.1), "r", None)
+    assert near.verdict == "uncertain" and [r.code for r in near.reasons] == ["near_threshold"]
+    degraded = respond(_analysis(0.9, fusion_status="failed"), VerdictConfig(), "r", None)
+    assert degraded.verdict == "uncertain" and [r.code for r in degraded.reasons] == ["fusion_degraded"]
