@@ -27,7 +27,9 @@ class CompressionResilientDeployment:
         self.config: VisualConfig = stage_part(config, VisualConfig)
 
     def _run_batch(self, bundle: Any, clips: list, keyframes: list[KeyframeResult | None]) -> list[BranchResult]:
-        return run_visual(bundle.model, clips, keyframes, self.config, self.weights.device, self.weights.info(bundle))
+        return run_visual(
+            bundle.model, clips, keyframes, self.config, self.weights.device, self.weights.info(bundle), bundle.ood,
+        )
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
     async def _batched(self, bundles: list, clips: list, keyframes: list) -> list:

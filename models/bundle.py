@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.ood import OODStats
 from models.registry import ARCHITECTURES, config_from_dict
 
 WEIGHTS_ENV = "SPECTRASHIELD_WEIGHTS_DIR"
@@ -39,6 +40,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "card.md"
 MANIFEST_FILE = "manifest.json"
+OOD_FILE = "ood.safetensors"  # optional: `models.ood.OODStats` fitted after training
 CHECKED_FILES = (MODEL_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT_VERSION = 1
 
@@ -60,6 +62,7 @@ class LoadedBundle:
     sha256: str  # of model.safetensors
     name: str  # the model directory's name, e.g. "fast_triage"
     path: Path
+    ood: OODStats | None = None  # authentic-data statistics of the model's embedding, when fitted
 
 
 def weights_root() -> Path:
@@ -153,6 +156,19 @@ def update_card(directory: str | Path, card_text: str) -> Path:
     return directory
 
 
+def attach_ood(directory: str | Path, stats: OODStats) -> Path:
+    """Add (or replace) a bundle's out-of-distribution statistics, after verifying the bundle as it stands.
+
+    Like the card, they arrive after training; the weights and config stay byte-for-byte what they were.
+    """
+    directory = Path(directory)
+    manifest = verify_manifest(directory)
+    save_file({k: v.contiguous() for k, v in stats.to_tensors().items()}, str(directory / OOD_FILE))
+    manifest[OOD_FILE] = sha256_file(directory / OOD_FILE)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory
+
+
 def verify_manifest(directory: Path) -> dict[str, str]:
     """Check every file the manifest names (and that it names the required ones)."""
     manifest_path = directory / MANIFEST_FILE
@@ -231,6 +247,12 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Lo
     except RuntimeError as exc:  # anything the key/shape check above did not anticipate
         raise WeightsError(f"{directory}: {exc}") from exc
     model.to(device).eval()
+    ood = None
+    if OOD_FILE in manifest:  # checksummed with the rest by verify_manifest
+        try:
+            ood = OODStats.from_tensors(load_file(str(directory / OOD_FILE), device="cpu"))
+        except Exception as exc:
+            raise WeightsError(f"{directory / OOD_FILE}: {exc}") from exc
     return LoadedBundle(
         model=model,
         arch=arch,
@@ -240,6 +262,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Lo
         sha256=manifest[MODEL_FILE],
         name=directory.parent.name,
         path=directory,
+        ood=ood,
     )
 
 

@@ -99,8 +99,9 @@ class LocalPipeline:
         return select_keyframes(clip, frame_scores, self.config.keyframes, info=self.infos["KeyframeSelector"])
 
     def visual(self, clip: StageInput, keyframes: KeyframeResult | None) -> BranchResult:
-        model = self.model("compression_resilient")
-        return run_visual(model, [clip], [keyframes], self.config.visual, self.device, self.infos["CompressionResilient"])[0]
+        bundle = self.bundles["compression_resilient"]
+        info = self.infos["CompressionResilient"]
+        return run_visual(bundle.model, [clip], [keyframes], self.config.visual, self.device, info, bundle.ood)[0]
 
     def av(self, clip: StageInput) -> AVResult:
         return run_av(self.model("av_alignment"), clip, self.config.av, self.device, self.infos["AVAlignment"])

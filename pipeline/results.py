@@ -61,6 +61,7 @@ class BranchResult:
     score: float | None = None
     reason: str | None = None
     code: str | None = None  # why it did not run, machine-readable: no_face, no_audio, no_video, branch_failed
+    out_of_distribution: bool | None = None  # its input lies outside the authentic training data (None: not measured)
     features: np.ndarray | None = None  # (D,) float32
     details: dict[str, Any] = field(default_factory=dict)
     timing_ms: float = 0.0

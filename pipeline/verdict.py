@@ -57,6 +57,14 @@ def reasons_for(analysis: Analysis, config: VerdictConfig) -> list[VerdictReason
             code="no_usable_modality", message="no model had evidence to judge this upload: no verdict",
             decisive=True,
         ))
+    strangers = [b.modality for b in analysis.branches() if b.status == "ok" and b.out_of_distribution]
+    if strangers and analysis.fused is not None:
+        reasons.append(VerdictReason(
+            code="out_of_distribution",
+            message="unlike the authentic data the models were trained on: " + ", ".join(strangers)
+            + "; their scores are guesses here",
+            modalities=strangers, decisive=True,
+        ))
     for name, failure in analysis.failures.items():
         modalities = ["av", "audio"] if name == "av" else [name]
         reasons.append(VerdictReason(

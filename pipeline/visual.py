@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from models import CompressionResilientDetector, visual_features
+from models.ood import OODStats
 from pipeline.config import VisualConfig
 from pipeline.results import BranchResult, KeyframeResult, ModelInfo, StageInput, sigmoid
 from pipeline.tensors import images_to_tensor
@@ -33,9 +34,13 @@ def crop_indices(clip: StageInput, keyframes: KeyframeResult | None, config: Vis
 
 def run_visual(
     model: CompressionResilientDetector, clips: Sequence[StageInput], keyframes: Sequence[KeyframeResult | None],
-    config: VisualConfig, device: str = "cpu", info: ModelInfo | None = None,
+    config: VisualConfig, device: str = "cpu", info: ModelInfo | None = None, ood: OODStats | None = None,
 ) -> list[BranchResult]:
-    """One forward pass over the chosen crops of every clip with frames, split back per clip."""
+    """One forward pass over the chosen crops of every clip with frames, split back per clip.
+
+    With `ood` (the bundle's authentic-data statistics) each clip's mean crop embedding is measured
+    against them: `details.ood_distance`, and `out_of_distribution` above the fitted threshold.
+    """
     results: list[BranchResult | None] = [None] * len(clips)
     chosen: list[tuple[int, np.ndarray]] = []  # (clip position, its frame indices)
     for i, (clip, kf) in enumerate(zip(clips, keyframes, strict=True)):
@@ -58,6 +63,7 @@ def run_visual(
     for i, idx in chosen:
         clip, rows = clips[i], slice(start, start + len(idx))
         start += len(idx)
+        distance = ood.distance(embeddings[rows].mean(axis=0)) if ood is not None else None
         results[i] = BranchResult(
             "visual", "ok", info,
             score=sigmoid(float(logits[rows].mean())),
@@ -69,8 +75,10 @@ def run_visual(
                 "max_frame_score": sigmoid(float(logits[rows].max())),
                 "reconstruction_error": float(errors[rows].mean()),
                 "batch_size": len(chosen),
+                **({"ood_distance": distance, "ood_threshold": ood.threshold} if ood is not None else {}),
             },
             timing_ms=timer.ms,
+            out_of_distribution=None if ood is None else distance > ood.threshold,
             item_scores=np.array([sigmoid(float(x)) for x in logits[rows]], np.float32),
         )
     return results

@@ -100,3 +100,22 @@ def test_confident_evidence_keeps_its_verdict_and_the_margin_abstains() -> None:
     assert near.verdict == "uncertain" and [r.code for r in near.reasons] == ["near_threshold"]
     degraded = respond(_analysis(0.9, fusion_status="failed"), VerdictConfig(), "r", None)
     assert degraded.verdict == "uncertain" and [r.code for r in degraded.reasons] == ["fusion_degraded"]
+
+
+def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(local: LocalPipeline) -> None:
+    from models.ood import OODStats
+    from pipeline.visual import run_visual
+    from tests.mediagen import talking_face_video
+
+    from pipeline.decode import decode
+
+    decoded = decode(talking_face_video(seconds=1.0, size=(320, 240), fps=10, seed=5), local.config.decode)
+    bundle = local.bundles["compression_resilient"]
+    plain = run_visual(bundle.model, [decoded], [None], VisualConfig(), "cpu")[0]
+    assert plain.status == "ok" and plain.out_of_distribution is None and "ood_distance" not in plain.details
+    dim = plain.features.size - 3
+    for threshold, expected in ((0.0, True), (1e9, False)):
+        stats = OODStats(np.zeros(dim), np.eye(dim), threshold)
+        branch = run_visual(bundle.model, [decoded], [None], VisualConfig(), "cpu", None, stats)[0]
+        assert branch.out_of_distribution is expected
+        assert branch.details["ood_threshold"] == threshold and branch.details["ood_distance"] > 0

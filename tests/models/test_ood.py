@@ -1,0 +1,70 @@
+"""Out-of-distribution statistics: the distance, their place in a bundle (checksummed), the fit, and the verdict."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.bundle import OOD_FILE, WeightsError, attach_ood, load_bundle
+from models.ood import OODStats
+from pipeline.config import VerdictConfig
+from tests.pipeline.test_abstention import _analysis
+from pipeline.verdict import respond
+from training.ood import fit_stats
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stats(dim: int = 4, threshold: float = 3.0) -> OODStats:
+    return OODStats(np.zeros(dim), np.eye(dim), threshold)
+
+
+def test_distance_is_mahalanobis() -> None:
+    stats = OODStats(np.array([1.0, 0.0]), np.diag([1.0, 4.0]), 2.0)
+    assert stats.distance(np.array([1.0, 0.0])) == 0.0
+    assert stats.distance(np.array([4.0, 0.0])) == pytest.approx(3.0)
+    assert stats.distance(np.array([1.0, 1.0])) == pytest.approx(2.0)  # precision 4 along the second axis
+    with pytest.raises(ValueError):
+        stats.distance(np.zeros(3))
+
+
+def test_stats_travel_in_the_bundle_checksummed(tmp_path: Path) -> None:
+    bundle = tmp_path / "compression_resilient" / "v1"
+    shutil.copytree(REPO / "weights" / "compression_resilient" / "v1", bundle)
+    for extra in bundle.glob(OOD_FILE):
+        extra.unlink()
+    before = (bundle / "model.safetensors").read_bytes()
+    attach_ood(bundle, _stats(dim=3, threshold=1.5))
+    loaded = load_bundle(bundle)
+    assert loaded.ood is not None and loaded.ood.threshold == 1.5 and loaded.ood.mean.shape == (3,)
+    assert (bundle / "model.safetensors").read_bytes() == before  # the weights are untouched
+    blob = bytearray((bundle / OOD_FILE).read_bytes())
+    blob[-1] ^= 1
+    (bundle / OOD_FILE).write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        load_bundle(bundle)
+
+
+def test_fit_flags_about_the_quantile_of_authentic_validation_and_far_points() -> None:
+    rng = np.random.default_rng(0)
+    train, val = rng.normal(size=(400, 6)), rng.normal(size=(200, 6))
+    stats, report = fit_stats(train, val, quantile=0.95)
+    flagged = np.mean([stats.distance(x) > stats.threshold for x in val])
+    assert flagged == pytest.approx(0.05, abs=0.01)
+    assert stats.distance(np.full(6, 5.0)) > stats.threshold
+    assert report["train_files"] == 400 and report["val_files"] == 200
+    with pytest.raises(ValueError):
+        fit_stats(train[:1], val)
+
+
+def test_an_out_of_distribution_branch_makes_the_verdict_uncertain() -> None:
+    analysis = _analysis(0.97)
+    assert respond(analysis, VerdictConfig(), "r", None).verdict == "fake"
+    analysis.visual.out_of_distribution = True
+    answer = respond(analysis, VerdictConfig(), "r", None)
+    assert answer.verdict == "uncertain" and answer.fake_probability == 0.97
+    (reason,) = [r for r in answer.reasons if r.code == "out_of_distribution"]
+    assert reason.decisive and reason.modalities == ["visual"]
