@@ -48,6 +48,7 @@ class ClipMeta:
     variable_frame_rate: bool = False
     n_frames: int = 0  # sampled frames in the Clip
     size_bytes: int = 0
+    faces_seen: int = 0  # most faces found in one detected frame; the face track follows the most prominent
 
 
 @dataclass

@@ -22,6 +22,9 @@ class DecodeConfig(BaseModel):
     max_pixels: int = Field(50_000_000, ge=1)  # coded frame area above this is refused (decompression bombs)
     face_detect_every: int = Field(20, ge=1)  # run the face detector on every Nth sampled frame; track landmarks in between
     detect_max_side: int = Field(480, ge=64)  # frames are downscaled to this longer side for HOG detection
+    # Smallest face, in source pixels, that detection looks for (a cascade on the source picture, each find
+    # confirmed by HOG); the search's cost grows as 1 / min_face_side^2. See media/faces.py.
+    min_face_side: int = Field(40, ge=24)
     analyze_faces: bool = True  # False skips dlib: every frame faceless, centre-square face crops
     # Video decoding threads; the pixels are the same either way. True: FFmpeg's frame threads
     # (several pictures in flight). False: slice threads only, i.e. one decoding thread unless a

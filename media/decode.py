@@ -62,9 +62,12 @@ from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
 from media.config import DecodeConfig
 from media.keyframes import small_gray
 from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
-from media.faces import EarlyDetections, FaceAnalyzer, FaceTrack, default_analyzer, faceless_track
+from media.faces import (
+    ArraySource, EarlyDetections, FaceAnalyzer, FaceTrack, FaceView, SourceFrame, default_analyzer, faceless_track,
+)
 
-FrameCallback = Callable[[int, np.ndarray], None]  # (sample index k, upright RGB frame (H, W, 3))
+# (sample index k, upright RGB frame (H, W, 3) at analysis size, the same frame at its source resolution)
+FrameCallback = Callable[[int, np.ndarray, SourceFrame], None]
 
 # FFmpeg demuxers that read one still image ("png_pipe", "jpeg_pipe", "webp_pipe", ...).
 _IMAGE_DEMUXERS = {"image2", "image2pipe"}
@@ -84,17 +87,24 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
 
     `analyzer` defaults to the per-process `FaceAnalyzer`: dlib objects are not thread-safe
     and loading the landmark model per call would dominate small uploads. Face detection runs
-    on a worker thread as sampled frames arrive (`EarlyDetections`), beside FFmpeg's decoding;
-    landmarks and crops follow once every frame is in. For malformed input only `MediaError`s
-    escape.
+    on a worker thread as sampled frames arrive (`EarlyDetections`), beside FFmpeg's decoding,
+    and looks for small faces in the decoded picture at its source resolution, before it is
+    scaled to `max_side`; small faces' detail views are cut from it too. Landmarks and crops
+    follow once every frame is in. For malformed input only `MediaError`s escape.
     """
     if not data:
         raise NotMediaError("empty upload")
     analyzer = (analyzer or default_analyzer()) if config.analyze_faces else None
-    early = EarlyDetections(analyzer, config.face_detect_every, config.detect_max_side) if analyzer else None
+    early = (
+        EarlyDetections(analyzer, config.face_detect_every, config.detect_max_side, config.min_face_side)
+        if analyzer
+        else None
+    )
+    views: dict[int, list[FaceView]] = {}
     try:
         decoded = _decode(data, config, early.offer if early else None)
         detected = early.results() if early else {}
+        views = early.views if early else {}
     except MediaError:
         raise
     except _DECODE_ERRORS as exc:
@@ -104,10 +114,13 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
             early.close()
     frames = decoded.frames  # (T, H, W, 3)
     if analyzer is not None and len(frames):
-        track = analyzer.analyze(frames, config.face_detect_every, config.detect_max_side, detected)
+        track = analyzer.analyze(
+            frames, config.face_detect_every, config.detect_max_side, detected, views, config.min_face_side
+        )
     else:
         track = faceless_track(frames)
     decoded.meta.face_coverage = track.coverage
+    decoded.meta.faces_seen = track.faces_seen
     decoded.meta.n_frames = int(len(frames))
     return _assemble(decoded, track)
 
@@ -162,12 +175,12 @@ class _VideoInfo:
 def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded:
     """Probe, pick streams, scan, then decode: the whole pipeline minus faces.
 
-    `on_frame(k, rgb)` sees each sampled video frame as soon as it is converted.
+    `on_frame(k, rgb, source)` sees each sampled video frame as soon as it is converted.
     """
     try:
         container = av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace")
     except _DECODE_ERRORS as exc:
-        still = _decode_with_opencv(data, config)
+        still = _decode_with_opencv(data, config, on_frame)
         if still is None:
             raise NotMediaError(f"not a recognised media format: {exc}") from exc
         return still
@@ -409,7 +422,8 @@ class _FramePicker:
                 self._prev_array = array
         self.picked.append(array)
         if self._on_frame is not None:
-            self._on_frame(self._k, array)
+            assert self._geometry is not None
+            self._on_frame(self._k, array, _PictureSource(frame, self._geometry))
         self._k += 1
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -444,6 +458,117 @@ class _FramePicker:
 
 # Pixel formats `_FramePicker._to_rgb` scales before converting: FFmpeg's planar and semi-planar YUV.
 _SCALE_IN_YUV = ("yuv", "nv")
+# Pixel formats `_PictureSource.view` crops in YUV; the others are converted to RGB whole first.
+_CROP_IN_YUV = ("yuv420p", "yuvj420p")
+
+
+class _PictureSource:
+    """A sampled frame's decoded picture as a `media.faces.SourceFrame`: face detection and detail views at
+    source resolution. Holding one keeps the decoder's picture alive; `EarlyDetections` lets it go once the
+    frame's views are cut."""
+
+    def __init__(self, frame: av.VideoFrame, geometry: tuple[int, int, int]) -> None:
+        self._frame = frame
+        self._out_w, self._out_h, self._turns = geometry  # analysis size in the coded orientation, quarter turns
+        self._ax, self._ay = frame.width / self._out_w, frame.height / self._out_h  # coded px per analysis px
+        self.upscale = min(self._ax, self._ay)
+        self.nbytes = sum(plane.buffer_size for plane in frame.planes)
+        self._array: ArraySource | None = None
+
+    def grey(self, max_side: int) -> FaceView:
+        scale = min(self.upscale, max_side / max(self._out_w, self._out_h))
+        width, height = max(round(self._out_w * scale), 1), max(round(self._out_h * scale), 1)
+        grey = self._frame.reformat(width=width, height=height, format="gray", interpolation="AREA", threads=1)
+        sx, sy = width / self._out_w, height / self._out_h
+        if self._turns % 2:
+            sx, sy = sy, sx
+        return FaceView(_upright(grey.to_ndarray(), self._turns), 0.0, 0.0, sx, sy)
+
+    def view(self, box: np.ndarray, scale: float) -> FaceView:
+        """Cuts the region out of the YUV planes and converts only that, with the analysis frames' colour
+        conversion: for a 64 px face in a 1080p frame 0.15 ms and a 60 KB image, against 1.4 ms and 6 MB to
+        convert the whole frame."""
+        frame = self._frame
+        upright_w, upright_h = (self._out_h, self._out_w) if self._turns % 2 else (self._out_w, self._out_h)
+        x0, y0, x1, y1 = _unrotate_rect(_clip_rect(box, upright_w, upright_h), self._turns, self._out_w, self._out_h)
+        # coded pixels: even starts for the half-size chroma, a height divisible by 4 for from_ndarray
+        left, right = _aligned_span(x0 * self._ax, x1 * self._ax, 2, frame.width)
+        top, bottom = _aligned_span(y0 * self._ay, y1 * self._ay, 4, frame.height)
+        if frame.format.name not in _CROP_IN_YUV or right <= left or bottom <= top:
+            return self._as_array().view(box, scale)
+        planes = [_plane_array(plane) for plane in frame.planes[:3]]
+        luma = planes[0][top:bottom, left:right]
+        chroma = [plane[top // 2 : bottom // 2, left // 2 : right // 2] for plane in planes[1:]]
+        packed = np.concatenate([luma.reshape(-1), *(c.reshape(-1) for c in chroma)])
+        crop = av.VideoFrame.from_ndarray(packed.reshape(-1, right - left), format=frame.format.name)
+        crop.colorspace, crop.color_range = frame.colorspace, frame.color_range
+        width, height = (right - left) / self._ax, (bottom - top) / self._ay  # analysis px, coded orientation
+        out_w, out_h = max(round(width * scale), 1), max(round(height * scale), 1)
+        rgb = crop.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA", threads=1).to_ndarray()
+        ux0, uy0, ux1, uy1 = _rotate_rect(
+            (left / self._ax, top / self._ay, right / self._ax, bottom / self._ay), self._turns, self._out_w, self._out_h
+        )
+        image = _upright(rgb, self._turns)
+        return FaceView(image, ux0, uy0, image.shape[1] / (ux1 - ux0), image.shape[0] / (uy1 - uy0))
+
+    def _as_array(self) -> ArraySource:
+        """The whole picture in upright RGB at source resolution, for pixel formats with no cheaper path."""
+        if self._array is None:
+            rgb = _upright(self._frame.reformat(format="rgb24", threads=1).to_ndarray(), self._turns)
+            upright = (self._out_h, self._out_w) if self._turns % 2 else (self._out_w, self._out_h)
+            self._array = ArraySource(rgb, upright)
+        return self._array
+
+
+Rect = tuple[float, float, float, float]  # x0, y0, x1, y1: pixel edges
+
+
+def _upright(image: np.ndarray, quarter_turns: int) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
+
+
+def _clip_rect(box: np.ndarray, width: int, height: int) -> Rect:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+
+
+def _unrotate_rect(rect: Rect, quarter_turns: int, width: int, height: int) -> Rect:
+    """`rect` in `np.rot90(picture, quarter_turns)` -> the same pixels in `picture` (`width` x `height`)."""
+    x0, y0, x1, y1 = rect
+    if quarter_turns == 1:
+        return width - y1, x0, width - y0, x1
+    if quarter_turns == 2:
+        return width - x1, height - y1, width - x0, height - y0
+    if quarter_turns == 3:
+        return y0, height - x1, y1, height - x0
+    return rect
+
+
+def _rotate_rect(rect: Rect, quarter_turns: int, width: int, height: int) -> Rect:
+    """`rect` in `picture` (`width` x `height`) -> the same pixels in `np.rot90(picture, quarter_turns)`."""
+    x0, y0, x1, y1 = rect
+    if quarter_turns == 1:
+        return y0, width - x1, y1, width - x0
+    if quarter_turns == 2:
+        return width - x1, height - y1, width - x0, height - y0
+    if quarter_turns == 3:
+        return height - y1, x0, height - y0, x1
+    return rect
+
+
+def _aligned_span(start: float, end: float, multiple: int, limit: int) -> tuple[int, int]:
+    """Whole pixels [a, b) covering [start, end) within [0, limit): `a` even, `b - a` a multiple of `multiple`."""
+    a = max(int(start) // 2 * 2, 0)
+    length = max(math.ceil((end - a) / multiple), 1) * multiple
+    if a + length > limit:  # at the picture's far edge: start earlier rather than cut the region short
+        a = max((limit - length) // 2 * 2, 0)
+        length = min(length, (limit - a) // multiple * multiple)
+    return a, a + length
+
+
+def _plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """A plane's pixels `(h, w)` without its line padding; a view of the decoder's buffer."""
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
 
 
 def _decode_streams(
@@ -582,7 +707,7 @@ def _container_name(fmt: str, metadata: dict[str, str], head: bytes) -> str:
     return fmt
 
 
-def _decode_with_opencv(data: bytes, config: DecodeConfig) -> _Decoded | None:
+def _decode_with_opencv(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded | None:
     """Still images FFmpeg cannot demux; OpenCV applies EXIF orientation itself. None if not an image."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
@@ -590,11 +715,15 @@ def _decode_with_opencv(data: bytes, config: DecodeConfig) -> _Decoded | None:
     height, width = bgr.shape[:2]
     if height * width > config.max_pixels:
         raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
+    source = bgr
     scale = min(1.0, config.max_side / max(height, width))
     if scale < 1.0:
         size = (max(round(width * scale), 1), max(round(height * scale), 1))
         bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     frames = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[None]  # (1, H, W, 3)
+    if on_frame is not None:
+        rgb = frames[0] if source is bgr else cv2.cvtColor(source, cv2.COLOR_BGR2RGB)
+        on_frame(0, frames[0], ArraySource(rgb, (frames.shape[2], frames.shape[1])))
     meta = ClipMeta(
         kind="image",
         duration_s=0.0,

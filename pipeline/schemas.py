@@ -90,6 +90,7 @@ class MediaInfo(BaseModel):
     rotation: int
     has_audio: bool
     face_coverage: float
+    faces_seen: int = Field(0, description="the most faces one detection found; the most prominent track is analysed")
     frames_analyzed: int
     variable_frame_rate: bool
     container: str

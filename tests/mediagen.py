@@ -67,6 +67,8 @@ _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _ASTRONAUT_CROP = (102, 40, 342, 220)
 _ASTRONAUT_MOUTH = (223.0, 147.0)
 _ASTRONAUT_MOUTH_WIDTH = 44.0
+# Her face as dlib's HOG detector boxes it in the photo (x0, y0, x1, y1): brows to chin, 91 px.
+_ASTRONAUT_FACE = (175, 76, 266, 167)
 
 
 def numbered_frames(n_frames: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
@@ -320,6 +322,55 @@ def iter_talking_face_frames(
         cx, cy = centre + drift[i]
         affine = np.array([[zoom, 0, width / 2 - zoom * cx], [0, zoom, height / 2 - zoom * cy]], np.float32)
         yield cv2.warpAffine(face, affine, (width, height), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+
+
+def face_in_scene_frames(
+    n_frames: int,
+    size: tuple[int, int] = (1280, 720),
+    face_height: float = 64,
+    centre: tuple[float, float] = (0.5, 0.5),
+    roll: float = 0.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A talking head framed wide: frames `(T, H, W, 3)` and the face's box in each `(T, 4)` x0, y0, x1, y1.
+
+    The astronaut's head as `iter_talking_face_frames` animates it (mouth moving, camera drifting),
+    scaled so that her face (`_ASTRONAUT_FACE`, brows to chin) is `face_height` px tall, turned
+    `roll` degrees in the image plane (counter-clockwise), and blended into the coffee photo with
+    its face centred at `centre` (fractions of width and height; clamped so the face stays 2 px
+    inside the frame). `size` is (width, height). The box is the turned face box's bounding box.
+    """
+    from skimage.data import coffee
+
+    width, height = size
+    x0, y0, x1, y1 = _ASTRONAUT_FACE
+    cx0, cy0, cx1, cy1 = _ASTRONAUT_CROP
+    head_scale = face_height / (y1 - y0)
+    head_w, head_h = max(round((cx1 - cx0) * head_scale), 2), max(round((cy1 - cy0) * head_scale), 2)
+    render_scale = min(head_w / (cx1 - cx0), head_h / (cy1 - cy0))  # what iter_talking_face_frames uses
+    face_centre = np.array([((x0 + x1) / 2 - (cx0 + cx1) / 2), ((y0 + y1) / 2 - (cy0 + cy1) / 2)]) * render_scale
+    face_centre += (head_w / 2, head_h / 2)  # in the rendered head
+    half = np.array([(x1 - x0), (y1 - y0)]) * render_scale / 2
+    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]]) * half  # (4, 2) around the face centre
+    theta = np.radians(roll)
+    turn = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])  # counter-clockwise on screen
+    reach = np.abs(corners @ turn.T).max(axis=0)  # half extent of the turned box
+    target = np.clip(np.array(centre) * (width, height), reach + 2, np.array([width, height]) - reach - 2)
+    warp = cv2.getRotationMatrix2D((float(face_centre[0]), float(face_centre[1])), roll, 1.0)
+    warp[:, 2] += target - face_centre
+    alpha = np.zeros((head_h, head_w), np.float32)
+    cv2.ellipse(alpha, (head_w // 2, head_h // 2), (int(head_w * 0.40), int(head_h * 0.44)), 0, 0, 360, 1.0, -1)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), max(head_h * 0.04, 0.5))
+    alpha = cv2.warpAffine(alpha, warp, (width, height), flags=cv2.INTER_LINEAR)[..., None]  # (H, W, 1)
+    background = cv2.resize(coffee(), (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+    mouth = np.clip(np.sin(np.arange(n_frames) * 0.8), 0, 1)
+    frames = np.empty((n_frames, height, width, 3), np.uint8)
+    for i, head in enumerate(iter_talking_face_frames(mouth, (head_w, head_h), seed)):
+        placed = cv2.warpAffine(head, warp, (width, height), flags=cv2.INTER_LINEAR)
+        frames[i] = (background * (1 - alpha) + placed * alpha).astype(np.uint8)
+    turned = corners @ turn.T + target  # (4, 2)
+    box = np.concatenate([turned.min(axis=0), turned.max(axis=0)]).astype(np.float32)
+    return frames, np.tile(box, (n_frames, 1))
 
 
 def talking_face_video(

@@ -1,4 +1,4 @@
-"""FaceAnalyzer on the real astronaut photo and on the animated talking-face clip."""
+"""FaceAnalyzer on the real astronaut photo, the animated talking-face clip, and small faces in wide shots."""
 
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from skimage.data import astronaut, coffee
+from skimage.data import astronaut, chelsea, coffee
 
 import media
+import media.decode
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, DecodeConfig, FaceAnalyzer, decode_media, landmark_model_path
-from tests.mediagen import speech_like_audio, talking_face_mouth, talking_face_video
+from tests.mediagen import (
+    encode_image,
+    encode_video,
+    face_in_scene_frames,
+    speech_like_audio,
+    talking_face_mouth,
+    talking_face_video,
+)
 
 INNER_LIP_TOP, INNER_LIP_BOTTOM = 62 - 48, 66 - 48  # rows of the lip trajectory
 
@@ -94,13 +102,13 @@ def test_frames_without_a_face(analyzer: FaceAnalyzer) -> None:
 
 @pytest.fixture
 def detector_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per run of the HOG detector (FaceAnalyzer._detect), in call order."""
+    """One entry per run of the face detector on a frame (FaceAnalyzer._detect), in call order."""
     calls: list[int] = []
     real = FaceAnalyzer._detect
 
-    def counting(self, frame, max_side):
+    def counting(self, frame, max_side, *args):
         calls.append(id(frame))
-        return real(self, frame, max_side)
+        return real(self, frame, max_side, *args)
 
     monkeypatch.setattr(FaceAnalyzer, "_detect", counting)
     return calls
@@ -209,13 +217,13 @@ def test_detections_made_while_decoding_give_the_same_clip(monkeypatch: pytest.M
 
     data = talking_face_video(seconds=2.0, fps=25, seed=3)
     threads: list[str] = []
-    real_detect = FaceAnalyzer.detect
+    real_find = FaceAnalyzer.find_faces
 
-    def recording_detect(self, frame, max_side=480):
+    def recording_find(self, frame, *args):
         threads.append(threading.current_thread().name)
-        return real_detect(self, frame, max_side)
+        return real_find(self, frame, *args)
 
-    monkeypatch.setattr(FaceAnalyzer, "detect", recording_detect)
+    monkeypatch.setattr(FaceAnalyzer, "find_faces", recording_find)
     streamed = decode_media(data, DecodeConfig(face_detect_every=4))
     assert len(threads) == len(range(0, streamed.n_frames, 4)) and all(t.startswith("face-detect") for t in threads)
 
@@ -237,3 +245,192 @@ def test_detections_made_while_decoding_give_the_same_clip(monkeypatch: pytest.M
         decode_media(data, DecodeConfig())
     assert detections_started and detections_started[0]  # the worker was running when decoding failed
     assert not [t for t in threading.enumerate() if t.name.startswith("face-detect")]
+
+
+# --- Small faces in wide shots -------------------------------------------------------------------
+# Before the small-face search, the detector saw only the 640 px analysis frame scanned at 480 px,
+# where dlib's HOG needs ~80 px: a face under ~1/3 of the frame's height was never found. Each test
+# below that expects a face asserts face_coverage >= 0.5 (a photo: its one frame; two stricter ones
+# say so) and boxes on the face; run against that code, every one of them fails with coverage 0.
+
+
+def _wide_shot(
+    size: tuple[int, int], face_height: float, centre: tuple[float, float], roll: float = 0.0, rotation: int = 0
+) -> tuple[bytes, np.ndarray]:
+    """2 s at 4 fps of the talking astronaut framed wide (H.264), and her face box in source pixels."""
+    frames, boxes = face_in_scene_frames(8, size, face_height, centre, roll)
+    return encode_video(frames, fps=4.0, rotation=rotation), boxes[0]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(width, 0) * max(height, 0)
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
+def _assert_found_at(clip: media.Clip, truth: np.ndarray, coverage: float = 0.5) -> None:
+    """The face track covers at least `coverage` of the frames, and every box it has is on the face."""
+    assert clip.meta.face_coverage >= coverage
+    scale = clip.meta.width / clip.frames.shape[2]  # source px per analysis px
+    overlaps = [_iou(box * scale, truth) for box in clip.face_boxes[clip.face_found]]
+    assert min(overlaps) > 0.4, overlaps
+
+
+@pytest.mark.parametrize(
+    "size, face_height, centre, roll",
+    [
+        pytest.param((640, 360), 48, (0.08, 0.1), 0, id="360p-48px-top-left"),
+        pytest.param((854, 480), 48, (0.92, 0.88), 15, id="480p-48px-bottom-right-roll15"),
+        pytest.param((1280, 720), 48, (0.5, 0.5), -15, id="720p-48px-centre-roll-15"),
+        pytest.param((1280, 720), 64, (0.95, 0.05), 0, id="720p-64px-top-right"),
+        pytest.param((1280, 720), 160, (0.3, 0.6), 15, id="720p-160px-roll15"),
+        pytest.param((1920, 1080), 48, (0.05, 0.95), 0, id="1080p-48px-bottom-left"),
+        pytest.param((1920, 1080), 64, (0.7, 0.3), -15, id="1080p-64px-roll-15"),
+        pytest.param((1920, 1080), 96, (0.35, 0.7), 15, id="1080p-96px-roll15"),
+        pytest.param((1920, 1080), 160, (0.85, 0.5), 0, id="1080p-160px-right"),
+        pytest.param((720, 1280), 48, (0.5, 0.85), 0, id="portrait-48px-low"),
+        pytest.param((720, 1280), 96, (0.2, 0.15), -15, id="portrait-96px-top-left-roll-15"),
+    ],
+)
+def test_small_faces_are_found_anywhere_in_the_frame(
+    size: tuple[int, int], face_height: int, centre: tuple[float, float], roll: float
+) -> None:
+    """Faces 48-160 px tall (brows to chin) in 360p to 1080p and portrait frames, in corners and
+    off-centre, rolled up to 15° either way: tracked in at least half the frames, boxed where they
+    are, counted once."""
+    data, truth = _wide_shot(size, face_height, centre, roll)
+    clip = decode_media(data)
+    _assert_found_at(clip, truth)
+    assert clip.meta.faces_seen == 1
+
+
+def test_min_face_side_bounds_the_search() -> None:
+    """`DecodeConfig.min_face_side` is the smallest face (source px) searched for: what a deployment trades
+    for the search's cost."""
+    data, truth = _wide_shot((640, 360), 48, (0.5, 0.5))
+    _assert_found_at(decode_media(data, DecodeConfig(min_face_side=40)), truth)
+    assert decode_media(data, DecodeConfig(min_face_side=96)).meta.face_coverage == 0.0
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_small_face_in_rotated_phone_video(rotation: int) -> None:
+    """Stored sideways with a display matrix: detection and detail views read the source picture in
+    its coded orientation and must map back to the upright frame."""
+    data, truth = _wide_shot((720, 1280), 48, (0.3, 0.7), rotation=rotation)
+    clip = decode_media(data)
+    assert clip.meta.rotation == rotation and (clip.meta.width, clip.meta.height) == (720, 1280)
+    _assert_found_at(clip, truth)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "opencv"])
+def test_small_face_in_a_photo(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEG decodes to YUV (views cut from its planes), PNG to RGB (views cut after converting it
+    whole); `opencv` is the fallback for stills FFmpeg refuses."""
+    frames, boxes = face_in_scene_frames(1, (1920, 1080), 48, (0.75, 0.3))
+    if fmt == "opencv":
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise media.decode.av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+        monkeypatch.setattr(media.decode.av, "open", refuse)
+    clip = decode_media(encode_image(frames[0], "png" if fmt == "opencv" else fmt))
+    assert clip.meta.kind == "image" and clip.face_found.tolist() == [True]
+    _assert_found_at(clip, boxes[0], coverage=1.0)
+
+
+def _sharpness(crops: np.ndarray) -> float:
+    """Mean variance of the Laplacian of grey face crops: what blur takes away."""
+    return float(np.mean([cv2.Laplacian(cv2.cvtColor(c, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for c in crops]))
+
+
+def test_small_face_crops_come_from_the_source_picture() -> None:
+    """A 48 px face in a 1080p frame is 16 px in the 640 px analysis frame, too small for a 128 px
+    crop; cut from the source picture, its crops are as sharp as those of the same face in a 360p
+    frame, where the analysis frame is the source. (From the analysis frame: ~0.2 of it.)"""
+    sharpness = {}
+    for size in ((640, 360), (1920, 1080)):
+        clip = decode_media(_wide_shot(size, 48, (0.4, 0.4))[0])
+        assert clip.meta.face_coverage >= 0.5
+        sharpness[size] = _sharpness(clip.face_crops[clip.face_found])
+        eyes = clip.landmarks[clip.face_found][:, 36:48].mean(axis=1)[:, 1]
+        mouth = clip.landmarks[clip.face_found][:, 48:68].mean(axis=1)[:, 1]
+        assert (eyes < mouth).all()
+    assert sharpness[(1920, 1080)] > 0.7 * sharpness[(640, 360)]
+
+
+def test_the_most_prominent_face_is_tracked_and_every_face_is_counted() -> None:
+    """A face in every detection outranks a larger one in the first only: the track starts on the
+    persistent face even where the other is larger, and `faces_seen` counts both."""
+    persistent, truth = face_in_scene_frames(12, (1280, 720), 64, (0.25, 0.5), seed=1)
+    passing, passing_box = face_in_scene_frames(12, (1280, 720), 96, (0.75, 0.5), seed=2)
+    x0, y0, x1, y1 = (passing_box[0] + np.array([-1.5, -1.5, 1.5, 1.5]) * 96).astype(int)
+    persistent[:4, max(y0, 0) : y1, max(x0, 0) : x1] = passing[:4, max(y0, 0) : y1, max(x0, 0) : x1]  # frames 0-3
+    clip = decode_media(encode_video(persistent, fps=4.0), DecodeConfig(analysis_fps=4.0, face_detect_every=4))
+    assert clip.meta.faces_seen == 2
+    _assert_found_at(clip, truth[0], coverage=0.9)
+    assert clip.face_found[0]
+
+
+def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-frame search runs on every other scheduled detection (frames 0 and 8 here); the ones
+    between only look again around faces already found. A small face stepping in at frame 3 is missed
+    by the detection at 4, found at 8, and tracked back to where it appeared."""
+    searches: list[int] = []
+    real = FaceAnalyzer._proposals
+
+    def counting(self, grey, smallest, largest):
+        searches.append(grey.shape[1])
+        return real(self, grey, smallest, largest)
+
+    monkeypatch.setattr(FaceAnalyzer, "_proposals", counting)
+    frames, boxes = face_in_scene_frames(16, (1280, 720), 64, (0.6, 0.4))
+    frames[:3] = cv2.resize(coffee(), (1280, 720), interpolation=cv2.INTER_AREA)  # the scene before she steps in
+    clip = decode_media(encode_video(frames, fps=4.0), DecodeConfig(analysis_fps=4.0, face_detect_every=4))
+    # the source searched whole on frames 0 and 8, then the analysis frame on frame 2, where tracking
+    # back from 8 loses her and the detector checks
+    assert searches == [1280, 1280, 640]
+    np.testing.assert_array_equal(clip.face_found, [False] * 3 + [True] * 13)
+    _assert_found_at(clip, boxes[0])
+
+
+@pytest.mark.parametrize(
+    "scene, size",
+    [
+        pytest.param("coffee", (1920, 1080), id="coffee-1080p"),
+        pytest.param("chelsea", (1280, 720), id="cat-720p"),
+        pytest.param("noise", (854, 480), id="noise-480p"),
+    ],
+)
+def test_no_face_in_wide_shots_of_faceless_scenes(scene: str, size: tuple[int, int]) -> None:
+    """The small-face search must not turn a cup, a cat or noise into a face: HOG confirms every proposal.
+    (Coarse noise is the cascade's costliest input, hence its smaller frame.)"""
+    rng = np.random.default_rng(0)
+    picture = {"coffee": coffee(), "chelsea": chelsea(), "noise": rng.integers(0, 256, (120, 214, 3), np.uint8)}[scene]
+    still = cv2.resize(picture, size, interpolation=cv2.INTER_LINEAR)
+    frames = np.stack([np.roll(still, 8 * i, axis=1) for i in range(4)])  # a slow pan
+    clip = decode_media(encode_video(frames, fps=4.0))
+    assert clip.meta.face_coverage == 0.0 and clip.meta.faces_seen == 0
+    photo = decode_media(encode_image(still, "jpeg"))
+    assert photo.meta.face_coverage == 0.0 and photo.meta.faces_seen == 0
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_detail_views_line_up_with_the_analysis_frame(rotation: int) -> None:
+    """A view of the source picture, brought back to analysis scale, shows the analysis frame's pixels
+    at the place it says it shows, whatever the stored orientation."""
+    still = cv2.resize(coffee(), (1280, 720), interpolation=cv2.INTER_AREA)
+    data = encode_video(np.stack([still, still]), fps=4.0, rotation=rotation)
+    seen: list[tuple[np.ndarray, media.faces.SourceFrame]] = []
+    media.decode._decode(data, DecodeConfig(), lambda k, rgb, source: seen.append((rgb, source)))
+    rgb, source = seen[0]
+    assert source.upscale == pytest.approx(2.0)
+    box = np.array([401.3, 37.6, 473.9, 121.2], np.float32)  # analysis px, off the pixel grid
+    view = source.view(box, 2.0)
+    assert view.holds(box) and view.sx == pytest.approx(2.0, rel=0.02) and view.sy == pytest.approx(2.0, rel=0.02)
+    width, height = round(view.image.shape[1] / view.sx), round(view.image.shape[0] / view.sy)
+    shrunk = cv2.resize(view.image, (width, height), interpolation=cv2.INTER_AREA).astype(np.float64)
+    back = np.array([[1.0, 0.0, view.x0], [0.0, 1.0, view.y0]])  # view px (at analysis scale) -> frame px
+    expected = cv2.warpAffine(rgb, back, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    assert np.abs(shrunk - expected)[2:-2, 2:-2].mean() < 4
+    points = np.array([[410.0, 50.0], [460.5, 110.25]], np.float32)
+    np.testing.assert_allclose(view.to_frame(view.to_image(points)), points, atol=1e-3)
