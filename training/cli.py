@@ -1,9 +1,10 @@
 """`spectrashield`: generate or adapt data, train, evaluate, and run leave-one-family-out.
 
     spectrashield generate ...                      # synthetic benchmark (training.benchmark)
+    spectrashield generate-independent OUT_DIR ...  # a test-only benchmark made another way (training.independent)
     spectrashield adapt ...                         # public datasets -> manifest (training.datasets)
     spectrashield train {MODEL|all} --manifest M --version V
-    spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR
+    spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR [--cross-manifest M2]
     spectrashield lofo --manifest M --out DIR
 """
 
@@ -20,12 +21,21 @@ from pathlib import Path
 
 import torch
 
-from training.evaluate import evaluate, leave_one_family_out, record_in_cards
+from training.evaluate import (
+    evaluate,
+    evaluate_cross_generator,
+    format_side_by_side,
+    leave_one_family_out,
+    record_in_cards,
+)
 from pipeline.config import PipelineConfig
 from training.train import MODEL_NAMES, PRESETS, train_all, train_model
 
 DELEGATED = {
     "generate": ("training.benchmark", "generate the synthetic forensic benchmark and its manifest"),
+    "generate-independent": (
+        "training.independent", "generate the independent, test-only cross-generator benchmark and its manifest",
+    ),
     "adapt": ("training.datasets", "write a manifest for a public dataset already on disk"),
 }
 
@@ -79,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--family", action="append", default=None, help="only authentic files and fakes of this family")
     ev.add_argument("--no-baselines", action="store_true")
     ev.add_argument("--timeout", type=float, default=300.0, help="--url: seconds per request")
+    ev.add_argument(
+        "--cross-manifest", type=Path, default=None,
+        help="also score this manifest's test split (e.g. `generate-independent` output) with the same weights or "
+             "service, and report both side by side; nothing is fitted on it",
+    )
     ev.add_argument(
         "--record-in-cards", action="store_true",
         help="write the scores into each evaluated bundle's card.md under --weights-dir (checksums updated)",
@@ -146,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_baselines=not args.no_baselines, timeout_s=args.timeout, **common,
         )
         print(json.dumps({"n_scored": report["n_scored"], "fused": report["fused"]["overall"]}, indent=2))
+        if args.cross_manifest is not None:
+            report = evaluate_cross_generator(
+                report, args.cross_manifest, out_dir=args.out, version=args.version, url=args.url,
+                timeout_s=args.timeout, **common,
+            )
+            print(format_side_by_side(report["side_by_side"]))
         print(f"wrote {args.out}")
         if args.record_in_cards:
             for path in record_in_cards(report, args.weights_dir, command_line):

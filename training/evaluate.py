@@ -51,6 +51,7 @@ from training.features import (
     run_branches,
     run_fusion,
     served_probability,
+    served_verdict,
 )
 from training.manifest import ManifestEntry, read_manifest
 from training.train import Preset, train_all
@@ -131,6 +132,7 @@ class ScoredFile:
     branch_scores: dict[str, float] = field(default_factory=dict)
     item_scores: dict[str, list[float]] = field(default_factory=dict)
     error: str | None = None
+    verdict: str | None = None  # "fake" / "real" / "uncertain", as the service answers
 
     @classmethod
     def of(cls, entry: ManifestEntry, **kwargs: Any) -> ScoredFile:
@@ -149,15 +151,21 @@ def score_in_process(
         entry = data.entries[i]
         run = run_branches(models, data.arrays(i), honour_early_exit=False)
         if not run.features:
-            scored.append(ScoredFile.of(entry, fake_probability=None, error="no branch could run"))
+            abstained = run.analysis is not None and any(b.code == "no_face" for b in run.analysis.branches())
+            scored.append(ScoredFile.of(
+                entry, fake_probability=None, error="no branch could run",
+                verdict="uncertain" if abstained else None,  # served: 200 uncertain (no_face), else 422
+            ))
             continue
         fused = float(run_fusion(models, [run])[0])
+        probability = served_probability(run, fused)
         scored.append(ScoredFile.of(
             entry,
-            fake_probability=served_probability(run, fused),
+            fake_probability=probability,
             early_exit=run.early_exit is not None,
             branch_scores=dict(run.scores),
             item_scores={m: [float(v) for v in s] for m, s in run.item_scores.items()},
+            verdict=served_verdict(run, fused, models.config.verdict),
         ))
     return scored
 
@@ -196,7 +204,7 @@ def score_url(
             }
             scored.append(ScoredFile.of(
                 entry, fake_probability=float(body["fake_probability"]), early_exit=bool(body["early_exit"]),
-                branch_scores=scores, item_scores={m: [s] for m, s in scores.items()},
+                branch_scores=scores, item_scores={m: [s] for m, s in scores.items()}, verdict=body.get("verdict"),
             ))
     return scored, {deployment: sorted(versions) for deployment, versions in sorted(served.items())}
 
@@ -386,6 +394,8 @@ def evaluate(
         "fused": grouped_metrics(ok, fused, threshold),
         "branches": {},
     }
+    faceless = {e.path for e in read_manifest(Path(manifest)) if e.split == split and e.meta.get("face") is False}
+    report["summary"] = operating_summary(files, threshold, faceless=faceless, undecodable=undecodable)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {"fused": (y, fused)}
     for m in MODALITIES:
         ran = [f for f in ok if m in f.branch_scores]
@@ -410,6 +420,113 @@ def evaluate(
         outputs = ("metrics.json", "scores.jsonl", "roc.png", "reliability.png")
         report["outputs"] = {name: str(out_dir / name) for name in outputs}
     return report
+
+
+# ---- in-distribution vs cross-generator -----------------------------------------------------------
+
+SIDE_BY_SIDE_ROWS = (  # (key in `operating_summary`, label printed)
+    ("n", "files answered"), ("n_authentic", "  authentic"), ("n_fake", "  fake"),
+    ("n_unanswered", "files without an answer (failed, no branch ran)"),
+    ("auc", "AUC"), ("eer", "EER"), ("ece", "ECE"),
+    ("authentic_called_fake", "authentic answered fake (p >= threshold)"),
+    ("fake_called_authentic", "fakes answered authentic (p < threshold)"),
+    ("auc_video", "AUC video"), ("auc_image", "AUC image"), ("auc_audio", "AUC audio"),
+    ("uncertain_share", "verdict uncertain, all files"), ("uncertain_share_authentic", "verdict uncertain, authentic"),
+    ("authentic_verdict_fake", "authentic with verdict fake"), ("ece_answered", "ECE on answered (not uncertain)"),
+    ("faceless_authentic_called_fake", "faceless authentic photos answered fake"),
+)
+
+
+def operating_summary(
+    files: Sequence[ScoredFile], threshold: float, *, faceless: set[str] | frozenset[str] = frozenset(),
+    undecodable: int = 0,
+) -> dict[str, Any]:
+    """One column of the side-by-side table: the verdict's AUC, EER and ECE, the share of authentic
+    files answered fake at the operating `threshold` (and of fakes answered authentic), AUC per
+    input kind, and where the scores carry a verdict the share of `uncertain` and the ECE of the
+    files answered. `faceless`: paths of authentic photos without a face (None when there are none);
+    one without an answer counts as not answered fake. Metrics are over the answered files;
+    `undecodable` files (never scored) count as unanswered."""
+    everything = list(files)
+    files = [f for f in everything if f.fake_probability is not None]
+    y = np.array([f.label for f in files], int)
+    p = np.array([f.fake_probability for f in files], float)
+    overall = binary_metrics(y, p, threshold)
+    out: dict[str, Any] = {
+        "n": int(y.size), "n_authentic": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
+        "n_unanswered": len(everything) - len(files) + undecodable, "threshold": threshold,
+        "auc": overall["auc"], "eer": overall["eer"], "ece": overall["ece"],
+        "authentic_called_fake": overall["frr"], "fake_called_authentic": overall["far"],
+    }
+    for kind in ("video", "image", "audio"):
+        mask = np.array([f.kind == kind for f in files], bool)
+        out[f"auc_{kind}"] = binary_metrics(y[mask], p[mask], threshold)["auc"] if mask.any() else None
+    verdicts = [f.verdict for f in files]
+    out.update(uncertain_share=None, uncertain_share_authentic=None, authentic_verdict_fake=None, ece_answered=None)
+    if files and all(v is not None for v in verdicts):
+        uncertain = np.array([v == "uncertain" for v in verdicts], bool)
+        authentic = y == 0
+        out["uncertain_share"] = float(uncertain.mean())
+        out["uncertain_share_authentic"] = float(uncertain[authentic].mean()) if authentic.any() else None
+        out["authentic_verdict_fake"] = (
+            float(np.mean([v == "fake" for v, a in zip(verdicts, authentic, strict=True) if a])) if authentic.any()
+            else None
+        )
+        out["ece_answered"] = expected_calibration_error(y[~uncertain], p[~uncertain]) if (~uncertain).any() else None
+    photos = [f for f in everything if f.path in faceless and f.label == 0]
+    out["faceless_authentic_called_fake"] = {
+        "n": len(photos), "fake": sum(f.fake_probability is not None and f.fake_probability >= threshold for f in photos),
+        "unanswered": sum(f.fake_probability is None for f in photos),
+    } if photos else None
+    return out
+
+
+def side_by_side(in_distribution: Mapping[str, Any], cross_generator: Mapping[str, Any]) -> dict[str, Any]:
+    """The two reports' summaries as two columns (FaceForensics++ -> Celeb-DF style)."""
+    return {"in_distribution": dict(in_distribution["summary"]), "cross_generator": dict(cross_generator["summary"])}
+
+
+def format_side_by_side(table: Mapping[str, Mapping[str, Any]]) -> str:
+    """The side-by-side table as aligned text."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, dict):
+            return f"{value['fake']}/{value['n']}"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    columns = ("in_distribution", "cross_generator")
+    width = max(len(label) for _, label in SIDE_BY_SIDE_ROWS)
+    lines = [f"{'':<{width}}  {columns[0]:>16}  {columns[1]:>16}"]
+    for key, label in SIDE_BY_SIDE_ROWS:
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{cell(table[c].get(key)):>16}" for c in columns))
+    return "\n".join(lines)
+
+
+def evaluate_cross_generator(
+    in_distribution: dict[str, Any], cross_manifest: Path, out_dir: Path | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Score the same weights (or service) on `cross_manifest`'s `test` split, e.g. the independent
+    generator's (`training.independent`), and put it beside the in-distribution report.
+
+    Returns `in_distribution` (every key unchanged) plus `cross_generator` (the full report of the
+    second manifest) and `side_by_side`; with `out_dir`, the combined report replaces
+    `out_dir/metrics.json` and the second manifest's own outputs go to `out_dir/cross_generator/`.
+    Nothing is fitted on the second manifest: its verdicts use the same operating threshold, and
+    it has no baselines (they would be fitted on its own `fusion` split).
+    """
+    kwargs.pop("with_baselines", None)
+    kwargs.pop("families", None)
+    cross = evaluate(
+        cross_manifest, "test", out_dir=None if out_dir is None else Path(out_dir) / "cross_generator",
+        with_baselines=False, **kwargs,
+    )
+    combined = {**in_distribution, "cross_generator": cross, "side_by_side": side_by_side(in_distribution, cross)}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(combined, indent=2) + "\n")
+    return combined
 
 
 # ---- leave one family out -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import json
 import logging
 import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,12 @@ from tqdm.auto import tqdm
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS, Clip, DecodeConfig, MediaError, decode_media
 from models.bundle import sha256_file
 from pipeline.analyze import Analysis
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, VerdictConfig
 from pipeline.fuse import branch_features
 from pipeline.fuse import run_fusion as fuse_stage
 from pipeline.local import LocalPipeline
+from pipeline.results import FusionResult
+from pipeline.verdict import decide, reasons_for
 from pipeline.visual import crop_indices
 from training.manifest import ManifestEntry, read_manifest
 
@@ -312,6 +314,16 @@ def run_fusion(pipeline: LocalPipeline, runs: Sequence[BranchRun]) -> np.ndarray
         fused = fuse_stage(pipeline.model("fusion"), [runs[i].analysis.branches() for i in usable], pipeline.device)
         probs[usable] = [f.probability for f in fused]
     return probs
+
+
+def served_verdict(run: BranchRun, fused: float, config: VerdictConfig) -> str:
+    """What the service answers as `verdict`: triage's on early exit, else the verdict stage's on the fused
+    probability, `uncertain` under any decisive reason (a branch out of distribution, near the threshold)."""
+    if run.early_exit is not None:
+        return run.early_exit
+    analysis = replace(run.analysis, fused=FusionResult(fused))
+    _, verdict = decide(fused, config)
+    return "uncertain" if any(r.decisive for r in reasons_for(analysis, config)) else verdict
 
 
 def served_probability(run: BranchRun, fused: float) -> float:
