@@ -29,6 +29,7 @@ from training.evaluate import (
     record_in_cards,
 )
 from pipeline.config import PipelineConfig
+from training.ood import fit_ood
 from training.train import MODEL_NAMES, PRESETS, train_all, train_model
 
 DELEGATED = {
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     lofo.add_argument("--preset", default="default", choices=PRESETS)
     lofo.add_argument("--epochs", type=int, default=None)
     lofo.add_argument("--seed", type=int, default=0)
+
+    ood = commands.add_parser(
+        "fit-ood", help="fit the visual branch's out-of-distribution statistics on authentic train/val and attach them"
+    )
+    _common(ood)
+    ood.add_argument("--version", required=True, help="the compression_resilient bundle version to attach them to")
+    ood.add_argument("--quantile", type=float, default=0.99, help="of the authentic val distances: the threshold")
     return parser
 
 
@@ -171,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.record_in_cards:
             for path in record_in_cards(report, args.weights_dir, command_line):
                 print(f"recorded the scores in {path / 'card.md'}")
+        return 0
+
+    if args.command == "fit-ood":
+        report = fit_ood(
+            args.manifest, args.version, quantile=args.quantile, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+            settings=settings, device=device, workers=args.workers, progress=progress,
+        )
+        print(json.dumps(report, indent=2))
         return 0
 
     summary = leave_one_family_out(

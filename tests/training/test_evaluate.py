@@ -220,3 +220,22 @@ def test_cli_eval_records_the_scores_in_the_cards(tiny_manifest: Path, tmp_path:
         assert (f"auc {auc:.3f}" in card) if auc is not None else True
         load_bundle(weights / name / "c0")  # the manifest follows the new card: still loads
     assert "`av` branch alone" in (weights / "av_alignment" / "c0" / "card.md").read_text()
+
+
+def test_cli_fit_ood_attaches_statistics_the_visual_stage_then_reads(tiny_manifest: Path, tmp_path: Path) -> None:
+    from models.bundle import OOD_FILE
+    from training.features import load_manifest_data, load_pipeline
+
+    weights = tmp_path / "weights"
+    save_untrained(weights, "u0")
+    assert cli_main([
+        "fit-ood", "--manifest", str(tiny_manifest), "--version", "u0", "--weights-dir", str(weights),
+        "--quantile", "0.9", "--no-progress",
+    ]) == 0
+    assert (weights / "compression_resilient" / "u0" / OOD_FILE).is_file()
+    pipeline = load_pipeline("u0", weights_dir=weights)
+    stats = pipeline.bundles["compression_resilient"].ood
+    assert stats is not None and stats.threshold > 0
+    data = load_manifest_data(tiny_manifest, splits=("test",), progress=False)
+    measured = [pipeline.visual(data.arrays(i), None) for i in data.indices("test") if data.entries[i].kind != "audio"]
+    assert all(b.out_of_distribution is not None and "ood_distance" in b.details for b in measured if b.status == "ok")
