@@ -19,7 +19,7 @@ from deployments.edge import ERROR_NAMES
 from deployments.jobs import Claim
 from deployments.orchestration import Orchestrator, by_reference, stage_handles
 from media.errors import MediaError, NotMediaError
-from pipeline.config import IngressConfig, VerdictConfig, stage_part
+from pipeline.config import VerdictConfig
 from pipeline.verdict import respond
 
 logger = logging.getLogger("ray.serve")
@@ -32,7 +32,8 @@ class JobWorkerConfig(BaseModel):
 
     poll_s: float = Field(1.0, gt=0, description="how often an idle worker asks the JobQueue for work")
     heartbeat_s: float = Field(10.0, gt=0, description="lease renewal while one file is analysed")
-    verdict: VerdictConfig = Field(default_factory=lambda: stage_part(IngressConfig(), VerdictConfig))
+    # The verdict rules of the jobs' answers; keep them equal to the Ingress's (the profiles set neither apart).
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
 
 
 @serve.deployment(name="JobWorker", ray_actor_options={"num_cpus": 0.05})

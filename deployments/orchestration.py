@@ -20,14 +20,15 @@ from ray.serve.handle import DeploymentHandle
 from deployments.metrics import pipeline_metrics
 from pipeline.analyze import Analysis, Progress, StageCalls, analyze
 from pipeline.results import BranchResult, KeyframeResult
+from pipeline.table import COMPUTE_DEPLOYMENTS
 
 logger = logging.getLogger("ray.serve")
 
 # A replica or node that died mid-request (or took the decoded clip with it). Every stage is a pure
 # function of the upload, so the whole analysis is safely re-run once; user errors (RayTaskError) are not.
 LOST_WORK = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
-# Deployments the orchestration calls, by their names in the stage table.
-STAGE_DEPLOYMENTS = ("MediaDecoder", "FastTriage", "KeyframeSelector", "CompressionResilient", "AVAlignment", "Fusion")
+# Deployments the orchestration calls: the stage table's, in its (the graph's) order.
+STAGE_DEPLOYMENTS = COMPUTE_DEPLOYMENTS
 
 
 def stage_handles(*handles: DeploymentHandle) -> dict[str, DeploymentHandle]:

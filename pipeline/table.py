@@ -50,4 +50,5 @@ BY_NAME = {s.name: s for s in STAGES}
 BY_DEPLOYMENT = {s.deployment: s for s in STAGES}
 PINNABLE = tuple(s.deployment for s in STAGES if s.pinnable)
 MODEL_BUNDLES = {s.deployment: s.bundle for s in STAGES if s.bundle is not None}  # deployment -> bundle
-COMPUTE_DEPLOYMENTS = tuple(s.deployment for s in STAGES if s.deployment != "Ingress")  # report a ModelInfo
+# The deployments that run a stage behind a handle, in the graph's order (the verdict runs in the ingress).
+COMPUTE_DEPLOYMENTS = tuple(s.deployment for s in STAGES if s.deployment != "Ingress")

@@ -294,16 +294,9 @@ def run_branches(
     `honour_early_exit=False` runs every branch regardless, which fusion training uses so that
     clips triage would settle still teach fusion (they simply never reach it when served).
     """
-    if not _has_branch(arrays):
-        return BranchRun()
     analysis = pipeline.run_clip(arrays, honour_early_exit=honour_early_exit, fuse=False)
     crops = crop_indices(arrays, analysis.keyframes, pipeline.config.visual) if analysis.visual is not None else None
     return BranchRun.from_analysis(analysis, crops)
-
-
-def _has_branch(arrays: ClipArrays) -> bool:
-    """Whether any branch would read this file (else the service answers 422 and there is nothing to learn)."""
-    return arrays.n_frames > 0 or (arrays.has_audio and arrays.audio.size > 0 and arrays.kind != "image")
 
 
 def run_fusion(pipeline: LocalPipeline, runs: Sequence[BranchRun]) -> np.ndarray:
