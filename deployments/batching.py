@@ -69,9 +69,22 @@ async def submit(handler: Any, run_batch: Any, bundle: Any, *args: Any) -> Any:
     return unwrap(answers[0])
 
 
-async def resolve(clip: Any) -> Any:
+# Fetching a decoded clip that exists takes milliseconds; one whose MediaDecoder (its owner) was on a
+# node that just died can hang until the node is declared dead, past the proxy's request timeout.
+CLIP_FETCH_TIMEOUT_S = 15.0
+
+
+class ClipUnavailable(RuntimeError):
+    """The decoded clip could not be fetched in time: its owner or its node is gone. The orchestrator
+    treats this like a dead replica and re-runs the analysis once (see `orchestration.LOST_WORK`)."""
+
+
+async def resolve(clip: Any, timeout_s: float = CLIP_FETCH_TIMEOUT_S) -> Any:
     """The decoded clip: MediaDecoder hands out `[ObjectRef]` (one object-store copy every branch reads);
     a deployment class used in-process may be given the clip itself."""
-    if isinstance(clip, list):
-        return await clip[0]
-    return clip
+    if not isinstance(clip, list):
+        return clip
+    try:
+        return await asyncio.wait_for(clip[0], timeout=timeout_s)
+    except TimeoutError as exc:
+        raise ClipUnavailable(f"the decoded clip was not fetched within {timeout_s:.0f} s") from exc

@@ -17,6 +17,7 @@ import numpy as np
 import ray
 from ray.serve.handle import DeploymentHandle
 
+from deployments.batching import ClipUnavailable
 from deployments.metrics import pipeline_metrics
 from pipeline.analyze import Analysis, Progress, StageCalls, analyze
 from pipeline.results import BranchResult, KeyframeResult
@@ -26,7 +27,9 @@ logger = logging.getLogger("ray.serve")
 
 # A replica or node that died mid-request (or took the decoded clip with it). Every stage is a pure
 # function of the upload, so the whole analysis is safely re-run once; user errors (RayTaskError) are not.
-LOST_WORK = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
+LOST_WORK = (
+    ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError, ClipUnavailable,
+)
 # Deployments the orchestration calls: the stage table's, in its (the graph's) order.
 STAGE_DEPLOYMENTS = COMPUTE_DEPLOYMENTS
 

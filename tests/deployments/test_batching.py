@@ -6,6 +6,8 @@ These call the deployments' batch code in-process with the shipped v1 weights; t
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,26 @@ def test_batch_settings_come_from_user_config() -> None:
     assert replica._batched._get_batch_wait_timeout_s() == 0.02
     replica.reconfigure({"version": "v1"})
     assert replica._batched._get_max_batch_size() == 1  # the default: every request alone
+
+
+def test_a_clip_that_never_arrives_is_lost_work_not_a_hang() -> None:
+    """A clip whose owner died with its node can hang until the node is declared dead: resolve gives up
+    and the orchestrator re-runs the analysis (ClipUnavailable is LOST_WORK), instead of the proxy's 408."""
+    from deployments.batching import ClipUnavailable, resolve
+    from deployments.orchestration import LOST_WORK
+
+    async def never_and_now() -> tuple[BaseException | None, object]:
+        never = asyncio.get_running_loop().create_future()
+        try:
+            await resolve([never], timeout_s=0.05)
+        except ClipUnavailable as exc:
+            lost: BaseException | None = exc
+        else:
+            lost = None
+        ready = asyncio.get_running_loop().create_future()
+        ready.set_result("clip")
+        return lost, await resolve([ready], timeout_s=0.05)
+
+    lost, clip = asyncio.run(never_and_now())
+    assert isinstance(lost, LOST_WORK)
+    assert clip == "clip"
