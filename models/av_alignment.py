@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # transformers is imported where an encoder is built: only th
 
 from models.common import resize_to
 from models.registry import ARCHITECTURES, MODELS, Architecture
+from models.spoof import SpectralSpoofConfig, SpectralSpoofNet
 
 SAMPLE_RATE = 16_000
 
@@ -71,6 +72,9 @@ class AVAlignmentConfig:
     sync_channels: int = 8  # learned audio/visual channel pairs correlated across leads
     sync_lag_step_ms: float = 40.0  # lead grid step (one 25 fps frame; audio frames are 20 ms)
     sync_hidden: int = 32
+    # The spoof head: None = statistics pooling over the Wav2Vec2 frames (v1); a SpectralSpoofConfig =
+    # a separate band-limited log-mel CNN (models.spoof) trained on real speech and real TTS (v2).
+    spoof_net: SpectralSpoofConfig | None = None
 
 
 class AVOutput(NamedTuple):
@@ -268,8 +272,11 @@ class AVAlignmentModel(nn.Module):
         d = config.d_model
 
         self.audio_proj = nn.Linear(hidden, d)
-        self.spoof_pool = nn.Sequential(nn.Linear(2 * hidden, d), nn.GELU())
-        self.spoof_head = nn.Linear(d, 1)
+        if config.spoof_net is None:
+            self.spoof_pool = nn.Sequential(nn.Linear(2 * hidden, d), nn.GELU())
+            self.spoof_head = nn.Linear(d, 1)
+        else:
+            self.spoof_net = SpectralSpoofNet(config.spoof_net)
 
         lip_in = 2 * config.n_lip_points * 2  # positions and velocities
         self.lip_mlp = nn.Sequential(nn.Linear(lip_in, d), nn.GELU(), nn.Linear(d, d))
@@ -327,6 +334,9 @@ class AVAlignmentModel(nn.Module):
 
     def spoof(self, audio: Tensor) -> SpoofOutput:
         """Audio-only uploads: audio (B, N) float 16 kHz -> synthetic-voice logit and embedding."""
+        if self.config.spoof_net is not None:
+            out = self.spoof_net(audio)
+            return SpoofOutput(spoof_logit=out.spoof_logit, embedding=out.embedding)
         hidden, _ = self.encode_audio(audio)
         return self.spoof_from_hidden(hidden)
 
@@ -350,7 +360,7 @@ class AVAlignmentModel(nn.Module):
         cfg = self.config
         b = audio.shape[0]
         hidden, audio_times, energy = self._encode_audio(audio)  # (B, L, H), (L,), (B, L)
-        spoof = self.spoof_from_hidden(hidden)
+        spoof = self.spoof(audio) if cfg.spoof_net is not None else self.spoof_from_hidden(hidden)
 
         audio_tokens = self.audio_proj(hidden) + self.modality_embedding[0] + self.time_tokens(audio_times)  # (B, L, d)
         visual = self.encode_visual(lips, mouths)  # (B, T, d)

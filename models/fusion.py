@@ -62,6 +62,10 @@ class FusionConfig:
     head_hidden: int = 32
     dropout: float = 0.1
     direct: tuple[tuple[str, int], ...] = DIRECT_FEATURES  # (modality, leading scalars) of the linear path
+    # Modalities this model does not read: their branch's calibrated P(fake) is combined with the fused
+    # one as independent evidence (noisy-OR: fake if any modality is), see `combine_independent`. v2 puts
+    # "audio" here: its spoof head learned from real speech, which the talking-face benchmark has none of.
+    independent: tuple[str, ...] = ()
 
 
 def fusion_config_for(
@@ -225,6 +229,15 @@ def audio_features(spoof_logit: ArrayLike, embedding: ArrayLike) -> np.ndarray:
     return np.concatenate([[_scalar(spoof_logit)], _array(embedding).reshape(-1)]).astype(np.float32)
 
 
+def combine_independent(p_fused: float | None, independent: Sequence[float]) -> float:
+    """P(fake) when any modality may be manipulated on its own: 1 - prod(1 - p) over the fused
+    probability (None: no learned modality ran) and each independent modality's calibrated one."""
+    keep = 1.0 if p_fused is None else 1.0 - float(p_fused)
+    for p in independent:
+        keep *= 1.0 - float(p)
+    return 1.0 - keep
+
+
 def fusion_inputs(
     samples: Sequence[Mapping[str, np.ndarray | None]], config: FusionConfig
 ) -> tuple[dict[str, Tensor], Tensor]:
@@ -236,7 +249,7 @@ def fusion_inputs(
     features = {name: np.zeros((len(samples), dim), np.float32) for name, dim in config.modalities}
     present = np.zeros((len(samples), len(names)), bool)
     for row, sample in enumerate(samples):
-        unknown = sorted(set(sample) - set(names))
+        unknown = sorted(set(sample) - set(names) - set(config.independent))
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; expected some of {names}")
         for col, (name, dim) in enumerate(config.modalities):

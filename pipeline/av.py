@@ -70,7 +70,8 @@ def run_av(
     av_branch = BranchResult(
         "av", "ok", info,
         score=1.0 - sync_p,  # P(fake) rises as synchrony falls
-        features=av_features(sync_logit, offset_ms, spoof_logit, embedding),
+        # A spoof head of its own (v2) reports through the audio branch only: fusion does not read it twice.
+        features=av_features(sync_logit, offset_ms, spoof_logit if model.config.spoof_net is None else 0.0, embedding),
         details={"sync_probability": sync_p, "offset_ms": offset_ms},
         timing_ms=timer.ms,
     )

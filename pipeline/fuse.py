@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from models import FusionModel, fusion_inputs
+from models.fusion import combine_independent
 from pipeline.results import BranchResult, FusionResult, ModelInfo
 from pipeline.timing import Timer
 
@@ -33,15 +34,24 @@ def run_fusion(
 
     A request with a branch of another feature size (a branch rolled out with a different
     embedding) is answered from the mean of its branch scores, marked `failed` with the reason.
+    Modalities the model holds `independent` are not read by it: their calibrated scores are
+    combined with the fused probability afterwards (noisy-OR), or alone when nothing else ran.
     """
+    independent = model.config.independent
     dims = dict(model.config.modalities)
     names = [name for name, _ in model.config.modalities]
     results: list[FusionResult | None] = [None] * len(requests)
     fused: list[tuple[int, dict[str, np.ndarray]]] = []
+    aside: dict[int, list[float]] = {}
     for i, branches in enumerate(requests):
-        ok = {b.modality: b for b in branches if b.status == "ok" and b.features is not None}
-        if not ok:
+        every = {b.modality: b for b in branches if b.status == "ok" and b.features is not None}
+        if not every:
             raise ValueError("fusion needs at least one modality that ran")
+        aside[i] = [every[m].score for m in independent if m in every and every[m].score is not None]
+        ok = {m: b for m, b in every.items() if m not in independent}
+        if not ok:
+            results[i] = FusionResult(combine_independent(None, aside[i]), info)
+            continue
         mismatched = [m for m, b in ok.items() if m not in dims or b.features.shape != (dims[m],)]
         if mismatched:
             reason = "feature size mismatch for " + ", ".join(
@@ -59,7 +69,7 @@ def run_fusion(
         gates = out.gate_weights.float().cpu().numpy()  # (B, M)
     for row, (i, _) in enumerate(fused):
         results[i] = FusionResult(
-            float(probabilities[row]), info,
+            combine_independent(float(probabilities[row]), aside[i]), info,
             gate_weights={m: round(float(g), 4) for m, g in zip(names, gates[row])},
             timing_ms=timer.ms,
         )

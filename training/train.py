@@ -655,6 +655,19 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(np.asarray(labels, np.float64))))
 
 
+def fusion_target(entry: ManifestEntry, independent: Sequence[str] = ()) -> int:
+    """What fusion should say from the modalities it reads: the file's label, except a file manipulated
+    only in an `independent` modality (its own branch reports that), which looks authentic to fusion."""
+    if not independent or entry.label == 0:
+        return entry.label
+    labels = entry.modality_labels.model_dump()
+    if any(labels.get(m) == 1 for m in independent) and not any(
+        v == 1 for m, v in labels.items() if m not in independent
+    ):
+        return 0
+    return entry.label
+
+
 def drop_modalities(present: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Hide each present modality with probability p, never all of them: the served graph skips
     branches (no audio, images, failures), and fusion must not lean on any single one."""
@@ -676,8 +689,17 @@ def train_fusion(
     every_branch = {"honour_early_exit": False, "progress": progress}
     fit_runs = run_many(branches, data, fit_idx, desc="fusion split", **every_branch)
     val_runs = run_many(branches, data, val_idx, desc="val split", **every_branch)
-    fit = [(r.features, data.entries[i].label) for r, i in zip(fit_runs, fit_idx, strict=True) if r.features]
-    val = [(r.features, data.entries[i].label) for r, i in zip(val_runs, val_idx, strict=True) if r.features]
+    independent = model.config.independent
+
+    def usable(runs: Sequence[Any], idx: Sequence[int]) -> list[tuple[dict[str, np.ndarray], int]]:
+        out = []
+        for r, i in zip(runs, idx, strict=True):
+            features = {m: f for m, f in (r.features or {}).items() if m not in independent}
+            if features:
+                out.append((features, fusion_target(data.entries[i], independent)))
+        return out
+
+    fit, val = usable(fit_runs, fit_idx), usable(val_runs, val_idx)
     if not fit:
         raise ValueError("no file of the fusion split produced any branch output")
     features, present = fusion_batch([f for f, _ in fit], model, device)
@@ -893,9 +915,14 @@ def train_model(
     if name == "fusion":
         branches = load_pipeline(branch_version or version, settings, weights_dir=root, device=device, with_fusion=False)
         template = _build("fusion", preset).config
-        config = replace(template, modalities=modality_dims(
-            branches.bundles["compression_resilient"].config, branches.bundles["av_alignment"].config,
-        ))
+        av_config = branches.bundles["av_alignment"].config
+        dims = modality_dims(branches.bundles["compression_resilient"].config, av_config)
+        # A spoof head trained on real speech is not re-learned from the benchmark's synthetic speech.
+        independent = ("audio",) if av_config.spoof_net is not None else ()
+        config = replace(
+            template, modalities=tuple(d for d in dims if d[0] not in independent), independent=independent,
+            direct=tuple(d for d in template.direct if d[0] not in independent),
+        )
         model = build_fusion(config).to(device)
         metrics = train_fusion(model, branches, data, hp, settings, **common)
         used = {"fusion": len(data.indices("fusion")), "val": len(data.indices("val"))}

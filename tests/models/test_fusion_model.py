@@ -177,3 +177,46 @@ def test_fusion_inputs_rejects_bad_samples() -> None:
         fusion_inputs([{"video": np.zeros(4)}], config)
     with pytest.raises(ValueError, match="triage"):
         fusion_inputs([{"triage": np.zeros(5)}], config)
+
+
+def test_an_independent_modality_is_combined_as_noisy_or_not_read_by_the_model() -> None:
+    """v2: the audio spoof head learned from real speech; fusion (trained on synthetic talking faces)
+    does not read it, and its calibrated P(fake) joins the fused one as independent evidence."""
+    from dataclasses import replace
+
+    from models import build_fusion
+    from models.fusion import combine_independent
+    from pipeline.fuse import run_fusion
+    from pipeline.results import BranchResult
+
+    dims = tuple(d for d in FUSION_TEST_CONFIG.modalities if d[0] != "audio")
+    direct = tuple(d for d in FUSION_TEST_CONFIG.direct if d[0] != "audio")
+    torch.manual_seed(0)
+    model = build_fusion(replace(FUSION_TEST_CONFIG, modalities=dims, direct=direct, independent=("audio",))).eval()
+    rng = np.random.default_rng(0)
+    visual = BranchResult("visual", "ok", score=0.3, features=rng.normal(size=dict(dims)["visual"]).astype(np.float32))
+    audio_dim = dict(FUSION_TEST_CONFIG.modalities)["audio"]
+    audio = BranchResult("audio", "ok", score=0.8, features=rng.normal(size=audio_dim).astype(np.float32))
+    other_audio = BranchResult("audio", "ok", score=0.1, features=rng.normal(size=audio_dim).astype(np.float32))
+    alone, both, both_other, video_only = run_fusion(model, [[audio], [visual, audio], [visual, other_audio], [visual]])
+    assert alone.probability == pytest.approx(0.8)  # an audio file: its calibrated spoof probability
+    assert alone.status != "failed" and video_only.status != "failed"
+    p = video_only.probability
+    assert both.probability == pytest.approx(combine_independent(p, [0.8]))
+    assert both_other.probability == pytest.approx(1 - (1 - p) * 0.9)
+    assert set(both.gate_weights) == {name for name, _ in dims}
+    assert combine_independent(None, []) == 0.0
+
+
+def test_fusion_target_leaves_an_independent_modality_to_its_own_branch() -> None:
+    from training.manifest import ManifestEntry, ModalityLabels
+    from training.train import fusion_target
+
+    def entry(label: int, **labels: int) -> ManifestEntry:
+        return ManifestEntry(path="x", label=label, kind="video", split="fusion", modality_labels=ModalityLabels(**labels))
+
+    assert fusion_target(entry(1, visual=0, audio=1, av=0), ("audio",)) == 0  # voice swapped, face authentic
+    assert fusion_target(entry(1, visual=0, audio=1, av=0)) == 1
+    assert fusion_target(entry(1, visual=1, audio=0), ("audio",)) == 1
+    assert fusion_target(entry(1, av=1, audio=1), ("audio",)) == 1
+    assert fusion_target(entry(0, visual=0, audio=0), ("audio",)) == 0
