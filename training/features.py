@@ -355,6 +355,16 @@ def run_many(
     ]
 
 
+def parse_versions(text: str | None) -> str | dict[str, str] | None:
+    """'v1' -> 'v1'; 'fast_triage=v1, fusion=v2' -> {'fast_triage': 'v1', 'fusion': 'v2'}."""
+    if text is None or "=" not in text:
+        return text
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ValueError(f"expected NAME=VERSION[,NAME=VERSION...], got {text!r}")
+    return {name.strip(): version.strip() for name, version in pairs}
+
+
 def load_pipeline(
     version: str | Mapping[str, str],
     settings: PipelineConfig | None = None,

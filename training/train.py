@@ -59,6 +59,7 @@ from training.features import (
     ManifestData,
     load_manifest_data,
     load_pipeline,
+    parse_versions,
     run_many,
 )
 from training.manifest import ManifestEntry
@@ -913,7 +914,9 @@ def train_model(
     extra_lines: list[str] = []
     common = {"seed": seed, "device": device, "progress": progress}
     if name == "fusion":
-        branches = load_pipeline(branch_version or version, settings, weights_dir=root, device=device, with_fusion=False)
+        branches = load_pipeline(
+            parse_versions(branch_version) or version, settings, weights_dir=root, device=device, with_fusion=False,
+        )
         template = _build("fusion", preset).config
         av_config = branches.bundles["av_alignment"].config
         dims = modality_dims(branches.bundles["compression_resilient"].config, av_config)
