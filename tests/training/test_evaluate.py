@@ -177,6 +177,33 @@ def test_url_mode_reads_the_service_answer(tiny_manifest: Path) -> None:
     assert scored[0].branch_scores == {"triage": 0.7, "visual": 0.9} and scored[0].path == entries[0].path
 
 
+def test_url_mode_pins_versions_with_the_service_header(tiny_manifest: Path) -> None:
+    entries = [e for e in read_manifest(tiny_manifest) if e.split == "test"][:2]
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("X-Model-Versions"))
+        return _answer(request)
+
+    items = [(e, tiny_manifest.parent / e.path) for e in entries]
+    client = httpx.Client(transport=httpx.MockTransport(answer), base_url="http://service")
+    score_url("http://service", items, client=client, progress=False, pins="AVAlignment=v2, Fusion=v2")
+    client = httpx.Client(transport=httpx.MockTransport(answer), base_url="http://service")
+    score_url("http://service", items, client=client, progress=False)
+    assert seen == ["AVAlignment=v2, Fusion=v2"] * 2 + [None] * 2
+    with pytest.raises(ValueError, match="need url"):
+        evaluate_module.evaluate(tiny_manifest, version="v1", pins="Fusion=v2")
+
+
+def test_versions_per_bundle_parse() -> None:
+    from training.features import parse_versions
+
+    assert parse_versions("v1") == "v1" and parse_versions(None) is None
+    assert parse_versions("fast_triage=v1, fusion=v2") == {"fast_triage": "v1", "fusion": "v2"}
+    with pytest.raises(ValueError):
+        parse_versions("fusion=")
+
+
 def test_leave_one_family_out_trains_without_the_family_and_tests_on_it(
     tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
