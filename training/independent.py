@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from skimage import data as skdata
 from tqdm import tqdm
 
-from training.manifest import ManifestEntry, ModalityLabels, write_manifest
+from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 
 __all__ = [
     "INDEPENDENT_FAMILIES",
@@ -120,6 +120,10 @@ class IndependentConfig(BaseModel):
     video_sample_rates: tuple[int, ...] = (16_000, 22_050, 44_100, 48_000)
     audio_sample_rates: tuple[int, ...] = (8_000, 16_000, 22_050, 44_100)
     min_face_px: float = Field(48.0, ge=16.0)
+    real_speech: tuple[str, ...] = Field(
+        (), description="real recordings (absolute paths) that replace the formant voices: each person speaks "
+        "from its own place in this list; keep these speakers out of every training set",
+    )
     max_face_fraction: float = Field(0.45, gt=0.0, le=0.8, description="largest face height / shorter frame side")
 
     @field_validator("seconds")
@@ -897,6 +901,46 @@ class Speech:
     wet: np.ndarray  # (N,) float32: as recorded (room, noise, microphone), peak-normalised
 
 
+@lru_cache(maxsize=64)
+def _real_recording(path: str) -> np.ndarray:
+    """A real recording decoded as the service decodes uploads (16 kHz mono float32)."""
+    from media import DecodeConfig, decode_media
+
+    return np.asarray(decode_media(Path(path).read_bytes(), DecodeConfig(analyze_faces=False)).audio, np.float32)
+
+
+def real_speech(paths: tuple[str, ...], first: int, seconds: float, sr: int) -> Speech:
+    """`seconds` of real speech at `sr`: recordings from `first` on in `paths`, 0.3 s apart, looped if short.
+    Nothing is synthesized; the mouth follows this audio's envelope like any other voice."""
+    from scipy.signal import resample_poly
+
+    need = int(round(seconds * 16_000))
+    parts, total, k = [], 0, 0
+    while total < need and k < 4 * len(paths):
+        clip = _real_recording(paths[(first + k) % len(paths)])
+        parts += [clip, np.zeros(4800, np.float32)]
+        total += clip.size + 4800
+        k += 1
+    audio = np.concatenate(parts)[:need] if parts else np.zeros(need, np.float32)
+    audio = np.pad(audio, (0, max(0, need - audio.size)))
+    out = resample_poly(audio, sr, 16_000).astype(np.float32)[: int(round(seconds * sr))] if sr != 16_000 else audio
+    out = out / (np.abs(out).max() + 1e-6) * 0.9
+    return Speech(dry=out, wet=out)
+
+
+def voice(item: ItemPlan, identity: Identity, seconds: float, sr: int, rng: np.random.Generator,
+          config: IndependentConfig) -> Speech:
+    """The person's formant voice, or, with `config.real_speech`, real recordings assigned by their group."""
+    if not config.real_speech:
+        return speak(identity.speaker, seconds, sr, rng)
+    person = int(identity.group.rsplit("-p", 1)[-1])
+    return real_speech(config.real_speech, (7 * person + item.index) % len(config.real_speech), seconds, sr)
+
+
+def _voice_meta(identity: Identity, config: IndependentConfig) -> dict:
+    return {"voice": "real"} if config.real_speech else {"voice": "formant", **identity.speaker.meta()}
+
+
 def speak(speaker: Speaker, seconds: float, sr: int, rng: np.random.Generator) -> Speech:
     """An utterance of `seconds` at `sr`: phrases of syllables (consonant onsets, vowel nuclei,
     optional codas) with pauses; cascade-formant synthesis of Rosenberg glottal pulses."""
@@ -1437,13 +1481,13 @@ def _render_video(item: ItemPlan, config: IndependentConfig) -> Rendered:
     sr = item.sample_rate
     scene, meta = _face_scene(item, config, n, rngs, still=False)
     total = item.seconds + 2 * _SPEECH_MARGIN_S
-    speech = speak(item.identity.speaker, total, sr, rngs["speech"])
+    speech = voice(item, item.identity, total, sr, rngs["speech"], config)
     mouth = mouth_track(speech.dry, sr, n, FPS, start_s=_SPEECH_MARGIN_S)
     start = int(round(_SPEECH_MARGIN_S * sr))
     length = int(round(item.seconds * sr))
     audio = speech.wet[start : start + length]
     family = item.family
-    meta["speaker"] = item.identity.speaker.meta()
+    meta["speaker"] = _voice_meta(item.identity, config)
     if family == "av_offset":
         rng = rngs["offset"]
         offset = float(rng.uniform(*AV_OFFSET_RANGE_MS)) * (1 if rng.random() < 0.5 else -1)
@@ -1451,10 +1495,10 @@ def _render_video(item: ItemPlan, config: IndependentConfig) -> Rendered:
         audio = speech.wet[start + shift : start + shift + length]
         meta["av_offset_ms"] = offset
     elif family == "audio_swap":
-        other = speak(item.donor.speaker, total, sr, rngs["donor_speech"])
+        other = voice(item, item.donor, total, sr, rngs["donor_speech"], config)
         audio = other.wet[start : start + length]
         meta["donor_group"] = item.donor.group
-        meta["donor_speaker"] = item.donor.speaker.meta()
+        meta["donor_speaker"] = _voice_meta(item.donor, config)
     elif family == "mouth_freeze":
         rng = rngs["freeze"]
         span = max(int(round(rng.uniform(0.4, 0.7) * n)), min(n, FPS))
@@ -1534,9 +1578,9 @@ def _render_image(item: ItemPlan, config: IndependentConfig) -> Rendered:
 def _render_audio(item: ItemPlan, config: IndependentConfig) -> Rendered:
     rngs = _rngs(item)
     sr = item.sample_rate
-    speech = speak(item.identity.speaker, item.seconds, sr, rngs["speech"])
+    speech = voice(item, item.identity, item.seconds, sr, rngs["speech"], config)
     audio = speech.wet
-    meta = {"sample_rate": sr, "seconds": item.seconds, "format": item.codec, "speaker": item.identity.speaker.meta()}
+    meta = {"sample_rate": sr, "seconds": item.seconds, "format": item.codec, "speaker": _voice_meta(item.identity, config)}
     if item.family == "audio_resynth":
         rng = rngs["resynth"]
         if item.index % 4 in (1, 2):
@@ -1604,9 +1648,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, nargs=2, default=(2.0, 3.0), metavar=("MIN", "MAX"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--real-speech-manifest", type=Path, default=None,
+        help="a `spectrashield speech-corpus` manifest: voices become its bona fide recordings of --real-speech-source",
+    )
+    parser.add_argument("--real-speech-source", action="append", default=[],
+                        help="e.g. codec2, pocketsphinx, alsa (held out of train-spoof with --hold-out-source)")
     args = parser.parse_args(argv)
+    paths: tuple[str, ...] = ()
+    if args.real_speech_manifest is not None:
+        base = args.real_speech_manifest.resolve().parent
+        paths = tuple(sorted(
+            str(base / e.path) for e in read_manifest(args.real_speech_manifest)
+            if e.label == 0 and e.source in set(args.real_speech_source)
+        ))
+        if not paths:
+            parser.error(f"no bona fide recordings of {args.real_speech_source} in {args.real_speech_manifest}")
     config = IndependentConfig(n_videos=args.videos, n_images=args.images, n_audio=args.audio, seed=args.seed,
-                               seconds=tuple(args.seconds))
+                               seconds=tuple(args.seconds), real_speech=paths)
     started = time.perf_counter()
     entries = generate_independent(args.out_dir, config, progress=not args.no_progress)
     print(f"{summarize(entries)} in {time.perf_counter() - started:.0f} s -> {args.out_dir / MANIFEST_NAME}")

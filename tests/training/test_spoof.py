@@ -166,9 +166,18 @@ def test_load_corpus_decodes_like_the_service_and_caches(tmp_path: Path) -> None
             w.setframerate(rate)
             w.writeframes((x * 32767).astype("<i2").tobytes())
         rows.append(ManifestEntry(path=f"{i}.wav", label=i, kind="audio", split="train", source="test"))
+    rows += [  # a held-out source's speaker, and a vocoder copy of it: both leave with it
+        ManifestEntry(path="0.wav", label=0, kind="audio", split="train", source="codec2", meta={"speaker": "morig"}),
+        ManifestEntry(path="1.wav", label=1, kind="audio", split="train", source="vocoder:world",
+                      families=["vocoder"], meta={"speaker": "morig", "engine": "world"}),
+    ]
     write_manifest(rows, tmp_path / "manifest.jsonl")
+    held = load_corpus(tmp_path / "manifest.jsonl", hold_out_sources=["codec2"])
+    assert [e.source for e in held.entries] == ["test", "test"]
+    assert (tmp_path / "decoded-16k-heldout.npz").exists()
     corpus = load_corpus(tmp_path / "manifest.jsonl")
-    assert [a.size for a in corpus.audio] == pytest.approx([8000, 8000], abs=400)  # both at 16 kHz now
+    assert [a.size for a in corpus.audio[:2]] == pytest.approx([8000, 8000], abs=400)  # both at 16 kHz now
+    assert len(corpus.entries) == 4
     again = load_corpus(tmp_path / "manifest.jsonl")
     assert (tmp_path / "decoded-16k.npz").exists()
     assert np.allclose(again.audio[0], corpus.audio[0], atol=1e-3)  # float16 cache
