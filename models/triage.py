@@ -4,12 +4,16 @@ It runs on every video frame the decoder samples, so it must stay far cheaper th
 branches it gates: each frame is shrunk to `image_size` and passed through a few
 depthwise-separable convolutions (MobileNet style), then an LSTM reads the per-frame
 vectors so that flicker between frames counts as evidence.
+
+v2 (`frame_backbone="mobilenet_v2"`) may swap the separable CNN for the first blocks of
+torchvision's MobileNetV2 (`models.compression.PretrainedRGBStream`), ImageNet-initialised at
+training time only; a config without it builds exactly the v1 network (same state-dict keys).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -28,6 +32,13 @@ class FastTriageConfig:
     lstm_hidden: int = 64
     bidirectional: bool = True
     dropout: float = 0.1
+    # Optional (v2): None = the stem + separable blocks above. "mobilenet_v2": torchvision's MobileNetV2
+    # `.features` at `backbone_width_mult`, its first `backbone_depth` blocks (None = all 19), pooled and
+    # projected to block_channels[-1] channels, so the LSTM and heads are unchanged. Stem and blocks are
+    # then not built.
+    frame_backbone: str | None = None
+    backbone_width_mult: float = 1.0
+    backbone_depth: int | None = None
 
 
 class TriageOutput(NamedTuple):
@@ -56,17 +67,27 @@ class FastTriage(nn.Module):
     def __init__(self, config: FastTriageConfig) -> None:
         super().__init__()
         self.config = config
-        c = config.stem_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU6(),
-        )
-        blocks = []
-        for out in config.block_channels:
-            blocks.append(SeparableBlock(c, out, stride=2))
-            c = out
-        self.blocks = nn.Sequential(*blocks)
+        if config.frame_backbone is not None:
+            # Imported here: only a v2-style config needs torchvision (through models.compression).
+            from models.compression import PretrainedRGBStream
+
+            c = config.block_channels[-1]
+            self.frame_encoder: nn.Module | None = PretrainedRGBStream(
+                config.frame_backbone, c, config.backbone_width_mult, config.backbone_depth
+            )
+        else:
+            self.frame_encoder = None
+            c = config.stem_channels
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU6(),
+            )
+            blocks = []
+            for out in config.block_channels:
+                blocks.append(SeparableBlock(c, out, stride=2))
+                c = out
+            self.blocks = nn.Sequential(*blocks)
         self.lstm = nn.LSTM(c, config.lstm_hidden, batch_first=True, bidirectional=config.bidirectional)
         seq_dim = config.lstm_hidden * (2 if config.bidirectional else 1)
         self.dropout = nn.Dropout(config.dropout)
@@ -108,6 +129,8 @@ class FastTriage(nn.Module):
     def _frame_vectors(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, C) per-frame vectors."""
         x = normalize_image(resize_to(x, (self.config.image_size,) * 2))  # (N, 3, S, S)
+        if self.frame_encoder is not None:
+            return self.frame_encoder(x)  # (N, C): pooled and projected inside
         return self.blocks(self.stem(x)).mean(dim=(2, 3))  # (N, C)
 
     def _sequence_head(self, x: Tensor, lengths: Tensor | None = None, valid: Tensor | None = None) -> TriageOutput:
@@ -138,6 +161,9 @@ def build_fast_triage(config: FastTriageConfig) -> FastTriage:
 ARCHITECTURES.register("fast_triage", Architecture(FastTriageConfig, build_fast_triage))
 
 TEST_CONFIG = FastTriageConfig(image_size=32, stem_channels=8, block_channels=(8, 16), lstm_hidden=8)
+# v2 candidate: MobileNetV2's first 7 blocks (stride 8, 32 channels, 55 k parameters) at 64 px.
+MOBILENET_CONFIG = FastTriageConfig(frame_backbone="mobilenet_v2", backbone_depth=7)
+MOBILENET_TEST_CONFIG = replace(TEST_CONFIG, frame_backbone="mobilenet_v2", backbone_width_mult=0.25, backbone_depth=4)
 
 
 @MODELS.register("fast_triage")
@@ -148,3 +174,13 @@ def fast_triage() -> FastTriage:
 @MODELS.register("fast_triage_test")
 def fast_triage_test() -> FastTriage:
     return build_fast_triage(TEST_CONFIG)
+
+
+@MODELS.register("fast_triage_mobilenet")
+def fast_triage_mobilenet() -> FastTriage:
+    return build_fast_triage(MOBILENET_CONFIG)
+
+
+@MODELS.register("fast_triage_mobilenet_test")
+def fast_triage_mobilenet_test() -> FastTriage:
+    return build_fast_triage(MOBILENET_TEST_CONFIG)
