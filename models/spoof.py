@@ -58,8 +58,8 @@ class SpectralSpoofNet(nn.Module):
         c = 1
         for i, out in enumerate(config.channels):
             layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            if i < len(config.channels) - 1:
-                layers.append(nn.MaxPool2d((2, 1)))  # halve the mel axis, keep every 10 ms frame
+            if i < len(config.channels) - 1:  # halve the mel axis; after the first block, time too (20, 40 ms)
+                layers.append(nn.MaxPool2d((2, 1) if i == 0 else (2, 2)))
             c = out
         self.cnn = nn.Sequential(*layers)
         self.temporal = nn.Sequential(nn.Conv1d(c, c, 5, padding=2, bias=False), nn.BatchNorm1d(c), nn.ReLU(inplace=True))
@@ -96,9 +96,10 @@ class SpectralSpoofNet(nn.Module):
     def forward(self, audio: Tensor) -> SpectralSpoofOutput:
         """audio (B, N) float at input_rate; zero padding is silence and is masked out."""
         feats, mask = self.features(audio)
-        h = self.cnn(feats.unsqueeze(1)).mean(dim=2)  # (B, C, T)
+        h = self.cnn(feats.unsqueeze(1)).mean(dim=2)  # (B, C, T')
         h = self.temporal(h)
-        w = mask.unsqueeze(1).float()
+        # A pooled frame is speech if any 10 ms frame under it is.
+        w = F.adaptive_max_pool1d(mask.unsqueeze(1).float(), h.shape[-1])
         n = w.sum(dim=-1).clamp_min(1.0)  # (B, 1)
         mean = (h * w).sum(dim=-1) / n
         std = torch.sqrt(((h - mean.unsqueeze(-1)) ** 2 * w).sum(dim=-1) / n + 1e-5)
