@@ -33,8 +33,9 @@ class SpectralSpoofConfig:
     band_rate: int = 8_000  # everything is heard at this rate (telephone band)
     n_fft: int = 256  # 32 ms at 8 kHz
     hop: int = 80  # 10 ms
-    n_mels: int = 48
-    f_min: float = 40.0
+    scale: str = "linear"  # "linear": every FFT bin (31 Hz apart at 8 kHz), where vocoder and TTS traces sit; "mel"
+    n_mels: int = 48  # "mel" only
+    f_min: float = 40.0  # "mel" only
     speech_floor_db: float = 35.0
     channels: tuple[int, ...] = (16, 32, 48, 64)
     embed_dim: int = 64
@@ -50,10 +51,15 @@ class SpectralSpoofNet(nn.Module):
     def __init__(self, config: SpectralSpoofConfig) -> None:
         super().__init__()
         self.config = config
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=config.band_rate, n_fft=config.n_fft, hop_length=config.hop, n_mels=config.n_mels,
-            f_min=config.f_min, f_max=config.band_rate / 2, power=2.0, center=True,
-        )
+        if config.scale == "mel":
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=config.band_rate, n_fft=config.n_fft, hop_length=config.hop, n_mels=config.n_mels,
+                f_min=config.f_min, f_max=config.band_rate / 2, power=2.0, center=True,
+            )
+        elif config.scale == "linear":
+            self.mel = torchaudio.transforms.Spectrogram(n_fft=config.n_fft, hop_length=config.hop, power=2.0, center=True)
+        else:
+            raise ValueError(f"scale must be 'linear' or 'mel', got {config.scale!r}")
         layers: list[nn.Module] = []
         c = 1
         for i, out in enumerate(config.channels):
@@ -77,11 +83,14 @@ class SpectralSpoofNet(nn.Module):
         cfg = self.config
         x = audio.float()
         if cfg.band_rate != cfg.input_rate:
-            x = torchaudio.functional.resample(x, cfg.input_rate, cfg.band_rate)
+            # A long, early-rolling sinc: nothing above the band leaks or aliases into it.
+            x = torchaudio.functional.resample(
+                x, cfg.input_rate, cfg.band_rate, lowpass_filter_width=24, rolloff=0.9,
+            )
         min_len = cfg.n_fft
         if x.shape[-1] < min_len:
             x = F.pad(x, (0, min_len - x.shape[-1]))
-        power = self.mel(x)  # (B, M, T)
+        power = self.mel(x)  # (B, F, T): F = mel bands or FFT bins
         floor = power.amax(dim=(1, 2), keepdim=True) * 1e-8 + 1e-20  # 80 dB under the loudest bin: gain-free
         logmel = 10.0 * torch.log10(power + floor)
         energy = 10.0 * torch.log10(power.sum(dim=1) + floor[:, 0])  # (B, T)

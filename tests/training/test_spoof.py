@@ -26,7 +26,7 @@ from training.spoof import (
 )
 
 RATE = 16_000
-TINY = SpectralSpoofConfig(n_mels=24, channels=(4, 8), embed_dim=8)
+TINY = SpectralSpoofConfig(channels=(4, 8), embed_dim=8)
 
 
 def _voice(rng: np.random.Generator, seconds: float, spoof: bool) -> np.ndarray:
@@ -68,9 +68,12 @@ def test_the_net_hears_neither_level_nor_what_lies_above_the_telephone_band() ->
         high_tone = net.features(x + 0.05 * torch.sin(2 * np.pi * 6000 * t))[0]
         low_tone = net.features(x + 0.05 * torch.sin(2 * np.pi * 1000 * t))[0]
         assert torch.allclose(net(x).spoof_logit, net(x * 0.05).spoof_logit, atol=1e-3)
+    def loudest_change(other: torch.Tensor) -> float:  # the band that changed most, averaged over time
+        return float((base - other).abs().mean(dim=-1).max())
+
     assert (base - quieter).abs().max() < 1e-3
-    assert (base - high_tone).abs().mean() < 0.02  # 6 kHz is gone after the 8 kHz resample
-    assert (base - low_tone).abs().mean() > 0.1  # while 1 kHz is heard
+    assert loudest_change(high_tone) < 0.25 * loudest_change(low_tone)  # 6 kHz is gone after the 8 kHz resample
+    assert loudest_change(low_tone) > 0.5  # while 1 kHz is heard
 
 
 def test_silence_around_speech_is_masked_out() -> None:
