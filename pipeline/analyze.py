@@ -35,6 +35,8 @@ from pipeline.results import (
 )
 
 logger = logging.getLogger(__name__)
+# Branch codes that mean "nothing to judge here" (an abstention), not a failure.
+ABSTAINED = ("no_face", "no_speech")
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -194,8 +196,8 @@ async def analyze(
     if fuse:
         branches = result.branches()
         if not any(b.status == "ok" for b in branches):
-            if any(b.code == "no_face" for b in branches):
-                # Decodable, but nothing any model can judge (a faceless photo): no verdict, not an error.
+            if any(b.code in ABSTAINED for b in branches):
+                # Decodable, but nothing any model can judge (a faceless photo, music): no verdict, not an error.
                 timings["total"] = round((time.perf_counter() - started) * 1e3, 2)
                 return result
             raise _unusable(result.failures, branches)

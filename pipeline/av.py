@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from models import AVAlignmentModel, audio_features, av_features
+from models.vad import speech_seconds
 from pipeline.config import AVConfig
 from pipeline.results import AVResult, BranchResult, ModelInfo, StageInput, sigmoid
 from pipeline.tensors import audio_to_tensor, lips_to_tensor, mouths_to_tensor, times_to_tensor
@@ -38,7 +39,16 @@ def run_av(
             BranchResult("av", "skipped", info, reason="no audio", code="no_audio"),
             BranchResult("audio", "skipped", info, reason="no audio", code="no_audio"),
         )
-    audio = audio_to_tensor(served_audio(clip, config), device).unsqueeze(0)  # (1, N)
+    heard = served_audio(clip, config)
+    if config.min_speech_s > 0:
+        speech_s = speech_seconds(heard, clip.sample_rate)
+        if speech_s < config.min_speech_s:
+            reason = f"{speech_s:.1f} s of speech heard (the voice models need {config.min_speech_s:g} s)"
+            return AVResult(
+                BranchResult("av", "skipped", info, reason=reason, code="no_speech"),
+                BranchResult("audio", "skipped", info, reason=reason, code="no_speech"),
+            )
+    audio = audio_to_tensor(heard, device).unsqueeze(0)  # (1, N)
     usable = lips_usable(clip, config)
     with Timer() as timer, torch.inference_mode():
         if usable:

@@ -68,6 +68,8 @@ class AVConfig(_Strict):
 
     min_face_coverage: float = Field(0.5, ge=0.0, le=1.0)  # below this the lips are not trusted
     max_audio_s: float = Field(30.0, gt=0)  # longer audio is cut to bound latency
+    # Less speech than this (Silero VAD, models.vad) and the spoof head and lip sync abstain: `no_speech`.
+    min_speech_s: float = Field(0.3, ge=0.0)
 
 
 class FuseConfig(_Strict):

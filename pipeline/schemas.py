@@ -8,13 +8,14 @@ from pydantic import BaseModel, Field
 
 
 ReasonCode = Literal[
-    "no_face", "no_usable_modality", "branch_failed", "near_threshold", "fusion_degraded", "out_of_distribution",
+    "no_face", "no_speech", "no_usable_modality", "branch_failed", "near_threshold", "fusion_degraded", "out_of_distribution",
 ]
 
 
 class VerdictReason(BaseModel):
     code: ReasonCode = Field(
-        description="no_face: a face model had no face to look at (it abstained); no_usable_modality: no model "
+        description="no_face: a face model had no face to look at (it abstained); no_speech: the voice models "
+        "heard no speech (music, noise, silence) and abstained; no_usable_modality: no model "
         "had evidence, so there is no verdict; branch_failed: a branch raised, the rest cannot stand for it; "
         "near_threshold: the fused probability is within uncertain_margin of the threshold; fusion_degraded: "
         "fusion could not read a branch's features and averaged the branch scores; out_of_distribution: the "
@@ -30,7 +31,7 @@ class ModalityReport(BaseModel):
     score: float | None = Field(None, description="P(fake) from this modality alone (uncalibrated)")
     reason: str | None = Field(None, description="why it did not run, or a caveat (no face, no audio, early exit)")
     code: str | None = Field(
-        None, description="machine-readable reason it did not run: no_face, no_audio, no_video, early_exit, "
+        None, description="machine-readable reason it did not run: no_face, no_speech, no_audio, no_video, early_exit, "
         "branch_failed, not_applicable"
     )
     details: dict[str, float | int | str | bool | list[float] | None] = Field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.analyze import Analysis
+from pipeline.analyze import ABSTAINED, Analysis
 from pipeline.config import VerdictConfig
 from pipeline.results import BranchResult, ModelInfo
 from pipeline.schemas import (
@@ -52,6 +52,12 @@ def reasons_for(analysis: Analysis, config: VerdictConfig) -> list[VerdictReason
             code="no_face", message="no face to analyse for " + ", ".join(faceless) + "; those modalities abstained",
             modalities=faceless, decisive=False,
         ))
+    voiceless = [b.modality for b in analysis.branches() if b.code == "no_speech"]
+    if voiceless:
+        reasons.append(VerdictReason(
+            code="no_speech", message="no speech heard for " + ", ".join(voiceless) + "; those modalities abstained",
+            modalities=voiceless, decisive=False,
+        ))
     if analysis.fused is None and not analysis.early_exit:
         reasons.append(VerdictReason(
             code="no_usable_modality", message="no model had evidence to judge this upload: no verdict",
@@ -94,7 +100,7 @@ def served_probability(analysis: Analysis) -> float:
 def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename: str | None) -> AnalyzeResponse:
     """The answer to one upload. An analysis stopped before fusion on purpose (`fuse=False`) is not one."""
     if analysis.fused is None and not analysis.early_exit and not any(
-        b.code == "no_face" for b in analysis.branches()
+        b.code in ABSTAINED for b in analysis.branches()
     ):
         raise ValueError("no verdict: the analysis neither fused its branches nor exited early")
     meta = analysis.meta

@@ -398,7 +398,10 @@ def spoof_card(report: dict[str, Any], command: str) -> str:
             "masked statistics pooling, temperature-scaled."
         ),
         "",
-        f"Command: `{command}` ({report['wall_s'] / 60:.1f} min on 2 CPU cores, folds included).",
+        f"Command: `{command}`.",
+        "",
+        f"Wall time: {report['wall_s'] / 60:.1f} min on 2 CPU cores (corpus decoding, the shortcut baseline, "
+        "training and, where listed below, every leave-one-out fold).",
         "",
         "## Training data (every source, with its licence)",
         "",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.mediagen import encode_audio, encode_image, speech_like_audio, talking_face_video
+from pipeline.config import weight_versions
 
 pytestmark = pytest.mark.serve
 
@@ -42,10 +43,12 @@ def test_probes_and_models(service):
         assert dep["status"] == "HEALTHY", (name, dep)
         assert dep["replicas"].get("RUNNING", 0) >= 1, (name, dep)
         assert dep["model"]["version"], (name, dep)
-    for name in ("FastTriage", "CompressionResilient", "AVAlignment", "Fusion"):
+    served = weight_versions({d["name"]: d.get("user_config") or {} for d in service.config["applications"][0]["deployments"]})
+    for name, bundle in (("FastTriage", "fast_triage"), ("CompressionResilient", "compression_resilient"),
+                         ("AVAlignment", "av_alignment"), ("Fusion", "fusion")):
         model = models["deployments"][name]["model"]
-        assert model["version"].endswith("/v1")
-        assert model["trained"] is True  # the Serve configs serve the trained v1 bundles
+        assert model["version"] == f"{bundle}/{served[bundle]}"
+        assert model["trained"] is True  # the Serve configs serve trained bundles
         assert len(model["sha256"]) == 64
 
 
@@ -188,9 +191,10 @@ def test_served_answer_equals_the_in_process_pipeline(service, talking_face, kin
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as every model replica runs (OMP_NUM_THREADS=1 in the profile)
     try:
+        user_configs = {d["name"]: d.get("user_config") or {} for d in service.config["applications"][0]["deployments"]}
         local = LocalPipeline.load(
-            PipelineConfig.from_user_configs({d["name"]: d.get("user_config") or {} for d in service.config["applications"][0]["deployments"]}),
-            "v1", weights_dir=service.weights_dir, device="cpu",
+            PipelineConfig.from_user_configs(user_configs), weight_versions(user_configs),
+            weights_dir=service.weights_dir, device="cpu",
         )
         here = local.respond(local.run(upload), filename=f"upload.{kind}").model_dump(mode="json")
     finally:
@@ -232,7 +236,7 @@ def test_prometheus_metrics_are_exported(service, talking_face):
         'ray_spectrashield_errors_total{',
         'kind="not_media"',
         'ray_spectrashield_weights_version_info{',
-        'version="v1"',
+        'version="v3"',  # Fusion's, as the Serve config names it
         'ray_spectrashield_model_requests_total{',
     )
     deadline, text = time.monotonic() + 90, ""
