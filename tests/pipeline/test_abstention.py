@@ -119,3 +119,40 @@ def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(l
         branch = run_visual(bundle.model, [decoded], [None], VisualConfig(), "cpu", None, stats)[0]
         assert branch.out_of_distribution is expected
         assert branch.details["ood_threshold"] == threshold and branch.details["ood_distance"] > 0
+
+
+def _music(seconds: float, sr: int = 16_000) -> np.ndarray:
+    """Steady chords and a little hiss: sound, but nobody speaking."""
+    t = np.arange(int(seconds * sr)) / sr
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6, 440.0)) / 4
+    return (0.3 * chord + 0.003 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+
+
+def test_voice_activity_finds_speech_and_not_music() -> None:
+    from models.vad import speech_seconds
+
+    assert speech_seconds(speech_like_audio(3.0, seed=1)) > 1.0
+    assert speech_seconds(_music(3.0)) < 0.3
+    assert speech_seconds(np.zeros(16_000, np.float32)) == 0.0
+    with pytest.raises(ValueError):
+        speech_seconds(np.zeros(8000, np.float32), sample_rate=8000)
+
+
+def test_no_speech_means_no_voice_verdict(local: LocalPipeline) -> None:
+    """Music under a face: the spoof head and lip sync abstain (no_speech) instead of scoring it."""
+    from tests.mediagen import encode_audio, talking_face_mouth
+    from tests.mediagen import iter_talking_face_frames
+
+    audio = _music(2.0)
+    frames = iter_talking_face_frames(talking_face_mouth(speech_like_audio(2.0), 16_000, 25.0, 50), (320, 240), 0)
+    answer = local.respond(local.run(encode_video(frames, "mp4", "libx264", 25.0, audio)))
+    for modality in ("av", "audio"):
+        assert (answer.modalities[modality].status, answer.modalities[modality].code) == ("skipped", "no_speech")
+    reason = next(r for r in answer.reasons if r.code == "no_speech")
+    assert set(reason.modalities) == {"av", "audio"} and not reason.decisive
+    assert answer.modalities["visual"].status == "ok"  # the face is still judged
+    only_music = local.respond(local.run(encode_audio(_music(2.0))))
+    assert only_music.verdict == "uncertain" and only_music.fake_probability == 0.5
+    assert {r.code for r in only_music.reasons} >= {"no_speech", "no_usable_modality"}
+    spoken = local.respond(local.run(encode_audio(speech_like_audio(2.0, seed=3))))
+    assert spoken.modalities["audio"].status == "ok"
