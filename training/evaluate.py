@@ -205,6 +205,10 @@ def score_url(
                 m: float(report["score"]) for m, report in body["modalities"].items()
                 if report["status"] == "ok" and report.get("score") is not None
             }
+            if any(r.get("code") == "no_usable_modality" for r in body.get("reasons") or []):
+                # No verdict (every model abstained): its 0.5 is not a probability; unanswered, as in process.
+                scored.append(ScoredFile.of(entry, fake_probability=None, error="no verdict", verdict="uncertain"))
+                continue
             scored.append(ScoredFile.of(
                 entry, fake_probability=float(body["fake_probability"]), early_exit=bool(body["early_exit"]),
                 branch_scores=scores, item_scores={m: [s] for m, s in scores.items()}, verdict=body.get("verdict"),
@@ -485,7 +489,12 @@ def operating_summary(
         out["ece_answered"] = expected_calibration_error(y[~uncertain], p[~uncertain]) if (~uncertain).any() else None
     photos = [f for f in everything if f.path in faceless and f.label == 0]
     out["faceless_authentic_called_fake"] = {
-        "n": len(photos), "fake": sum(f.fake_probability is not None and f.fake_probability >= threshold for f in photos),
+        "n": len(photos),
+        "fake": sum(
+            f.verdict == "fake" if f.verdict is not None
+            else f.fake_probability is not None and f.fake_probability >= threshold
+            for f in photos
+        ),
         "unanswered": sum(f.fake_probability is None for f in photos),
     } if photos else None
     return out

@@ -266,3 +266,24 @@ def test_cli_fit_ood_attaches_statistics_the_visual_stage_then_reads(tiny_manife
     data = load_manifest_data(tiny_manifest, splits=("test",), progress=False)
     measured = [pipeline.visual(data.arrays(i), None) for i in data.indices("test") if data.entries[i].kind != "audio"]
     assert all(b.out_of_distribution is not None and "ood_distance" in b.details for b in measured if b.status == "ok")
+
+
+def test_url_mode_counts_a_no_verdict_answer_as_unanswered_not_fake(tiny_manifest: Path) -> None:
+    """The service answers a faceless photo 200 `uncertain` with p 0.5 and `no_usable_modality`: that 0.5
+    is no probability, so it is unanswered (as in process), and a faceless photo never counts as fake."""
+    entry = next(e for e in read_manifest(tiny_manifest) if e.split == "test")
+
+    def no_verdict(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={
+            "fake_probability": 0.5, "early_exit": False, "verdict": "uncertain",
+            "reasons": [{"code": "no_face"}, {"code": "no_usable_modality"}],
+            "modalities": {"visual": {"status": "skipped", "score": None}}, "models": {},
+        })
+
+    client = httpx.Client(transport=httpx.MockTransport(no_verdict), base_url="http://service")
+    (scored,), _ = score_url("http://service", [(entry, tiny_manifest.parent / entry.path)], client=client,
+                             progress=False)
+    assert scored.fake_probability is None and scored.verdict == "uncertain"
+    photo = evaluate_module.ScoredFile.of(entry.model_copy(update={"label": 0}), fake_probability=0.5, verdict="uncertain")
+    summary = evaluate_module.operating_summary([photo], 0.5, faceless={entry.path})
+    assert summary["faceless_authentic_called_fake"]["fake"] == 0
