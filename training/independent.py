@@ -904,9 +904,9 @@ class Speech:
 @lru_cache(maxsize=64)
 def _real_recording(path: str) -> np.ndarray:
     """A real recording decoded as the service decodes uploads (16 kHz mono float32)."""
-    from media import DecodeConfig, decode_media
+    from training.spoof import decode_audio
 
-    return np.asarray(decode_media(Path(path).read_bytes(), DecodeConfig(analyze_faces=False)).audio, np.float32)
+    return decode_audio(Path(path))
 
 
 def real_speech(paths: tuple[str, ...], first: int, seconds: float, sr: int) -> Speech:

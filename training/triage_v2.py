@@ -46,7 +46,7 @@ from pipeline.tensors import images_to_tensor
 from pipeline.triage import run_triage
 from training.features import ManifestData, load_manifest_data
 from training.train import binary_scores, seed_everything, sequences_to_tensor, triage_target, visual_target
-from training.visual_v2 import balanced_bce, blend_mask, quality_augment, self_blend
+from training.visual_v2 import balanced_bce, blend_mask, quality_augment, self_blend, warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -143,18 +143,6 @@ class TriageV2Params:
     weight_decay: float = 1e-4
     grad_clip: float = 5.0
     frame_loss_weight: float = 0.5
-
-
-def warm_start(model: FastTriage, version: str | None, root: Path) -> list[str]:
-    """Copy every tensor of an earlier fast_triage bundle whose name and shape fit."""
-    if version in (None, "", "none"):
-        return []
-    old = load_version("fast_triage", version, root=root).model.state_dict()
-    own = model.state_dict()
-    taken = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
-    own.update(taken)
-    model.load_state_dict(own, strict=True)
-    return sorted({k.split(".")[0] for k in taken})
 
 
 def init_frame_backbone(model: FastTriage, path: Path) -> str:
@@ -387,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.imagenet is None:
             raise SystemExit("--arch mobilenet needs --imagenet")
         sha = init_frame_backbone(model, args.imagenet)
-    warm = warm_start(model, args.init_from, root)
+    warm = warm_start(model, args.init_from, root, bundle="fast_triage")
     losses = train_triage(model, list(bench_train) + list(real_train) * p.real_repeats, p, args.seed)
     wall["train"] = time.perf_counter() - t0
 

@@ -216,11 +216,12 @@ class V2Params:
     grad_clip: float = 5.0
 
 
-def warm_start(model: CompressionResilientDetector, version: str | None, root: Path) -> list[str]:
-    """Copy every tensor of an earlier bundle whose name and shape fit (noise stream, fuse, head, DAE)."""
+def warm_start(model: nn.Module, version: str | None, root: Path, bundle: str = "compression_resilient") -> list[str]:
+    """Copy every tensor of an earlier `bundle` version whose name and shape fit (here: noise stream,
+    fuse, head, DAE); returns the top-level modules touched."""
     if version in (None, "", "none"):
         return []
-    old = load_version("compression_resilient", version, root=root).model.state_dict()
+    old = load_version(bundle, version, root=root).model.state_dict()
     own = model.state_dict()
     taken = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
     own.update(taken)

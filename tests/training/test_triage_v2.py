@@ -12,6 +12,7 @@ import torch
 from models import MODELS, FastTriageConfig, save_bundle
 from models.bundle import load_bundle
 from models.triage import TEST_CONFIG, build_fast_triage
+from tests.training.test_visual_v2 import face_like
 from training.triage_v2 import (
     SeqSource,
     TriageV2Params,
@@ -25,15 +26,8 @@ from training.triage_v2 import (
 )
 
 
-def face_like(size: int = 64, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size]
-    base = np.stack([120 + 60 * np.sin(xs / 9.0), 100 + 50 * np.cos(ys / 7.0), 90 + 40 * np.sin((xs + ys) / 11.0)], -1)
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-
-
 def test_sbi_sequence_uses_one_blend_for_every_frame() -> None:
-    frames = np.stack([face_like()] * 6)  # a still clip: any frame-to-frame change comes from the mask jitter
+    frames = np.stack([face_like(64)] * 6)  # a still clip: any frame-to-frame change comes from the mask jitter
     fake = sbi_sequence(frames, np.random.default_rng(0))
     assert fake.shape == frames.shape and fake.dtype == np.uint8
     change = np.abs(fake.astype(int) - frames.astype(int)).mean(axis=(1, 2, 3))  # per frame
@@ -44,14 +38,14 @@ def test_sbi_sequence_uses_one_blend_for_every_frame() -> None:
 
 
 def test_quality_sequence_degrades_every_frame_alike() -> None:
-    frames = np.stack([face_like()] * 4)
+    frames = np.stack([face_like(64)] * 4)
     out = quality_sequence(frames, np.random.default_rng(3))
     assert out.shape == frames.shape and out.dtype == np.uint8
     assert all(np.array_equal(out[0], f) for f in out[1:])
 
 
 def test_still_sequence_and_sampling_labels() -> None:
-    crop = face_like()
+    crop = face_like(64)
     still = still_sequence(crop, 5, np.random.default_rng(0))
     assert still.shape == (5, *crop.shape) and np.array_equal(still[0], crop)
     rng = np.random.default_rng(1)
