@@ -144,7 +144,13 @@ class SpectraShieldIngress:
         if not data:
             raise ServiceError(415, "empty upload: no bytes to analyse", request_id)
         try:
-            analysis = await self.orchestrator.analyze(data, pins)
+            analysis = await asyncio.wait_for(self.orchestrator.analyze(data, pins), self.config.analysis_timeout_s)
+        except TimeoutError:
+            logger.error("request %s: no analysis after %.0f s", request_id, self.config.analysis_timeout_s)
+            raise ServiceError(
+                504, f"the analysis did not finish within {self.config.analysis_timeout_s:.0f} s; retry, or queue it "
+                "with POST /v1/jobs", request_id, headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
         except MediaError as exc:
             raise ServiceError(exc.http_status, str(getattr(exc, "cause", exc)), request_id) from None
         except UnknownVersionError as exc:

@@ -142,6 +142,10 @@ class IngressConfig(VerdictConfig):
     """user_config of the ingress: the edge's limits and the verdict rules it applies."""
 
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    # A synchronous analysis still running after this long is answered with the API's JSON 504
+    # (Retry-After) instead of being cut by Serve's proxy at http_options.request_timeout_s (120 s
+    # in the cluster profiles; keep this below it). Queued jobs (/v1/jobs) have no such limit.
+    analysis_timeout_s: float = Field(110.0, gt=0)
 
 
 def stage_part(config: BaseModel, stage_model: type[BaseModel]) -> BaseModel:

@@ -128,7 +128,7 @@ class AnalyzeResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="machine-readable kind, e.g. not_media, too_large, unusable_media, worker_lost")
+    error: str = Field(description="machine-readable kind, e.g. not_media, too_large, unusable_media, unavailable, timeout, worker_lost")
     detail: str
     request_id: str | None = None
 

@@ -62,6 +62,8 @@ def localize(config: dict, port: int, cluster: LocalCluster, request_timeout_s: 
     for d in deployments(config):
         if d["name"] == "JobQueue":
             d.setdefault("user_config", {})["jobs_dir"] = str(Path(cluster.root) / "jobs")
+        if d["name"] == "Ingress":  # the API answers a stuck analysis before the proxy does
+            d.setdefault("user_config", {})["analysis_timeout_s"] = max(request_timeout_s - 10, request_timeout_s / 2)
     return config
 
 

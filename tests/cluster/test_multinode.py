@@ -7,8 +7,9 @@ that succeed. The only MediaDecoder replica is kept off the head (a custom resou
 workers declare) and its worker is the one killed, so requests are certainly in the middle
 of decoding on the dying node. The ingress re-runs such a request once (every stage is a pure
 function of the upload); what is still lost is answered with the API's JSON 503 and only while
-the node is down — unless the Ingress replica handling it was on the dead node, in which case
-Serve's proxy answers a plain-text 500. Every outcome is printed (`-s`).
+the node is down (or the API's JSON 504 if it hangs past the ingress's analysis_timeout_s) —
+unless the Ingress replica handling it was on the dead node, in which case Serve's proxy answers
+a plain-text 500, or 408 at its request timeout. Every outcome is printed (`-s`).
 """
 
 from __future__ import annotations
@@ -186,16 +187,18 @@ def test_replicas_spread_and_survive_losing_a_worker_under_load(cluster: LocalCl
     no_answer = [o for o in outcomes if o.status is None]
     assert not no_answer, f"requests without an HTTP answer: {[o.body for o in no_answer]}"
     failed = [o for o in outcomes if o.status != 200]
-    assert all(o.status >= 500 and killed_at - CLIENT_TIMEOUT_S < o.started < recovered_at for o in failed), failed
-    # In-flight work on the dead node is re-run by the ingress; whatever still fails says so in API JSON,
-    # except a request whose Ingress replica itself died: nothing of ours is left to answer it, and Serve's
-    # proxy answers a plain-text 500.
+    assert all(killed_at - CLIENT_TIMEOUT_S < o.started < recovered_at for o in failed), failed
+    # In-flight work on the dead node is re-run by the ingress; whatever still fails says so in API JSON
+    # (503 lost twice, or 504 when the analysis hung past the ingress's analysis_timeout_s), except a
+    # request whose Ingress replica itself died: nothing of ours is left to answer it, and Serve's proxy
+    # answers a plain-text 500, or its 408 at request_timeout_s when it never learnt of the death (CI saw
+    # one such request among 26 at stop 23).
     ingress_died = lost.get("Ingress", 0) > 0
 
     def clear_failure(o: Outcome) -> bool:
-        if o.status == 503:
-            return json.loads(o.body)["error"] == "unavailable"
-        return ingress_died and o.status == 500
+        if o.status in (503, 504):
+            return json.loads(o.body)["error"] == {503: "unavailable", 504: "timeout"}[o.status]
+        return ingress_died and o.status in (500, 408)
 
     assert all(clear_failure(o) for o in failed), (lost, failed)
     before = [o for o in outcomes if o.ended < killed_at]

@@ -51,6 +51,13 @@ def test_profile_validates_and_names_every_graph_deployment(profile: str) -> Non
         assert d.autoscaling_config["max_replicas"] >= d.autoscaling_config["min_replicas"]
 
 
+@pytest.mark.parametrize("profile", ["serve.cpu.yaml", "serve.gpu.yaml"])
+def test_the_api_answers_a_stuck_analysis_before_the_proxy_cuts_it(profile: str) -> None:
+    config = _load(profile)
+    (ingress,) = [d for d in config.applications[0].deployments if d.name == "Ingress"]
+    assert USER_CONFIGS["Ingress"].model_validate(ingress.user_config).analysis_timeout_s < config.http_options.request_timeout_s
+
+
 def test_cpu_profile_fits_two_cores_and_listens_on_loopback() -> None:
     config = _load("serve.cpu.yaml")
     assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)

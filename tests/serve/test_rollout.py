@@ -220,3 +220,28 @@ def test_canary_and_per_request_pins(service):
     finally:
         service.deploy(service.fresh_config())
     _wait_for(service, lambda m: m["FastTriage"]["model"]["canary"] is None, "the canary removed")
+
+
+def test_a_stuck_analysis_is_answered_with_the_apis_504(service):
+    """An analysis running past the ingress's analysis_timeout_s gets JSON 504 + Retry-After, not the proxy's cut."""
+    clip = talking_face_video(seconds=2.0, size=(320, 240), fps=25, with_audio=True, seed=7)
+    config = service.fresh_config()
+    service.deployment_config(config, "Ingress")["user_config"]["analysis_timeout_s"] = 0.01
+    try:
+        service.deploy(config)
+        deadline, r = time.monotonic() + WAIT_S, None
+        while time.monotonic() < deadline:
+            with service.client() as c:
+                r = c.post("/v1/analyze", files={"file": ("clip.mp4", clip)})
+            if r.status_code != 200:
+                break
+            time.sleep(2)
+        assert r is not None and r.status_code == 504, r.text if r is not None else None
+        assert r.headers["retry-after"].isdigit()
+        body = r.json()
+        assert body["error"] == "timeout" and "did not finish within" in body["detail"] and body["request_id"]
+    finally:
+        service.deploy(service.fresh_config())
+    service.settle()
+    with service.client() as c:
+        assert c.post("/v1/analyze", files={"file": ("clip.mp4", clip)}).status_code == 200
