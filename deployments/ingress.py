@@ -11,13 +11,16 @@ import logging
 import time
 import uuid
 
-from fastapi import Depends, File, UploadFile
+from fastapi import Depends, File, Request, UploadFile
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.edge import ERROR_RESPONSES, ServiceError, api, pins_header
+from deployments.edge import (
+    BODY_LIMITS, ERROR_RESPONSES, MULTIPART_SLACK_BYTES, PIN_HEADER, ServiceError, api, pins_header, sanitize_filename,
+)
 from deployments.jobs import UnknownJobError
+from deployments.keys import Caller, Refusal
 from deployments.metrics import pipeline_metrics
 from deployments.orchestration import LOST_WORK, Orchestrator, by_reference, stage_handles
 from media.errors import MediaError
@@ -60,8 +63,27 @@ def deployment_ready(state: DeploymentState, needs_model: bool) -> bool:
 async def read_upload(file: UploadFile, limit: int, request_id: str | None = None) -> bytes:
     data = await file.read(limit + 1)
     if len(data) > limit:
-        raise ServiceError(413, f"{file.filename}: upload exceeds {limit} bytes", request_id)
+        raise ServiceError(413, f"{sanitize_filename(file.filename)}: upload exceeds {limit} bytes", request_id)
     return data
+
+
+def without_internals(response: AnalyzeResponse) -> AnalyzeResponse:
+    """The answer for a caller without the admin scope: verdict and evidence, no raw branch features or placement."""
+    response = response.model_copy(deep=True)
+    for report in response.modalities.values():
+        report.details = {}
+    for model in response.models.values():
+        model.placement = {}
+    return response
+
+
+async def one_of_each(request: Request, request_id: str) -> None:
+    """400 for two `file` fields or two X-Model-Versions headers: neither is silently dropped."""
+    if len(request.headers.getlist(PIN_HEADER)) > 1:
+        raise ServiceError(400, f"{PIN_HEADER} given more than once; put every pin in one header", request_id)
+    form = await request.form()  # already parsed by FastAPI for `file`: no second read
+    if len(form.getlist("file")) > 1:
+        raise ServiceError(400, "more than one `file` field: /v1/analyze takes one file (queue many with /v1/jobs)", request_id)
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1})
@@ -76,15 +98,33 @@ class SpectraShieldIngress:
         av: DeploymentHandle,
         fusion: DeploymentHandle,
         jobs: DeploymentHandle,
+        gate: DeploymentHandle,
         job_worker: DeploymentHandle | None = None,  # bound here so the application deploys it; never called
     ) -> None:
         self.orchestrator = Orchestrator(stage_handles(decoder, triage, keyframes, compression, av, fusion))
         self.jobs = by_reference(jobs)
+        self.gate = by_reference(gate)
         self.reconfigure({})
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = IngressConfig.model_validate(user_config or {})
         self.verdict: VerdictConfig = stage_part(self.config, VerdictConfig)
+        BODY_LIMITS.max_bytes = self.config.max_upload_bytes + MULTIPART_SLACK_BYTES
+        BODY_LIMITS.timeout_s = self.config.body_timeout_s
+
+    async def admit(self, request: Request, scope: str, request_id: str | None = None) -> Caller:
+        """The Gatekeeper's decision on this request (keys, scopes, quotas), or the ServiceError refusing it."""
+        declared = request.headers.get("content-length", "0")
+        answer = await self.gate.admit.remote(
+            request.headers.get("authorization"), request.client.host if request.client else None, scope,
+            int(declared) if declared.isdigit() else 0,
+        )
+        if isinstance(answer, Refusal):
+            headers = {"Retry-After": str(answer.retry_after_s)} if answer.retry_after_s else None
+            if answer.status == 401:
+                headers = {"WWW-Authenticate": "Bearer"}
+            raise ServiceError(answer.status, answer.detail, request_id, headers=headers)
+        return answer
 
     # ---- probes -------------------------------------------------------------------------
     @api.get("/healthz", response_model=HealthResponse, summary="The ingress process answers")
@@ -120,12 +160,20 @@ class SpectraShieldIngress:
         _, states = await self._deployment_states(everything=True)
         stage_names = self.orchestrator.handles
         ready = all(deployment_ready(s, needs_model=name in stage_names) for name, s in states.items())
+        for state in states.values():  # unauthenticated: no placement details
+            if state.model is not None:
+                state.model.placement = {}
         body = ReadyResponse(ready=ready, deployments=states)
         return body if ready else JSONResponse(status_code=503, content=body.model_dump())
 
     @api.get("/v1/models", response_model=ModelsResponse, summary="Deployments, weights versions, replica counts")
-    async def models(self) -> ModelsResponse:
+    async def models(self, request: Request) -> ModelsResponse:
+        caller = await self.admit(request, "")
         app_name, states = await self._deployment_states()
+        if not caller.may("admin"):
+            for state in states.values():
+                if state.model is not None:
+                    state.model.placement = {}
         return ModelsResponse(application=app_name, deployments=states)
 
     # ---- analysis -----------------------------------------------------------------------
@@ -135,11 +183,16 @@ class SpectraShieldIngress:
     )
     async def analyze(
         self,
+        request: Request,
         file: UploadFile = File(..., description="the media file"),
         pins: dict[str, str] = Depends(pins_header),
     ) -> AnalyzeResponse:
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
+        caller = await self.admit(request, "analyze", request_id)
+        if pins and not caller.may("admin"):
+            raise ServiceError(403, f"{PIN_HEADER} needs a key with the admin scope", request_id)
+        await one_of_each(request, request_id)
         data = await read_upload(file, self.config.max_upload_bytes, request_id)
         if not data:
             raise ServiceError(415, "empty upload: no bytes to analyse", request_id)
@@ -165,7 +218,9 @@ class SpectraShieldIngress:
             logger.exception("request %s failed", request_id)
             raise ServiceError(500, f"{type(exc).__name__}: {getattr(exc, 'cause', exc)}", request_id) from None
         analysis.timings_ms["total"] = round((time.perf_counter() - started) * 1e3, 2)
-        response = respond(analysis, self.verdict, request_id, file.filename)
+        response = respond(analysis, self.verdict, request_id, sanitize_filename(file.filename))
+        if not caller.may("admin"):
+            response = without_internals(response)
         metrics = pipeline_metrics()
         metrics.record_timings(response.timings_ms)
         metrics.verdicts.inc(tags={"verdict": response.verdict, "kind": response.media.kind})
@@ -178,8 +233,13 @@ class SpectraShieldIngress:
         "/v1/jobs", status_code=202, response_model=JobAccepted, responses={413: {"model": ErrorResponse}},
         summary="Queue one or many files for analysis; poll GET /v1/jobs/{id}",
     )
-    async def submit_job(self, files: list[UploadFile] = File(..., description="one or more media files")) -> JobAccepted:
-        uploads = [(f.filename, await read_upload(f, self.config.max_upload_bytes)) for f in files]
+    async def submit_job(
+        self, request: Request, files: list[UploadFile] = File(..., description="one or more media files")
+    ) -> JobAccepted:
+        await self.admit(request, "jobs")
+        if len(files) > self.config.max_job_files:
+            raise ServiceError(413, f"{len(files)} files in one job; the limit is {self.config.max_job_files}")
+        uploads = [(sanitize_filename(f.filename), await read_upload(f, self.config.max_upload_bytes)) for f in files]
         job_id = await self.jobs.submit.remote(uploads)
         return JobAccepted(id=job_id, status_url=f"/v1/jobs/{job_id}", files=len(uploads))
 
@@ -187,7 +247,8 @@ class SpectraShieldIngress:
         "/v1/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorResponse}},
         summary="A job's status, stage, percent, and per-file results or errors",
     )
-    async def job_status(self, job_id: str) -> JobStatus:
+    async def job_status(self, request: Request, job_id: str) -> JobStatus:
+        await self.admit(request, "jobs")
         try:
             return JobStatus.model_validate(await self.jobs.get.remote(job_id))
         except UnknownJobError:

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ClipUnavailable
 from deployments.metrics import pipeline_metrics
+from media.errors import MediaError
 from pipeline.analyze import Analysis, Progress, StageCalls, analyze
 from pipeline.results import BranchResult, KeyframeResult
 from pipeline.table import COMPUTE_DEPLOYMENTS
@@ -59,7 +60,10 @@ class Orchestrator:
         h = self.handles
 
         async def decode(data: bytes) -> Any:
-            return await h["MediaDecoder"].decode.remote([ray.put(data)])  # the only copy of the upload
+            decoded = await h["MediaDecoder"].decode.remote([ray.put(data)])  # the only copy of the upload
+            if isinstance(decoded, MediaError):  # a refused upload comes back as a value, not a replica error
+                raise decoded
+            return decoded
 
         def keyframes(clip: Any, frame_scores: np.ndarray, motion: Any) -> Any:
             return h["KeyframeSelector"].remote(clip, frame_scores, motion)

@@ -37,7 +37,10 @@ flow frames `(0, 0, 0)`, and every other per-frame array `(0, ...)` with its usu
 
 Errors: empty or undemuxable bytes, and containers holding only subtitles or data ->
 NotMediaError (415); duration over `max_duration_s` or frames over
-`max_pixels` -> MediaTooLargeError (413); a recognised container with nothing decodable (no
+`max_pixels`, or work over a decode budget (`max_streams`, `max_packets`, `max_decoded_frames`,
+`max_decoded_pixels`, `deadline_s`, checked packet by packet) -> MediaTooLargeError (413); a
+container or codec outside the allow-lists (`ALLOWED_DEMUXERS`, `ALLOWED_*_CODECS`) ->
+NotMediaError (415); a recognised container with nothing decodable (no
 streams, no packets, a video stream none of whose frames decode) -> UnusableMediaError (422).
 What FFmpeg cannot open is "not media": an MP4 cut before its `moov` index (written last by
 default) raises NotMediaError, a fragmented MP4 cut after its header raises
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +61,7 @@ import av
 import av.error
 import cv2
 import numpy as np
+import PIL.Image
 
 from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
 from media.config import DecodeConfig
@@ -74,8 +79,29 @@ _IMAGE_DEMUXERS = {"image2", "image2pipe"}
 # Codecs that make a still image when a stream without audio holds one packet (e.g. GIF).
 _STILL_CODECS = {"png", "apng", "mjpeg", "jpegls", "webp", "gif", "bmp", "tiff", "jpeg2000", "qoi", "jpegxl"}
 # Nested resources (ffconcat lists, playlists, external references) may not be opened: an
-# upload must never make us read local files or the network.
-_CONTAINER_OPTIONS = {"protocol_whitelist": "none"}
+# upload must never make us read local files or the network. Probing is bounded too (FFmpeg's
+# defaults, stated), and `max_pixels` (added per call) stops the codec from decoding an
+# oversized picture while probing: a 16000x16000 PNG would otherwise allocate ~730 MB first.
+_CONTAINER_OPTIONS = {"protocol_whitelist": "none", "probesize": "5000000", "analyzeduration": "5000000"}
+
+# What the service decodes. Every other FFmpeg demuxer and decoder stays unreachable from an
+# upload (415): a text file must not become Nintendo ADPCM audio, nor `ID3` + noise a CD+G video.
+ALLOWED_DEMUXERS = frozenset({
+    "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "flv", "mpegts", "mpeg", "asf", "ogg",  # video containers
+    "wav", "mp3", "flac", "aac", "aiff", "caf", "amr", "w64",  # audio
+    "image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif", "apng",  # stills
+})
+ALLOWED_VIDEO_CODECS = frozenset({
+    "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg1video", "mpeg2video", "h263", "theora", "flv1",
+    "wmv1", "wmv2", "wmv3", "vc1", "msmpeg4v3", "prores", "mjpeg", "png", "apng", "gif", "webp", "bmp", "tiff",
+})
+ALLOWED_AUDIO_CODECS = frozenset({
+    "aac", "mp3", "mp3float", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3", "amrnb", "amrwb",
+    "wmav1", "wmav2", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
+    "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_u8", "pcm_mulaw", "pcm_alaw",
+})
+# Stills OpenCV may try when FFmpeg cannot open them, by magic bytes: JPEG, PNG, BMP, TIFF, WebP.
+_STILL_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*")
 _TIME_EPS = 1e-6  # seconds; absorbs time-base rounding when comparing frame and grid times
 _VFR_TOLERANCE = 0.10  # frame intervals spreading more than this (relative) make a stream variable-rate
 # Everything PyAV/OpenCV raise on malformed input; mapped to MediaErrors, never leaked.
@@ -177,8 +203,9 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
 
     `on_frame(k, rgb, source)` sees each sampled video frame as soon as it is converted.
     """
+    budget = _Budget(config)
     try:
-        container = av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace")
+        container = _open(data, config)
     except _DECODE_ERRORS as exc:
         still = _decode_with_opencv(data, config, on_frame)
         if still is None:
@@ -186,9 +213,17 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
         return still
     with container:
         fmt = container.format.name
+        if fmt not in ALLOWED_DEMUXERS:
+            raise NotMediaError(f"unsupported format ({fmt}): send a video, image or audio file")
         name = _container_name(fmt, dict(container.metadata), data[:64])
+        if len(container.streams) > config.max_streams:
+            raise MediaTooLargeError(f"{name}: {len(container.streams)} streams; the limit is {config.max_streams}")
         video = _pick_video_stream(container)
         audio = container.streams.audio[0] if container.streams.audio else None
+        for stream, allowed in ((video, ALLOWED_VIDEO_CODECS), (audio, ALLOWED_AUDIO_CODECS)):
+            codec = stream.codec_context.name if stream is not None and stream.codec_context else None
+            if stream is not None and codec not in allowed:
+                raise NotMediaError(f"{name}: unsupported {stream.type} codec ({codec})")
         if video is None and audio is None:
             if not len(container.streams):  # a recognised container with nothing in it
                 raise UnusableMediaError(f"{name}: the container holds no stream")
@@ -199,8 +234,8 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
         first_audio_index = audio.index if audio is not None else None  # stream objects die with the container
         info = scan = None
         if video is not None:
-            info = _video_info(video, config)
-            scan = _scan_video(container, video, info, config)
+            info = _video_info(video, config, data)
+            scan = _scan_video(container, video, info, config, budget)
             if not len(scan.times):
                 info = scan = None  # a declared but empty video track: treat as absent
     single_still = scan is not None and len(scan.times) == 1 and first_audio_index is None
@@ -212,7 +247,9 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
         raise UnusableMediaError(f"{name}: no video frames and no audio stream")
     kind: MediaKind = "image" if is_image else "video" if info is not None else "audio"
     grid = _plan_grid(scan, kind, info.native_fps, config) if info is not None and scan is not None else None
-    frames, audio_samples, rotation, display = _decode_streams(data, info, audio_index, scan, grid, config, on_frame)
+    frames, audio_samples, rotation, display = _decode_streams(
+        data, info, audio_index, scan, grid, config, budget, on_frame
+    )
     if info is not None and frames is None:
         raise UnusableMediaError(f"{name}: the {info.codec} video stream has no decodable frame")
     if kind == "audio" and not len(audio_samples):
@@ -250,11 +287,50 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
     return _Decoded(meta, frames, timestamps, audio_samples)
 
 
-def _video_info(video: av.video.stream.VideoStream, config: DecodeConfig) -> _VideoInfo:
+def _open(data: bytes, config: DecodeConfig) -> av.container.InputContainer:
+    options = {"max_pixels": str(config.max_pixels)}
+    if config.threads:
+        options["threads"] = str(config.threads)
+    return av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, options=options, metadata_errors="replace")
+
+
+class _Budget:
+    """The decode's work so far against `DecodeConfig`'s budgets: over any of them is a 413, raised within one
+    packet of crossing it, so a bomb costs a replica at most `deadline_s` (a cancellable loop, not a thread
+    nobody can stop)."""
+
+    def __init__(self, config: DecodeConfig) -> None:
+        self.config = config
+        self.deadline = time.monotonic() + config.deadline_s
+        self.packets = self.frames = 0
+        self.pixels = 0.0
+
+    def packet(self) -> None:
+        self.packets += 1
+        if self.packets > self.config.max_packets:
+            raise MediaTooLargeError(f"more than {self.config.max_packets} packets to read")
+        if time.monotonic() > self.deadline:
+            raise MediaTooLargeError(f"decoding takes more than {self.config.deadline_s:g} s")
+
+    def frame(self, frame: av.VideoFrame) -> None:
+        self.frames += 1
+        self.pixels += frame.width * frame.height
+        if self.frames > self.config.max_decoded_frames:
+            raise MediaTooLargeError(f"more than {self.config.max_decoded_frames} video frames to decode")
+        if self.pixels > self.config.max_decoded_pixels:
+            raise MediaTooLargeError(f"more than {self.config.max_decoded_pixels:.3g} pixels to decode")
+
+
+def _video_info(video: av.video.stream.VideoStream, config: DecodeConfig, data: bytes) -> _VideoInfo:
     """Stream facts, refusing oversized frames and codecs FFmpeg cannot decode."""
     ctx = video.codec_context
     if ctx is None:
         raise UnusableMediaError("no decoder for the video stream's codec")
+    if not ctx.width or not ctx.height:  # probing could not size a picture: over max_pixels, or corrupt
+        width, height = _still_size(data) or (0, 0)
+        if width * height > config.max_pixels:
+            raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
+        raise UnusableMediaError(f"the {ctx.name} video stream has no decodable picture within {config.max_pixels} pixels")
     if ctx.width * ctx.height > config.max_pixels:
         raise MediaTooLargeError(f"frame size {ctx.width}x{ctx.height} exceeds {config.max_pixels} pixels")
     try:
@@ -300,7 +376,11 @@ def _pick_video_stream(container: av.container.InputContainer) -> av.video.strea
 
 
 def _scan_video(
-    container: av.container.InputContainer, video: av.video.stream.VideoStream, info: _VideoInfo, config: DecodeConfig
+    container: av.container.InputContainer,
+    video: av.video.stream.VideoStream,
+    info: _VideoInfo,
+    config: DecodeConfig,
+    budget: _Budget,
 ) -> _Scan:
     """Read every video packet without decoding; a demux error ends the scan like EOF would."""
     tb = info.time_base
@@ -310,6 +390,7 @@ def _scan_video(
     gop = 0
     try:
         for packet in container.demux(video):
+            budget.packet()
             if packet.size == 0:
                 continue
             if packet.is_keyframe and times:
@@ -578,6 +659,7 @@ def _decode_streams(
     scan: _Scan | None,
     grid: _Grid | None,
     config: DecodeConfig,
+    budget: _Budget,
     on_frame: FrameCallback | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, int, tuple[int, int]]:
     """One demux pass decoding the needed video GOPs and all audio.
@@ -588,16 +670,19 @@ def _decode_streams(
     picker = None
     if info is not None and grid is not None:
         picker = _FramePicker(grid.times, info, config, on_frame)
-    with av.open(io.BytesIO(data), container_options=_CONTAINER_OPTIONS, metadata_errors="replace") as container:
+    with _open(data, config) as container:
         by_index = {stream.index: stream for stream in container.streams}
         video = by_index[info.index] if info is not None else None
         audio = by_index[audio_index] if audio_index is not None else None
         audio_out = _AudioCollector(float(audio.time_base) if audio is not None and audio.time_base else 0.0, config)
         if video is not None:
             video.thread_type = "AUTO" if config.frame_threads else "SLICE"
+            if config.threads:
+                video.codec_context.thread_count = config.threads
         packet_no = -1
         try:
             for packet in container.demux([s for s in (video, audio) if s is not None]):
+                budget.packet()
                 if packet.size == 0:
                     continue
                 if packet.stream is video and picker is not None:
@@ -608,6 +693,7 @@ def _decode_streams(
                         # a non-reference picture that is not sampled can be skipped outright
                         video.codec_context.skip_frame = "DEFAULT" if packet_no in grid.shown_packets else "NONREF"
                     for frame in _safe_decode(video, packet):
+                        budget.frame(frame)
                         picker.offer(frame)
                 elif packet.stream is audio:
                     for frame in _safe_decode(audio, packet):
@@ -617,6 +703,7 @@ def _decode_streams(
         if video is not None and picker is not None:
             video.codec_context.skip_frame = "DEFAULT"
             for frame in _safe_decode(video, None):
+                budget.frame(frame)
                 picker.offer(frame)
         if audio is not None:
             for frame in _safe_decode(audio, None):
@@ -707,8 +794,29 @@ def _container_name(fmt: str, metadata: dict[str, str], head: bytes) -> str:
     return fmt
 
 
+def _still_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a `_STILL_MAGIC` still's header, decoding no pixels; None if it is not one."""
+    if not data.startswith(_STILL_MAGIC):
+        return None
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as header:
+            return header.size
+    except PIL.Image.DecompressionBombError as exc:  # Pillow's own refusal: over ~179 Mpixels
+        raise MediaTooLargeError(f"image too large: {exc}") from exc
+    except (PIL.UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
 def _decode_with_opencv(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded | None:
-    """Still images FFmpeg cannot demux; OpenCV applies EXIF orientation itself. None if not an image."""
+    """Still images FFmpeg cannot demux; OpenCV applies EXIF orientation itself. None if not an image.
+
+    Only the still formats of `_STILL_MAGIC`, and only once their header's size is within `max_pixels`."""
+    size = _still_size(data)
+    if size is None:
+        return None
+    width, height = size
+    if height * width > config.max_pixels:
+        raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         return None

@@ -146,6 +146,10 @@ class IngressConfig(VerdictConfig):
     # (Retry-After) instead of being cut by Serve's proxy at http_options.request_timeout_s (120 s
     # in the cluster profiles; keep this below it). Queued jobs (/v1/jobs) have no such limit.
     analysis_timeout_s: float = Field(110.0, gt=0)
+    # Request bodies (deployments.edge.BodyLimit): at most max_upload_bytes (+1 MiB of multipart framing)
+    # per request, /v1/jobs included, arriving within body_timeout_s (+1 s per declared MiB), else 413 / 408.
+    body_timeout_s: float = Field(30.0, gt=0)
+    max_job_files: int = Field(64, ge=1)  # files in one POST /v1/jobs
 
 
 def stage_part(config: BaseModel, stage_model: type[BaseModel]) -> BaseModel:

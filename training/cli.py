@@ -8,6 +8,7 @@
     spectrashield train {MODEL|all} --manifest M --version V
     spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR [--cross-manifest M2]
     spectrashield lofo --manifest M --out DIR
+    spectrashield keys {create,revoke,list} --db KEYS.sqlite [--name N --scopes analyze,jobs]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ DELEGATED = {
     "speech-corpus": (
         "training.speech_corpus", "real speakers (DATA.md packages) + real TTS engines and vocoders -> an audio manifest",
     ),
+    "keys": ("deployments.keys", "create, revoke or list the API keys of the Gatekeeper's key database"),
     "train-spoof": (
         "training.spoof", "train the band-limited spoof head on a real speech corpus; LOEO/LOSO EER; new av bundle",
     ),

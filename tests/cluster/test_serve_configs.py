@@ -11,15 +11,17 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.job_worker import JobWorkerConfig
 from deployments.jobs import JobsConfig
+from deployments.keys import GatekeeperConfig
 from graph import GraphArgs, build_app
 from pipeline.table import MODEL_BUNDLES, STAGES
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 USER_CONFIGS = {
     **{stage.deployment: stage.user_config for stage in STAGES}, "JobQueue": JobsConfig, "JobWorker": JobWorkerConfig,
+    "Gatekeeper": GatekeeperConfig,
 }
 MODEL_DEPLOYMENTS = tuple(MODEL_BUNDLES)
-SINGLE_REPLICA = ("JobQueue", "JobWorker")
+SINGLE_REPLICA = ("JobQueue", "JobWorker", "Gatekeeper")
 
 
 def _load(name: str) -> ServeDeploySchema:

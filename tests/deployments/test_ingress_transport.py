@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from deployments.ingress import SpectraShieldIngress
 
-NAMES = ("decoder", "triage", "keyframes", "compression", "av", "fusion", "jobs")
+NAMES = ("decoder", "triage", "keyframes", "compression", "av", "fusion", "jobs", "gate")
 
 
 class FakeHandle:
@@ -25,7 +25,7 @@ def test_every_handle_the_ingress_keeps_passes_by_reference() -> None:
     user_class = SpectraShieldIngress.func_or_class.__mro__[1]
     ingress = user_class.__new__(user_class)
     user_class.__init__(ingress, *(FakeHandle(name) for name in NAMES))
-    kept = [ingress.jobs, *ingress.orchestrator.handles.values()]
+    kept = [ingress.jobs, ingress.gate, *ingress.orchestrator.handles.values()]
     assert {h.name for h in kept} == set(NAMES)
     assert all(h.applied == {"_by_reference": True} for h in kept)
     assert ingress.orchestrator.handles["MediaDecoder"].name == "decoder"  # wired in graph.py's order

@@ -29,7 +29,7 @@ from pipeline.table import BY_DEPLOYMENT, BY_NAME, MODEL_BUNDLES, PINNABLE, STAG
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = [ROOT / "cluster" / "serve.cpu.yaml", ROOT / "cluster" / "serve.gpu.yaml"]
 # Serving deployments outside the analysis pipeline: they have user_configs of their own.
-SERVING_ONLY = {"JobQueue", "JobWorker"}
+SERVING_ONLY = {"JobQueue", "JobWorker", "Gatekeeper"}
 
 
 def deployments(profile: Path) -> dict[str, dict[str, Any]]:

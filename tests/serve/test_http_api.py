@@ -35,7 +35,7 @@ def test_probes_and_models(service):
         assert ready.status_code == 200, ready.text
         body = ready.json()
         assert body["ready"] is True
-        assert set(body["deployments"]) == MODEL_DEPLOYMENTS | {"Ingress", "JobQueue", "JobWorker"}
+        assert set(body["deployments"]) == MODEL_DEPLOYMENTS | {"Ingress", "JobQueue", "JobWorker", "Gatekeeper"}
         assert all(d["status"] == "HEALTHY" for d in body["deployments"].values())
         models = c.get("/v1/models").json()
     assert set(models["deployments"]) == MODEL_DEPLOYMENTS

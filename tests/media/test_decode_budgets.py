@@ -1,0 +1,126 @@
+"""Hostile uploads meet the decoder's limits: allow-listed formats and codecs only, budgets on the work a
+file can ask for, and pictures sized from headers before a pixel is decoded."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import PIL.Image
+import pytest
+
+from media import DecodeConfig, MediaTooLargeError, NotMediaError, UnusableMediaError, decode_media
+from tests.mediagen import encode_audio, encode_video, numbered_frames, speech_like_audio
+
+NO_FACES = DecodeConfig(analyze_faces=False)
+
+
+def _single_gop_high_rate(n_frames: int = 1500, fps: float = 1000.0) -> bytes:
+    """The CPU bomb of the hostile campaign, small: tiny frames at 1000 fps in one group of pictures."""
+    return encode_video(numbered_frames(n_frames, size=(16, 16)), fps=fps, keyframe_interval=100_000)
+
+
+def _huge_png(side: int = 16_000) -> bytes:
+    """A 1-bit PNG that is a few KB on the wire and `side`² pixels decoded."""
+    buf = io.BytesIO()
+    PIL.Image.new("1", (side, side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ({"max_decoded_frames": 500}, "video frames to decode"),
+        ({"max_packets": 500}, "packets to read"),
+        ({"max_decoded_pixels": 16 * 16 * 500}, "pixels to decode"),
+        ({"deadline_s": 1e-6}, "decoding takes more than"),
+    ],
+)
+def test_every_decode_budget_refuses_a_single_gop_bomb(limits: dict, message: str) -> None:
+    data = _single_gop_high_rate()
+    assert decode_media(data, NO_FACES).n_frames > 0  # within the default budgets it decodes
+    with pytest.raises(MediaTooLargeError, match=message):
+        decode_media(data, NO_FACES.model_copy(update=limits))
+
+
+def test_the_default_budgets_refuse_a_long_high_rate_stream_within_seconds() -> None:
+    # 250,000 frames at 1000 fps (250 s, well under max_duration_s): the packet budget trips in the scan.
+    data = _single_gop_high_rate(n_frames=1_000, fps=1000.0)
+    started = time.monotonic()
+    with pytest.raises(MediaTooLargeError, match="packets"):
+        decode_media(data, NO_FACES.model_copy(update={"max_packets": 999}))
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("side", [8_000, 16_000])  # over max_pixels (50 M); over Pillow's own bomb limit too
+def test_a_huge_png_is_refused_from_its_header_without_decoding_it(side: int) -> None:
+    data = _huge_png(side)
+    assert len(data) < 100_000
+    # In a fresh process, so the peak resident memory is this decode's own.
+    code = (
+        "import resource, sys\n"
+        "from media import DecodeConfig, MediaTooLargeError, decode_media\n"
+        "data = sys.stdin.buffer.read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    decode_media(data, DecodeConfig(analyze_faces=False))\n"
+        "except MediaTooLargeError as exc:\n"
+        "    print('413', exc)\n"
+        "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, timeout=120)
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert out.startswith("413 image"), out
+    grew_kb = int(out.rsplit("grew_kb", 1)[1])
+    assert grew_kb < 64 * 1024, out  # 256 MB decoded as 8-bit; the refusal costs almost nothing
+
+
+def test_formats_outside_the_allow_list_are_not_media() -> None:
+    brackets = b"[" * 4000 + b"]" * 4000  # the campaign's text file that FFmpeg read as Nintendo ADPCM
+    with pytest.raises(NotMediaError):
+        decode_media(brackets, NO_FACES)
+    buf = io.BytesIO()  # Sun .au: a real audio container, not one the service supports
+    with av.open(buf, "w", format="au") as out:
+        stream = out.add_stream("pcm_s16be", rate=16_000)
+        stream.layout = "mono"
+        samples = (speech_like_audio(0.5) * 10_000).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 16_000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    with pytest.raises(NotMediaError, match=r"unsupported format \(au\)"):
+        decode_media(buf.getvalue(), NO_FACES)
+
+
+def test_codecs_outside_the_allow_list_are_not_media() -> None:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="wav") as out:
+        stream = out.add_stream("adpcm_ima_wav", rate=16_000)
+        stream.layout = "mono"
+        samples = (speech_like_audio(0.5) * 10_000).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 16_000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    with pytest.raises(NotMediaError, match=r"unsupported audio codec \(adpcm_ima_wav\)"):
+        decode_media(buf.getvalue(), NO_FACES)
+    assert decode_media(encode_audio(speech_like_audio(0.5)), NO_FACES).meta.audio_codec == "pcm_s16le"
+
+
+def test_too_many_streams_are_refused() -> None:
+    audio = speech_like_audio(0.5)
+    data = encode_video(numbered_frames(5), audio=audio)
+    with pytest.raises(MediaTooLargeError, match="streams"):
+        decode_media(data, NO_FACES.model_copy(update={"max_streams": 1}))
+
+
+def test_opencv_fallback_only_sees_known_still_signatures() -> None:
+    with pytest.raises((NotMediaError, UnusableMediaError)):
+        decode_media(b"GIF89a" + bytes(range(256)) * 8, NO_FACES)
+    with pytest.raises(NotMediaError):
+        decode_media(b"P6\n4 4\n255\n" + bytes(48), NO_FACES)  # PPM: OpenCV reads it; the service does not
