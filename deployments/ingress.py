@@ -16,8 +16,9 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+import deployments.edge as edge
 from deployments.edge import (
-    BODY_LIMITS, ERROR_RESPONSES, MULTIPART_SLACK_BYTES, PIN_HEADER, ServiceError, api, pins_header, sanitize_filename,
+    ERROR_RESPONSES, MULTIPART_SLACK_BYTES, PIN_HEADER, ServiceError, api, pins_header, sanitize_filename,
 )
 from deployments.jobs import UnknownJobError
 from deployments.keys import Caller, Refusal
@@ -109,8 +110,10 @@ class SpectraShieldIngress:
     def reconfigure(self, user_config: dict) -> None:
         self.config = IngressConfig.model_validate(user_config or {})
         self.verdict: VerdictConfig = stage_part(self.config, VerdictConfig)
-        BODY_LIMITS.max_bytes = self.config.max_upload_bytes + MULTIPART_SLACK_BYTES
-        BODY_LIMITS.timeout_s = self.config.body_timeout_s
+        # Through the module: Serve pickles this class by value, so a name imported from `edge` here would be a
+        # copy of the limits, not the object the middleware reads (seen: the limit stayed at its default).
+        edge.BODY_LIMITS.max_bytes = self.config.max_upload_bytes + MULTIPART_SLACK_BYTES
+        edge.BODY_LIMITS.timeout_s = self.config.body_timeout_s
 
     async def admit(self, request: Request, scope: str, request_id: str | None = None) -> Caller:
         """The Gatekeeper's decision on this request (keys, scopes, quotas), or the ServiceError refusing it."""

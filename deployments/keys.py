@@ -70,6 +70,9 @@ class Refusal(Exception):
         super().__init__(detail)
         self.status, self.detail, self.retry_after_s = status, detail, retry_after_s
 
+    def __reduce__(self):  # crosses from the Gatekeeper to the ingress as a value
+        return Refusal, (self.status, self.detail, self.retry_after_s)
+
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

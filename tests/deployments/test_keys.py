@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import stat
 
 import pytest
@@ -59,6 +60,8 @@ def test_a_burst_over_the_request_quota_gets_429_with_retry_after(db) -> None:
         gate.admit(f"Bearer {token}", None, "analyze", 10)
     refused = _refusal(gate, f"Bearer {token}", None, "analyze", 10)
     assert refused.status == 429 and 1 <= refused.retry_after_s <= 60 and "3 requests per minute" in refused.detail
+    copy = pickle.loads(pickle.dumps(refused))  # the Gatekeeper hands it to the ingress as a value
+    assert (copy.status, copy.detail, copy.retry_after_s) == (refused.status, refused.detail, refused.retry_after_s)
 
 
 def test_the_byte_quota_counts_declared_bytes(db) -> None:
