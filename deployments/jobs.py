@@ -10,6 +10,7 @@ ends `done` or `failed`, never silently lost.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -31,7 +32,9 @@ class JobsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    jobs_dir: str | None = Field(None, description="where state and uploads live; default: <system temp>/spectrashield-jobs")
+    jobs_dir: str | None = Field(
+        None, description="where state and uploads live, made private (0700); default: <system temp>/spectrashield-jobs-<uid>"
+    )
     result_ttl_s: float = Field(24 * 3600, gt=0, description="finished jobs are deleted this long after they end")
     lease_s: float = Field(60.0, gt=0, description="a claimed file returns to the queue after this long without a heartbeat")
     max_attempts: int = Field(3, ge=1)
@@ -51,15 +54,30 @@ class UnknownJobError(KeyError):
     pass
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only this user can enter (0700), created if missing; refuses a symlink or a
+    directory owned by another user (a predictable path in a shared temp dir could be planted)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{path} is not a plain directory")
+    if path.stat().st_uid != os.geteuid():
+        raise ValueError(f"{path} belongs to another user")
+    path.chmod(0o700)
+    return path
+
+
 class JobStore:
     """Jobs, their files and leases in one SQLite database; uploads as files beside it."""
 
     def __init__(self, root: Path, *, result_ttl_s: float, lease_s: float, max_attempts: int) -> None:
-        self.root = Path(root)
-        (self.root / "uploads").mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root))
+        private_dir(self.root / "uploads")
         self.result_ttl_s, self.lease_s, self.max_attempts = result_ttl_s, lease_s, max_attempts
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.root / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
+        db_path = self.root / "jobs.sqlite3"
+        db_path.touch(mode=0o600, exist_ok=True)
+        db_path.chmod(0o600)
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(
             """
@@ -73,6 +91,15 @@ class JobStore:
             );
             """
         )
+        self.sweep_orphans()
+
+    def sweep_orphans(self) -> int:
+        """Delete upload folders without a job row (a submit cut short by a crash); returns how many."""
+        known = {r[0] for r in self._db.execute("SELECT id FROM jobs")}
+        orphans = [p for p in (self.root / "uploads").iterdir() if p.name not in known]
+        for path in orphans:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return len(orphans)
 
     def _upload(self, job_id: str, index: int) -> Path:
         return self.root / "uploads" / job_id / str(index)
@@ -81,17 +108,25 @@ class JobStore:
         if not files:
             raise ValueError("a job needs at least one file")
         job_id, now = uuid.uuid4().hex, time.time()
-        folder = self.root / "uploads" / job_id
-        folder.mkdir(parents=True)
+        # Written aside, moved into place inside the transaction that adds the rows: a crash leaves either
+        # both or an upload folder without rows, which `sweep_orphans` deletes at the next start.
+        partial = self.root / "uploads" / f".{job_id}.part"
+        partial.mkdir(mode=0o700)
         for i, (_, data) in enumerate(files):
-            self._upload(job_id, i).write_bytes(data)
+            (partial / str(i)).write_bytes(data)
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, NULL, NULL)", (job_id, now, now))
-            self._db.executemany(
-                "INSERT INTO files VALUES (?, ?, ?, 'queued', 'queued', 0, 0, NULL, NULL, NULL, NULL)",
-                [(job_id, i, name) for i, (name, _) in enumerate(files)],
-            )
+            try:
+                self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, NULL, NULL)", (job_id, now, now))
+                self._db.executemany(
+                    "INSERT INTO files VALUES (?, ?, ?, 'queued', 'queued', 0, 0, NULL, NULL, NULL, NULL)",
+                    [(job_id, i, name) for i, (name, _) in enumerate(files)],
+                )
+                partial.rename(self.root / "uploads" / job_id)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
             self._db.execute("COMMIT")
         return job_id
 
@@ -241,7 +276,7 @@ class JobQueueDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         cfg = JobsConfig.model_validate(user_config or {})
-        root = Path(cfg.jobs_dir) if cfg.jobs_dir else Path(tempfile.gettempdir()) / "spectrashield-jobs"
+        root = Path(cfg.jobs_dir) if cfg.jobs_dir else Path(tempfile.gettempdir()) / f"spectrashield-jobs-{os.geteuid()}"
         self.store = JobStore(root, result_ttl_s=cfg.result_ttl_s, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts)
         self.store.maintain()
 

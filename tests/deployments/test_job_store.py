@@ -74,3 +74,26 @@ def test_state_survives_a_restart_and_results_expire(tmp_path: Path) -> None:
 def test_empty_jobs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         _store(tmp_path).submit([])
+
+
+def test_the_store_is_private_and_sweeps_uploads_without_rows(tmp_path: Path) -> None:
+    import stat
+
+    root = tmp_path / "jobs"
+    store = _store(root)
+    job = store.submit([("a.mp4", b"aaa")])
+    for path in (root, root / "uploads", root / "uploads" / job):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    assert stat.S_IMODE((root / "jobs.sqlite3").stat().st_mode) == 0o600
+    (root / "uploads" / ".deadbeef.part").mkdir()  # a submit cut short by a crash, before or after its rename
+    (root / "uploads" / "0123abcd").mkdir()
+    store = _store(root)  # a restart
+    assert sorted(p.name for p in (root / "uploads").iterdir()) == [job]
+    assert store.claim("w", now=1.0).data == b"aaa"
+
+
+def test_a_planted_symlink_is_not_used_as_the_store(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "jobs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="plain directory"):
+        _store(tmp_path / "jobs")
