@@ -14,6 +14,7 @@ import uuid
 from fastapi import Depends, File, Request, UploadFile
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 import deployments.edge as edge
@@ -211,6 +212,11 @@ class SpectraShieldIngress:
             raise ServiceError(exc.http_status, str(getattr(exc, "cause", exc)), request_id) from None
         except UnknownVersionError as exc:
             raise ServiceError(400, str(getattr(exc, "cause", exc)), request_id) from None
+        except BackPressureError:
+            raise ServiceError(
+                503, "the service is at capacity (too many uploads waiting to be decoded); retry", request_id,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
         except LOST_WORK as exc:
             logger.error("request %s: lost twice to dead replicas: %s", request_id, exc)
             raise ServiceError(

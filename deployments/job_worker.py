@@ -13,6 +13,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.edge import ERROR_NAMES
@@ -94,7 +95,12 @@ class JobWorkerDeployment:
         try:
             if not claim.data:
                 raise NotMediaError("empty upload: no bytes to analyse")
-            analysis = await self.orchestrator.analyze(claim.data, {}, report)
+            while True:  # a queued file waits out the decoders' load shedding instead of failing on it
+                try:
+                    analysis = await self.orchestrator.analyze(claim.data, {}, report)
+                    break
+                except BackPressureError:
+                    await asyncio.sleep(self.config.poll_s)
             result = respond(analysis, self.config.verdict, request_id, claim.filename).model_dump(mode="json")
         except MediaError as exc:
             error = {"error": ERROR_NAMES.get(exc.http_status, "bad_request"),
