@@ -26,6 +26,7 @@ from deployments.keys import Caller, Refusal
 from deployments.metrics import pipeline_metrics
 from deployments.orchestration import LOST_WORK, Orchestrator, by_reference, stage_handles
 from media.errors import MediaError
+from pipeline.analyze import public_error
 from pipeline.config import IngressConfig, VerdictConfig, stage_part
 from pipeline.results import ModelInfo, UnknownVersionError
 from pipeline.schemas import (
@@ -225,7 +226,7 @@ class SpectraShieldIngress:
             ) from None
         except Exception as exc:
             logger.exception("request %s failed", request_id)
-            raise ServiceError(500, f"{type(exc).__name__}: {getattr(exc, 'cause', exc)}", request_id) from None
+            raise ServiceError(500, public_error(exc), request_id) from None
         analysis.timings_ms["total"] = round((time.perf_counter() - started) * 1e3, 2)
         response = respond(analysis, self.verdict, request_id, sanitize_filename(file.filename))
         if not caller.may("admin"):

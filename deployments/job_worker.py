@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.edge import ERROR_NAMES
 from deployments.jobs import Claim
+from pipeline.analyze import public_error
 from deployments.orchestration import Orchestrator, by_reference, stage_handles
 from media.errors import MediaError, NotMediaError
 from pipeline.config import VerdictConfig
@@ -107,7 +108,7 @@ class JobWorkerDeployment:
                      "detail": str(getattr(exc, "cause", exc)), "request_id": request_id}
         except Exception as exc:
             logger.exception("job %s file %d failed", claim.job_id, claim.index)
-            error = {"error": "internal", "detail": f"{type(exc).__name__}: {getattr(exc, 'cause', exc)}",
+            error = {"error": "internal", "detail": public_error(exc),
                      "request_id": request_id}
         finally:
             beat.cancel()

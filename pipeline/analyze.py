@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,18 @@ def _cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'\"()]+){2,}")
+
+
+def public_error(exc: BaseException, max_chars: int = 300) -> str:
+    """`Type: message` of the original exception as a caller may see it: its first line, server paths
+    replaced by `<path>`, at most `max_chars` (the log keeps the whole traceback)."""
+    cause = _cause(exc)
+    lines = str(cause).strip().splitlines()
+    text = _PATH.sub("<path>", lines[0] if lines else "")
+    return f"{type(cause).__name__}: {text}"[:max_chars]
+
+
 async def analyze(
     upload: Any,
     calls: StageCalls,
@@ -180,8 +193,7 @@ async def analyze(
             raise answer
         if isinstance(answer, BaseException):
             logger.error("%s branch failed", name, exc_info=answer)
-            cause = _cause(answer)
-            result.failures[name] = f"{type(cause).__name__}: {cause}"
+            result.failures[name] = public_error(answer)
         elif name == "visual":
             result.keyframes, result.visual = answer if isinstance(answer, tuple) else (None, answer)
         else:

@@ -397,6 +397,12 @@ def test_failed_visual_branch_is_reported_and_the_rest_still_fuse() -> None:
     assert result.fused is stages.results["fuse"]
 
 
+def test_a_failure_reported_to_callers_carries_no_server_paths_or_traceback() -> None:
+    error = RuntimeError("no weights at /srv/app/weights/fusion/v9/model.safetensors\nTraceback (most recent call last):")
+    result = run(FakeStages(fail={"visual": error}))
+    assert result.failures == {"visual": "RuntimeError: no weights at <path>"}
+
+
 def test_failed_keyframes_fail_the_visual_branch_without_calling_visual() -> None:
     stages = FakeStages(fail={"keyframes": RuntimeError("flow died")})
     result = run(stages)
