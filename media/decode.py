@@ -752,6 +752,8 @@ class _AudioCollector:
         """All audio `(N,)`; with `video_start`, shifted so sample 0 is at the first video frame."""
         self._drain()
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)  # (N,)
+        if not np.isfinite(samples).all():  # a corrupt float stream: NaN/inf would poison every model downstream
+            samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
         if video_start is not None and self.start is not None and len(samples):
             shift = round((self.start - video_start) * AUDIO_SAMPLE_RATE)
             if shift > 0:

@@ -8,12 +8,17 @@ package's own file (nothing is downloaded), once per process. No Ray.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 SAMPLE_RATE = 16_000
+# The TorchScript model keeps its recurrent state inside: two threads running it at once corrupt each
+# other's state and, seen under the hostile-input campaign, the heap ("corrupted size vs. prev_size",
+# SIGABRT in the AVAlignment replica, whose requests run in worker threads). One call at a time.
+_MODEL_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -31,9 +36,7 @@ def speech_seconds(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold:
         return 0.0
     from silero_vad import get_speech_timestamps
 
-    with torch.inference_mode():
-        spans = get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(audio, np.float32)), _model(), threshold=threshold,
-            sampling_rate=SAMPLE_RATE,
-        )
+    samples = torch.from_numpy(np.nan_to_num(np.array(audio, np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+    with _MODEL_LOCK, torch.inference_mode():
+        spans = get_speech_timestamps(samples, _model(), threshold=threshold, sampling_rate=SAMPLE_RATE)
     return float(sum(s["end"] - s["start"] for s in spans)) / SAMPLE_RATE

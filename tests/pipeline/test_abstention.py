@@ -138,6 +138,23 @@ def test_voice_activity_finds_speech_and_not_music() -> None:
         speech_seconds(np.zeros(8000, np.float32), sample_rate=8000)
 
 
+def test_voice_activity_is_safe_from_several_threads_and_on_non_finite_audio() -> None:
+    """AVAlignment runs requests in worker threads; the VAD's TorchScript state must not be shared mid-call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.vad import speech_seconds
+
+    clips = [speech_like_audio(2.0, seed=s) for s in range(4)] + [_music(2.0)] * 2
+    serial = [speech_seconds(c) for c in clips]
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            assert list(pool.map(speech_seconds, clips)) == serial
+    broken = speech_like_audio(2.0, seed=9)
+    broken[::7] = np.nan
+    broken[1::11] = np.inf
+    assert np.isfinite(speech_seconds(broken))
+
+
 def test_no_speech_means_no_voice_verdict(local: LocalPipeline) -> None:
     """Music under a face: the spoof head and lip sync abstain (no_speech) instead of scoring it."""
     from tests.mediagen import encode_audio, talking_face_mouth

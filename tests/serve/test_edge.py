@@ -142,3 +142,39 @@ def test_a_slow_body_gets_408_and_one_request_one_file(service) -> None:
         assert r.status_code == 200, r.text
         name = r.json()["filename"]
         assert "/" not in name and "<" not in name and "\x00" not in name and name.endswith(".png")
+
+
+def test_an_overloaded_decoder_sheds_load_with_json_503(service) -> None:
+    """Past MediaDecoder's max_queued_requests the ingress answers 503 + Retry-After at once, not after a queue."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.mediagen import encode_video
+
+    frames = (np.full((16, 16, 3), i % 251, np.uint8) for i in range(30_000))  # ~0.5-1 s of decoding each
+    slow = encode_video(frames, fps=1000.0, keyframe_interval=100_000, encoder_options={"preset": "ultrafast"})
+    config = service.fresh_config()
+    decoder = service.deployment_config(config, "MediaDecoder")
+    decoder["max_queued_requests"] = 1
+    try:
+        service.deploy(config)
+        service.settle()
+
+        def post(_):
+            started = time.monotonic()
+            with service.client() as c:
+                r = c.post("/v1/analyze", files={"file": ("slow.mp4", slow)})
+            return r, time.monotonic() - started
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+    finally:
+        service.deploy(service.fresh_config())
+    service.settle()
+    shed = [(r, s) for r, s in answers if r.status_code == 503]
+    print(f"\n12 at once with max_queued_requests 1: {[r.status_code for r, _ in answers]}; "
+          f"503s answered in {[round(s, 2) for _, s in shed]} s")
+    assert shed, [r.status_code for r, _ in answers]
+    assert all(r.json()["error"] == "unavailable" and "capacity" in r.json()["detail"] and r.headers["retry-after"]
+               for r, _ in shed)
+    assert all(r.status_code in (200, 503) for r, _ in answers), [r.text[:200] for r, _ in answers]
