@@ -8,6 +8,8 @@
     spectrashield train {MODEL|all} --manifest M --version V
     spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR [--cross-manifest M2]
     spectrashield lofo --manifest M --out DIR
+    spectrashield analyze FILE... [--json] [--url URL --api-key K]   # verdicts, in-process or from a service
+    spectrashield batch DIR --out REPORT [--url URL]                 # a folder -> jsonl, csv, HTML report
     spectrashield keys {create,revoke,list} --db KEYS.sqlite [--name N --scopes analyze,jobs]
 """
 
@@ -45,6 +47,8 @@ DELEGATED = {
     "speech-corpus": (
         "training.speech_corpus", "real speakers (DATA.md packages) + real TTS engines and vocoders -> an audio manifest",
     ),
+    "analyze": ("training.analyst:analyze_main", "analyse media files (in-process, or --url a running service)"),
+    "batch": ("training.analyst:batch_main", "analyse a folder; results.jsonl, results.csv and an HTML report"),
     "keys": ("deployments.keys", "create, revoke or list the API keys of the Gatekeeper's key database"),
     "train-spoof": (
         "training.spoof", "train the band-limited spoof head on a real speech corpus; LOEO/LOSO EER; new av bundle",
@@ -134,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _delegate(command: str, argv: Sequence[str]) -> int:
     """Hand the rest of the command line to a module's own `main`, imported only now (it may not exist)."""
-    module_name, _ = DELEGATED[command]
+    spec, _ = DELEGATED[command]
+    module_name, _, function = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -142,7 +147,7 @@ def _delegate(command: str, argv: Sequence[str]) -> int:
             raise
         print(f"spectrashield {command}: {module_name} is not available in this installation", file=sys.stderr)
         return 2
-    result = module.main(list(argv))
+    result = getattr(module, function or "main")(list(argv))
     return int(result) if isinstance(result, int) else 0
 
 
