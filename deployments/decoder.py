@@ -71,6 +71,17 @@ class MediaDecoderDeployment:
         handle = [ray.put(clip)] if ray.is_initialized() else clip
         return Decoded(clip.meta, clip.n_frames, handle, self.info())
 
+    async def thumbnails(self, upload: list[ray.ObjectRef], times: list[float]) -> list[bytes]:
+        """JPEGs of the sampled frames at `times` (a finished job's keyframes, for the web page); [] if none."""
+        from media.thumbnails import thumbnails_at
+
+        async with self._one_at_a_time:
+            data = await upload[0]
+            try:
+                return await asyncio.to_thread(thumbnails_at, data, times, self.config)
+            except MediaError:
+                return []
+
     def info(self) -> ModelInfo:
         return ModelInfo(
             deployment="MediaDecoder", version=self._landmarks_version, trained=True, placement=replica_placement()

@@ -10,9 +10,10 @@ import asyncio
 import logging
 import time
 import uuid
+from pathlib import Path
 
 from fastapi import Depends, File, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -44,6 +45,7 @@ from pipeline.verdict import model_version, respond
 logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = 15
+PAGE = (Path(__file__).parent / "static" / "index.html").read_text()  # the web page: static, no build step
 # Serve's deployment statuses that still serve: autoscaling in either direction keeps the running
 # replicas answering (on a full machine an upscale can stay pending for as long as the load lasts),
 # and so does an update (a `serve deploy` of new weights or settings: the running replicas answer
@@ -130,6 +132,13 @@ class SpectraShieldIngress:
                 headers = {"WWW-Authenticate": "Bearer"}
             raise ServiceError(answer.status, answer.detail, request_id, headers=headers)
         return answer
+
+    # ---- the web page -------------------------------------------------------------------
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The analyst's page: upload, live stages from the job API, verdict, evidence, timeline, keyframes."""
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                           "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
 
     # ---- probes -------------------------------------------------------------------------
     @api.get("/healthz", response_model=HealthResponse, summary="The ingress process answers")
@@ -263,3 +272,16 @@ class SpectraShieldIngress:
             return JobStatus.model_validate(await self.jobs.get.remote(job_id))
         except UnknownJobError:
             raise ServiceError(404, f"no job {job_id} (unknown, or its results expired)") from None
+
+    @api.get(
+        "/v1/jobs/{job_id}/files/{index}/keyframes/{k}.jpg", response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+        summary="A finished file's keyframe k (an image's picture) as a JPEG, kept as long as the job's results",
+    )
+    async def keyframe(self, request: Request, job_id: str, index: int, k: int) -> Response:
+        await self.admit(request, "jobs")
+        try:
+            jpeg = await self.jobs.thumbnail.remote(job_id, index, k)
+        except UnknownJobError:
+            raise ServiceError(404, f"no keyframe {k} of file {index} in job {job_id}") from None
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

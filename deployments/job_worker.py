@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 
+import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -112,4 +113,17 @@ class JobWorkerDeployment:
                      "request_id": request_id}
         finally:
             beat.cancel()
-        await self.jobs.complete.remote(claim.job_id, claim.index, self.worker_id, result, error)
+        thumbnails = await self.keyframe_thumbnails(claim, result) if result is not None else []
+        await self.jobs.complete.remote(claim.job_id, claim.index, self.worker_id, result, error, thumbnails)
+
+    async def keyframe_thumbnails(self, claim: Claim, result: dict) -> list[bytes]:
+        """The keyframes (an image's one frame) as JPEGs from the decoder; none if that fails (the result stands)."""
+        times = [k["t"] for k in result["keyframes"]] or ([0.0] if result["media"]["kind"] == "image" else [])
+        if not times:
+            return []
+        try:
+            decoder = self.orchestrator.handles["MediaDecoder"]
+            return await decoder.thumbnails.remote([ray.put(claim.data)], times)
+        except Exception:
+            logger.warning("job %s file %d: no keyframe thumbnails", claim.job_id, claim.index, exc_info=True)
+            return []

@@ -54,6 +54,11 @@ class UnknownJobError(KeyError):
     pass
 
 
+def uuid_like(job_id: str) -> bool:
+    """Job ids are uuid4 hex: anything else never reaches a path."""
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
 def private_dir(path: Path) -> Path:
     """`path` as a directory only this user can enter (0700), created if missing; refuses a symlink or a
     directory owned by another user (a predictable path in a shared temp dir could be planted)."""
@@ -72,6 +77,7 @@ class JobStore:
     def __init__(self, root: Path, *, result_ttl_s: float, lease_s: float, max_attempts: int) -> None:
         self.root = private_dir(Path(root))
         private_dir(self.root / "uploads")
+        private_dir(self.root / "thumbnails")  # keyframe JPEGs of finished files, kept as long as the results
         self.result_ttl_s, self.lease_s, self.max_attempts = result_ttl_s, lease_s, max_attempts
         self._lock = threading.Lock()
         db_path = self.root / "jobs.sqlite3"
@@ -96,7 +102,7 @@ class JobStore:
     def sweep_orphans(self) -> int:
         """Delete upload folders without a job row (a submit cut short by a crash); returns how many."""
         known = {r[0] for r in self._db.execute("SELECT id FROM jobs")}
-        orphans = [p for p in (self.root / "uploads").iterdir() if p.name not in known]
+        orphans = [p for d in ("uploads", "thumbnails") for p in (self.root / d).iterdir() if p.name not in known]
         for path in orphans:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return len(orphans)
@@ -159,6 +165,7 @@ class JobStore:
             self._db.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             shutil.rmtree(self.root / "uploads" / job_id, ignore_errors=True)
+            shutil.rmtree(self.root / "thumbnails" / job_id, ignore_errors=True)
 
     def maintain(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -220,6 +227,21 @@ class JobStore:
             self._finish_if_complete(job_id, now)
             self._db.execute("COMMIT")
             return cur.rowcount == 1
+
+    def keep_thumbnails(self, job_id: str, index: int, jpegs: list[bytes]) -> None:
+        """A finished file's keyframe thumbnails (JPEG), deleted with the job's results."""
+        folder = self.root / "thumbnails" / job_id
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for k, jpeg in enumerate(jpegs):
+            partial = folder / f".{index}-{k}.part"
+            partial.write_bytes(jpeg)
+            partial.rename(folder / f"{index}-{k}.jpg")
+
+    def thumbnail(self, job_id: str, index: int, k: int) -> bytes:
+        path = self.root / "thumbnails" / job_id / f"{int(index)}-{int(k)}.jpg"
+        if not uuid_like(job_id) or not path.is_file():
+            raise UnknownJobError(f"no thumbnail {k} of file {index} in job {job_id}")
+        return path.read_bytes()
 
     def _finish_if_complete(self, job_id: str, now: float) -> None:
         left = self._db.execute(
@@ -292,8 +314,16 @@ class JobQueueDeployment:
     def progress(self, job_id: str, index: int, worker: str, stage: str) -> bool:
         return self.store.progress(job_id, index, worker, stage)
 
-    def complete(self, job_id: str, index: int, worker: str, result: dict | None, error: dict | None) -> bool:
+    def complete(
+        self, job_id: str, index: int, worker: str, result: dict | None, error: dict | None,
+        thumbnails: list[bytes] | None = None,
+    ) -> bool:
+        if thumbnails:
+            self.store.keep_thumbnails(job_id, index, thumbnails)
         return self.store.complete(job_id, index, worker, result=result, error=error)
+
+    def thumbnail(self, job_id: str, index: int, k: int) -> bytes:
+        return self.store.thumbnail(job_id, index, k)
 
     def check_health(self) -> None:
         self.store.maintain()  # periodic: expire dead workers' leases, purge old results

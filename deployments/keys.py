@@ -187,7 +187,7 @@ class Admission:
         return caller
 
 
-@serve.deployment(name="Gatekeeper", num_replicas=1, ray_actor_options={"num_cpus": 0.02})
+@serve.deployment(name="Gatekeeper", num_replicas=1, ray_actor_options={"num_cpus": 0})
 class GatekeeperDeployment:
     """The one owner of the keys and the quota counters (a single replica: counters are in its memory)."""
 

@@ -97,3 +97,19 @@ def test_a_planted_symlink_is_not_used_as_the_store(tmp_path: Path) -> None:
     (tmp_path / "jobs").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="plain directory"):
         _store(tmp_path / "jobs")
+
+
+def test_thumbnails_are_kept_with_the_results_and_purged_with_them(tmp_path: Path) -> None:
+    store = _store(tmp_path, result_ttl_s=10.0)
+    job = store.submit([("a.mp4", b"aaa")])
+    claim = store.claim("w", now=1.0)
+    store.keep_thumbnails(job, 0, [b"\xff\xd8one", b"\xff\xd8two"])
+    store.complete(job, claim.index, "w", result={"verdict": "real"}, now=2.0)
+    assert store.thumbnail(job, 0, 1) == b"\xff\xd8two"
+    for bad in ((job, 0, 2), (job, 1, 0), ("../" + job[3:], 0, 0), ("0" * 32, 0, 0)):
+        with pytest.raises(UnknownJobError):
+            store.thumbnail(*bad)
+    store.maintain(now=100.0)  # past result_ttl_s
+    assert not (tmp_path / "thumbnails" / job).exists()
+    with pytest.raises(UnknownJobError):
+        store.thumbnail(job, 0, 0)

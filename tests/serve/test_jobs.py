@@ -39,5 +39,27 @@ def test_job_with_good_and_bad_files_ends_done_with_per_file_outcomes(service):
         assert empty["status"] == "failed" and empty["error"]["error"] == "not_media"
         assert seen_stages - {"queued", "done"}, seen_stages  # progress was visible while it ran
         assert c.get("/v1/jobs/0123456789abcdef").status_code == 404
+        # The web page's keyframe pictures: one JPEG per keyframe of the finished file, 404 JSON otherwise.
+        assert result.keyframes
+        for k in range(len(result.keyframes)):
+            picture = c.get(f"{job['status_url']}/files/0/keyframes/{k}.jpg")
+            assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+            assert picture.content[:2] == b"\xff\xd8"
+        for missing in (f"{job['status_url']}/files/0/keyframes/{len(result.keyframes)}.jpg",
+                        f"{job['status_url']}/files/1/keyframes/0.jpg", "/v1/jobs/../../etc/keyframes/0.jpg",
+                        "/v1/jobs/0123456789abcdef0123456789abcdef/files/0/keyframes/0.jpg"):
+            r = c.get(missing)
+            assert r.status_code == 404 and set(r.json()) == {"error", "detail", "request_id"}, (missing, r.text)
+
+
+def test_the_web_page_is_served_at_the_root(service):
+    with service.client() as c:
+        r = c.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    for part in ('<input id="file"', '<label for="file">', '<label for="key">', 'fetch("/v1/jobs"',
+                 "/keyframes/", 'aria-live="polite"', "sessionStorage"):
+        assert part in page, part
+    assert "default-src 'self'" in r.headers["content-security-policy"]
 
 
