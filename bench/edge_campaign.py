@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"a 64x64 PNG alone: {warm[0]} in {warm[2]:.2f} s (first call)")
     for name, data in (("1000 fps single-GOP bomb (60,000 16x16 frames)", bomb), ("16000x16000 PNG", png.getvalue())):
         result: dict[str, tuple] = {}
-        thread = threading.Thread(target=lambda d=data: result.setdefault("bomb", post(d)))
+        thread = threading.Thread(target=lambda d=data, into=result: into.setdefault("bomb", post(d)))
         thread.start()
         time.sleep(0.2)
         result["image"] = post(image)

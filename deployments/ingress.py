@@ -18,14 +18,25 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-import deployments.edge as edge
+from deployments import edge
 from deployments.edge import (
-    ERROR_RESPONSES, MULTIPART_SLACK_BYTES, PIN_HEADER, ServiceError, api, pins_header, sanitize_filename,
+    ERROR_RESPONSES,
+    MULTIPART_SLACK_BYTES,
+    PIN_HEADER,
+    ServiceError,
+    api,
+    pins_header,
+    sanitize_filename,
 )
 from deployments.jobs import UnknownJobError
 from deployments.keys import Caller, Refusal
 from deployments.metrics import pipeline_metrics
-from deployments.orchestration import LOST_WORK, Orchestrator, by_reference, stage_handles
+from deployments.orchestration import (
+    LOST_WORK,
+    Orchestrator,
+    by_reference,
+    stage_handles,
+)
 from media.errors import MediaError
 from pipeline.analyze import public_error
 from pipeline.config import IngressConfig, VerdictConfig, stage_part

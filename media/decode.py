@@ -65,11 +65,23 @@ import PIL.Image
 
 from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
 from media.config import DecodeConfig
-from media.keyframes import small_gray
-from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
-from media.faces import (
-    ArraySource, EarlyDetections, FaceAnalyzer, FaceTrack, FaceView, SourceFrame, default_analyzer, faceless_track,
+from media.errors import (
+    MediaError,
+    MediaTooLargeError,
+    NotMediaError,
+    UnusableMediaError,
 )
+from media.faces import (
+    ArraySource,
+    EarlyDetections,
+    FaceAnalyzer,
+    FaceTrack,
+    FaceView,
+    SourceFrame,
+    default_analyzer,
+    faceless_track,
+)
+from media.keyframes import small_gray
 
 # (sample index k, upright RGB frame (H, W, 3) at analysis size, the same frame at its source resolution)
 FrameCallback = Callable[[int, np.ndarray, SourceFrame], None]
@@ -147,7 +159,7 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
         track = faceless_track(frames)
     decoded.meta.face_coverage = track.coverage
     decoded.meta.faces_seen = track.faces_seen
-    decoded.meta.n_frames = int(len(frames))
+    decoded.meta.n_frames = len(frames)
     return _assemble(decoded, track)
 
 
@@ -281,7 +293,7 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
         video_codec=info.codec if info is not None else None,
         audio_codec=audio_codec if len(audio_samples) else None,
         variable_frame_rate=kind == "video" and _is_variable_rate(scan, info),
-        n_frames=int(len(frames)),
+        n_frames=len(frames),
         size_bytes=len(data),
     )
     return _Decoded(meta, frames, timestamps, audio_samples)

@@ -44,10 +44,10 @@ class Analyzer:
         self.url, self.api_key, self.timeout_s = url, api_key, timeout_s
         self._local = None
         if url is None:
+            import yaml
+
             from pipeline.config import PipelineConfig, weight_versions
             from pipeline.local import LocalPipeline
-
-            import yaml
 
             deployments = yaml.safe_load(profile.read_text())["applications"][0].get("deployments") or []
             user_configs = {d["name"]: d.get("user_config") or {} for d in deployments}
@@ -59,10 +59,9 @@ class Analyzer:
         data = path.read_bytes()
         if self._local is None:
             return self._remote(path.name, data), []
+        from deployments.edge import ERROR_NAMES
         from media.errors import MediaError
         from pipeline.decode import decode
-
-        from deployments.edge import ERROR_NAMES
 
         try:
             clip = decode(data, self._local.config.decode, keep_frames=True)
@@ -121,9 +120,11 @@ def summary(path: str, answer: dict[str, Any]) -> str:
         "uncertain": f"UNCERTAIN: no confident call (probability of manipulation {p:.0%})",
     }[answer["verdict"]]
     media = answer["media"]
-    lines = [f"{path}: {verdict}",
-             f"  {media['kind']}, {media['duration_s']:.1f} s, {media['width']}x{media['height']}, "
-             f"faces on {media['face_coverage']:.0%} of frames"]
+    lines = [
+        f"{path}: {verdict}",
+        (f"  {media['kind']}, {media['duration_s']:.1f} s, {media['width']}x{media['height']}, "
+         f"faces on {media['face_coverage']:.0%} of frames"),
+    ]
     for reason in answer["reasons"]:
         lines.append(f"  reason {reason['code']}{' (decisive)' if reason.get('decisive') else ''}: {reason['message']}")
     for name, m in answer["modalities"].items():

@@ -13,8 +13,19 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from media import DecodeConfig, MediaTooLargeError, NotMediaError, UnusableMediaError, decode_media
-from tests.mediagen import encode_audio, encode_video, numbered_frames, speech_like_audio
+from media import (
+    DecodeConfig,
+    MediaTooLargeError,
+    NotMediaError,
+    UnusableMediaError,
+    decode_media,
+)
+from tests.mediagen import (
+    encode_audio,
+    encode_video,
+    numbered_frames,
+    speech_like_audio,
+)
 
 NO_FACES = DecodeConfig(analyze_faces=False)
 

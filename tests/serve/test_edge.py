@@ -146,8 +146,9 @@ def test_a_slow_body_gets_408_and_one_request_one_file(service) -> None:
 
 def test_an_overloaded_decoder_sheds_load_with_json_503(service) -> None:
     """Past MediaDecoder's max_queued_requests the ingress answers 503 + Retry-After at once, not after a queue."""
-    import numpy as np
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
 
     from tests.mediagen import encode_video
 

@@ -22,7 +22,13 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.mediagen import encode_audio, encode_image, encode_video, numbered_frames, speech_like_audio
+from tests.mediagen import (
+    encode_audio,
+    encode_image,
+    encode_video,
+    numbered_frames,
+    speech_like_audio,
+)
 from tests.serve.conftest import TEST_MAX_UPLOAD_BYTES
 
 pytestmark = pytest.mark.serve

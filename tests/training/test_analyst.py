@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.mediagen import encode_audio, encode_image, speech_like_audio, talking_face_video
-from training.analyst import Analyzer, DEFAULT_PROFILE, run_batch, summary
+from tests.mediagen import (
+    encode_audio,
+    encode_image,
+    speech_like_audio,
+    talking_face_video,
+)
+from training.analyst import DEFAULT_PROFILE, Analyzer, run_batch, summary
 from training.cli import main as cli
 
 
