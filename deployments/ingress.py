@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fastapi import Depends, File, Request, UploadFile
+from fastapi import Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -28,6 +28,7 @@ from deployments.edge import (
     pins_header,
     sanitize_filename,
 )
+from deployments.fetch import FetchError, fetch, parse_networks
 from deployments.jobs import UnknownJobError
 from deployments.keys import Caller, Refusal
 from deployments.metrics import pipeline_metrics
@@ -98,6 +99,8 @@ async def one_of_each(request: Request, request_id: str) -> None:
     if len(request.headers.getlist(PIN_HEADER)) > 1:
         raise ServiceError(400, f"{PIN_HEADER} given more than once; put every pin in one header", request_id)
     form = await request.form()  # already parsed by FastAPI for `file`: no second read
+    if len(form.getlist("url")) > 1:
+        raise ServiceError(400, "more than one `url` field: /v1/analyze takes one (queue many with /v1/jobs)", request_id)
     if len(form.getlist("file")) > 1:
         raise ServiceError(400, "more than one `file` field: /v1/analyze takes one file (queue many with /v1/jobs)", request_id)
 
@@ -143,6 +146,17 @@ class SpectraShieldIngress:
                 headers = {"WWW-Authenticate": "Bearer"}
             raise ServiceError(answer.status, answer.detail, request_id, headers=headers)
         return answer
+
+    async def fetch_url(self, url: str, request_id: str | None = None) -> tuple[str, bytes]:
+        """(sanitized name, bytes) of media at `url`, under the edge's URL rules (deployments.fetch)."""
+        try:
+            name, data = await fetch(
+                url, max_bytes=self.config.max_upload_bytes, timeout_s=self.config.url_timeout_s,
+                max_redirects=self.config.url_max_redirects, allow=parse_networks(self.config.url_allow_networks),
+            )
+        except FetchError as exc:
+            raise ServiceError(exc.status, exc.detail, request_id) from None
+        return sanitize_filename(name), data
 
     # ---- the web page -------------------------------------------------------------------
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -209,7 +223,8 @@ class SpectraShieldIngress:
     async def analyze(
         self,
         request: Request,
-        file: UploadFile = File(..., description="the media file"),
+        file: UploadFile | None = File(None, description="the media file (or give `url`)"),
+        url: str | None = Form(None, description="an http(s) URL the service fetches instead of a file"),
         pins: dict[str, str] = Depends(pins_header),
     ) -> AnalyzeResponse:
         request_id = uuid.uuid4().hex
@@ -218,7 +233,15 @@ class SpectraShieldIngress:
         if pins and not caller.may("admin"):
             raise ServiceError(403, f"{PIN_HEADER} needs a key with the admin scope", request_id)
         await one_of_each(request, request_id)
-        data = await read_upload(file, self.config.max_upload_bytes, request_id)
+        if file is None and url is None and request.headers.get("content-type", "").startswith("application/json"):
+            body = await request.json()
+            url = body.get("url") if isinstance(body, dict) and isinstance(body.get("url"), str) else None
+        if (file is None) == (url is None):
+            raise ServiceError(400, "send exactly one of a `file` field or a `url`", request_id)
+        if file is not None:
+            name, data = sanitize_filename(file.filename), await read_upload(file, self.config.max_upload_bytes, request_id)
+        else:
+            name, data = await self.fetch_url(url, request_id)
         if not data:
             raise ServiceError(415, "empty upload: no bytes to analyse", request_id)
         try:
@@ -248,7 +271,7 @@ class SpectraShieldIngress:
             logger.exception("request %s failed", request_id)
             raise ServiceError(500, public_error(exc), request_id) from None
         analysis.timings_ms["total"] = round((time.perf_counter() - started) * 1e3, 2)
-        response = respond(analysis, self.verdict, request_id, sanitize_filename(file.filename))
+        response = respond(analysis, self.verdict, request_id, name)
         if not caller.may("admin"):
             response = without_internals(response)
         metrics = pipeline_metrics()
@@ -264,12 +287,19 @@ class SpectraShieldIngress:
         summary="Queue one or many files for analysis; poll GET /v1/jobs/{id}",
     )
     async def submit_job(
-        self, request: Request, files: list[UploadFile] = File(..., description="one or more media files")
+        self,
+        request: Request,
+        files: list[UploadFile] | None = File(None, description="one or more media files"),
+        urls: list[str] | None = Form(None, description="http(s) URLs the service fetches, beside or instead of files"),
     ) -> JobAccepted:
         await self.admit(request, "jobs")
-        if len(files) > self.config.max_job_files:
-            raise ServiceError(413, f"{len(files)} files in one job; the limit is {self.config.max_job_files}")
+        files, urls = files or [], urls or []
+        if not files and not urls:
+            raise ServiceError(400, "send one or more `files` fields and/or `urls`")
+        if len(files) + len(urls) > self.config.max_job_files:
+            raise ServiceError(413, f"{len(files) + len(urls)} files in one job; the limit is {self.config.max_job_files}")
         uploads = [(sanitize_filename(f.filename), await read_upload(f, self.config.max_upload_bytes)) for f in files]
+        uploads += [await self.fetch_url(u) for u in urls]
         job_id = await self.jobs.submit.remote(uploads)
         return JobAccepted(id=job_id, status_url=f"/v1/jobs/{job_id}", files=len(uploads))
 

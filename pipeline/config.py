@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, field_validator, ConfigDict, Field, model_validator
 
 from media.config import DecodeConfig
 
@@ -150,6 +150,21 @@ class IngressConfig(VerdictConfig):
     # per request, /v1/jobs included, arriving within body_timeout_s (+1 s per declared MiB), else 413 / 408.
     body_timeout_s: float = Field(30.0, gt=0)
     max_job_files: int = Field(64, ge=1)  # files in one POST /v1/jobs
+    # Media by URL (deployments.fetch): http(s) only, public addresses only unless a network is listed here
+    # (CIDR, e.g. "10.0.0.0/8"), each hop resolved and checked, at most url_max_redirects redirects, the body
+    # streamed and cut at max_upload_bytes, the whole fetch within url_timeout_s.
+    url_allow_networks: list[str] = Field(default_factory=list)
+    url_timeout_s: float = Field(30.0, gt=0)
+    url_max_redirects: int = Field(3, ge=0, le=10)
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # ValueError: the deploy fails on a typo
+        return networks
 
 
 def stage_part(config: BaseModel, stage_model: type[BaseModel]) -> BaseModel:

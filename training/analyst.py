@@ -55,10 +55,34 @@ class Analyzer:
                 PipelineConfig.from_user_configs(user_configs), weight_versions(user_configs), weights_dir=weights_dir
             )
 
-    def __call__(self, path: Path) -> Outcome:
+    def __call__(self, source: Path | str) -> Outcome:
+        """A file, or an http(s) URL (the service fetches it with --url; in-process it is fetched here under the
+        service's default rules: public addresses only, bounded size and time)."""
+        if is_url(source):
+            return self._from_url(str(source))
+        path = Path(source)
         data = path.read_bytes()
         if self._local is None:
             return self._remote(path.name, data), []
+        return self._in_process(path.name, data)
+
+    def _from_url(self, url: str) -> Outcome:
+        if self._local is None:
+            return self._remote(None, None, url=url), []
+        import asyncio
+
+        from deployments.fetch import FetchError, fetch
+        from pipeline.config import IngressConfig
+
+        limits = IngressConfig()
+        try:
+            name, data = asyncio.run(fetch(url, max_bytes=limits.max_upload_bytes, timeout_s=limits.url_timeout_s,
+                                           max_redirects=limits.url_max_redirects))
+        except FetchError as exc:
+            return {"error": "bad_url", "detail": exc.detail}, []
+        return self._in_process(name, data)
+
+    def _in_process(self, name: str, data: bytes) -> Outcome:
         from deployments.edge import ERROR_NAMES
         from media.errors import MediaError
         from pipeline.decode import decode
@@ -68,16 +92,16 @@ class Analyzer:
         except MediaError as exc:
             return {"error": ERROR_NAMES.get(exc.http_status, "bad_request"), "detail": str(exc)}, []
         analysis = self._local.run_clip(clip)
-        answer = self._local.respond(analysis, request_id="local", filename=path.name).model_dump(mode="json")
+        answer = self._local.respond(analysis, request_id="local", filename=name).model_dump(mode="json")
         return answer, thumbnails(clip.frames, clip.timestamps, [k["t"] for k in answer["keyframes"]])
 
-    def _remote(self, name: str, data: bytes) -> dict[str, Any]:
+    def _remote(self, name: str | None, data: bytes | None, url: str | None = None) -> dict[str, Any]:
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {"data": {"url": url}} if url is not None else {"files": {"file": (name, data)}}
         try:
-            r = httpx.post(f"{self.url.rstrip('/')}/v1/analyze", files={"file": (name, data)}, headers=headers,
-                           timeout=self.timeout_s)
+            r = httpx.post(f"{self.url.rstrip('/')}/v1/analyze", **body, headers=headers, timeout=self.timeout_s)
         except httpx.HTTPError as exc:
             return {"error": "unreachable", "detail": f"{type(exc).__name__}: {exc}"}
         try:
@@ -87,6 +111,10 @@ class Analyzer:
         if r.status_code != 200 and "error" not in body:
             body = {"error": "http_error", "detail": json.dumps(body)[:300]}
         return body
+
+
+def is_url(source: Path | str) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
 
 
 def thumbnails(frames, timestamps, times: list[float], side: int = 160) -> list[bytes]:
@@ -315,14 +343,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def analyze_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spectrashield analyze", description="analyse media files and print verdicts")
-    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("files", nargs="+", help="media files or http(s) URLs")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer per file (one per line)")
     _common(parser)
     args = parser.parse_args(argv)
     analyzer = Analyzer(args.url, args.api_key, args.serve_config, args.weights_dir)
     failed = 0
     for path in args.files:
-        if not path.is_file():
+        if not is_url(path) and not Path(path).is_file():
             answer: dict[str, Any] = {"error": "not_found", "detail": "no such file"}
         else:
             answer, _ = analyzer(path)

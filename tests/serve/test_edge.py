@@ -179,3 +179,49 @@ def test_an_overloaded_decoder_sheds_load_with_json_503(service) -> None:
     assert all(r.json()["error"] == "unavailable" and "capacity" in r.json()["detail"] and r.headers["retry-after"]
                for r, _ in shed)
     assert all(r.status_code in (200, 503) for r, _ in answers), [r.text[:200] for r, _ in answers]
+
+
+def test_media_by_url_is_fetched_only_from_allowed_networks(service, tmp_path) -> None:
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+
+    from tests.mediagen import encode_image
+
+    (tmp_path / "photo.png").write_bytes(encode_image(np.full((64, 64, 3), 120, np.uint8), "png"))
+    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/photo.png"
+    try:
+        with service.client() as c:  # the default: loopback and private addresses are never fetched
+            r = c.post("/v1/analyze", data={"url": url})
+            assert r.status_code == 400 and "non-public address" in r.json()["detail"], r.text
+            r = c.post("/v1/analyze", json={"url": "file:///etc/passwd"})
+            assert r.status_code == 400 and "only http and https" in r.json()["detail"], r.text
+        config = service.fresh_config()
+        service.deployment_config(config, "Ingress")["user_config"]["url_allow_networks"] = ["127.0.0.0/8"]
+        service.deploy(config)
+        deadline, r = time.monotonic() + WAIT_S, None
+        while time.monotonic() < deadline:
+            with service.client() as c:
+                r = c.post("/v1/analyze", data={"url": url})
+            if r.status_code == 200:
+                break
+            time.sleep(2)
+        assert r.status_code == 200, r.text
+        assert r.json()["filename"] == "photo.png" and r.json()["media"]["kind"] == "image"
+        with service.client() as c:
+            r = c.post("/v1/analyze", json={"url": url})
+            assert r.status_code == 200, r.text
+            r = c.post("/v1/analyze", data={"url": url}, files={"file": ("a.png", b"x")})
+            assert r.status_code == 400 and "exactly one" in r.json()["detail"]
+            accepted = c.post("/v1/jobs", data={"urls": [url, url]})
+            assert accepted.status_code == 202 and accepted.json()["files"] == 2, accepted.text
+    finally:
+        httpd.shutdown()
+        service.deploy(service.fresh_config())
+    service.settle()

@@ -57,7 +57,7 @@ def test_the_web_page_is_served_at_the_root(service):
         r = c.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
-    for part in ('<input id="file"', '<label for="file">', '<label for="key">', 'fetch("/v1/jobs"',
+    for part in ('<input id="file"', '<label for="file">', '<label for="key">', '<label for="url">', 'fetch("/v1/jobs"',
                  "/keyframes/", 'aria-live="polite"', "sessionStorage"):
         assert part in page, part
     assert "default-src 'self'" in r.headers["content-security-policy"]

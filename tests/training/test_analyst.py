@@ -85,3 +85,10 @@ def test_batch_walks_by_content_resumes_and_writes_the_report(folder: Path, anal
     again = run_batch(folder, out, counting, progress=False)
     assert calls == [folder / "nested" / "photo.png"] and again["analysed"] == 1
     assert len((out / "results.csv").read_text().splitlines()) == 5  # one row per file, the newest answer
+
+
+def test_analyze_takes_urls_under_the_services_rules(capsys) -> None:
+    assert cli(["analyze", "http://127.0.0.1:9/photo.png", "ftp://example.org/x.mp4"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("http://127.0.0.1:9/photo.png: not analysed (bad_url)") and "non-public" in out[0]
+    assert out[1].startswith("ftp://example.org/x.mp4: not analysed (not_found)")  # not http(s): taken as a path
