@@ -1,115 +1,46 @@
-"""`python -m bench.edge_campaign --key K --burst-key B`: the secure-edge targets, measured on a running service.
-
-Start the service with keys first (a copy of cluster/serve.cpu.yaml whose Gatekeeper has `keys_db`;
-K: a key with the analyze scope and large quotas, B: a key allowed 5 requests per minute). Then it
-prints: the answer without a key, a burst over B's quota, a 210 MiB upload actually sent (time to
-the answer, bytes the client pushed, ingress RSS), two decode bombs each with a small image sent
-beside it, and two rounds of the hostile corpus of `tests/serve/test_hostile.py` (status counts,
-non-JSON errors, slowest answer) with the ingress and decoder RSS around each round: the first
-round from cold (models load lazily), the second warm. Asserts nothing; prints numbers.
+"""`python -m bench.edge_campaign [URL [KEY]]`: the edge's speed and memory targets on a running local service:
+replicas' RSS around the hostile corpus, then (status, seconds) of bombs and a small PNG beside them (drops raise).
+Behaviour (401, 429, 413 before the body, JSON errors) is asserted by tests/serve/test_edge.py and test_hostile.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import io
-import threading
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-import PIL.Image
 import psutil
 
-from tests.mediagen import encode_image, encode_video
-from tests.serve.test_hostile import _corpus
+from bench.memory import deployment_of
+from bench.served import local_url
+from tests.mediagen import decode_bomb, encode_image, hostile_corpus, huge_png
 
 
-def rss_mib(role: str) -> float:
-    """Summed RSS of this app's replicas of one deployment."""
-    total = 0.0
-    for p in psutil.process_iter(["cmdline"]):
-        if f"ServeReplica:spectrashield:{role}" in " ".join(p.info["cmdline"] or []):
-            total += p.memory_info().rss / 2**20
-    return total
+def rss_mib(deployment: str) -> int:
+    replicas = [p for p in psutil.process_iter(["cmdline", "memory_info"]) if deployment_of(p.info["cmdline"] or []) == deployment]
+    return round(sum(p.info["memory_info"].rss for p in replicas) / 2**20)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--burst-key", required=True)
-    args = parser.parse_args(argv)
-    auth = {"Authorization": f"Bearer {args.key}"}
+def main(url: str = "http://127.0.0.1:8000", key: str | None = None) -> None:
+    url, auth = local_url(url), {"Authorization": f"Bearer {key}"} if key else {}
 
-    def post(data: bytes, headers: dict | None = auth) -> tuple[int | None, object, float]:
+    def post(data: bytes) -> tuple[int, float]:
         started = time.monotonic()
-        try:
-            r = httpx.post(f"{args.url}/v1/analyze", files={"file": ("u.bin", data)}, headers=headers, timeout=130)
-        except httpx.HTTPError as exc:
-            return None, str(exc), time.monotonic() - started
-        try:
-            body = r.json()
-        except ValueError:
-            body = r.text
-        return r.status_code, body, time.monotonic() - started
+        status = httpx.post(f"{url}/v1/analyze", files={"file": ("u", data)}, headers=auth, timeout=130).status_code
+        return status, round(time.monotonic() - started, 2)
 
-    print("without a key:", post(b"x", headers={})[:2])
-    burst = [httpx.get(f"{args.url}/v1/models", headers={"Authorization": f"Bearer {args.burst_key}"}).status_code
-             for _ in range(8)]
-    print("8 requests on a 5/min key:", burst)
-
-    pushed = 0
-
-    def body():
-        nonlocal pushed
-        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
-        for _ in range(210):
-            pushed += 2**20
-            yield b"\0" * 2**20
-        yield b"\r\n--b--\r\n"
-
-    before, started = rss_mib("Ingress"), time.monotonic()
-    headers = {**auth, "Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(210 * 2**20 + 100)}
-    try:
-        r = httpx.post(f"{args.url}/v1/analyze", content=body(), headers=headers, timeout=60)
-        answer = f"{r.status_code} {r.json().get('error')}"
-    except httpx.HTTPError as exc:
-        answer = type(exc).__name__
-    print(f"210 MiB upload: {answer} in {time.monotonic() - started:.2f} s, the client had pushed {pushed / 2**20:.0f} MiB; "
-          f"ingress RSS {before:.0f} -> {rss_mib('Ingress'):.0f} MiB")
-
-    frames = (np.full((16, 16, 3), i % 251, np.uint8) for i in range(60_000))
-    bomb = encode_video(frames, fps=1000.0, keyframe_interval=10**6, encoder_options={"preset": "ultrafast"})
-    png = io.BytesIO()
-    PIL.Image.new("1", (16_000, 16_000)).save(png, format="PNG")
-    image = encode_image(np.full((64, 64, 3), 100, np.uint8), "png")
-    warm = post(image)  # the image path's first call loads lazily; time the bombs' neighbours warm
-    print(f"a 64x64 PNG alone: {warm[0]} in {warm[2]:.2f} s (first call)")
-    for name, data in (("1000 fps single-GOP bomb (60,000 16x16 frames)", bomb), ("16000x16000 PNG", png.getvalue())):
-        result: dict[str, tuple] = {}
-        thread = threading.Thread(target=lambda d=data, into=result: into.setdefault("bomb", post(d)))
-        thread.start()
-        time.sleep(0.2)
-        result["image"] = post(image)
-        thread.join()
-        print(f"{name}: {result['bomb'][0]} in {result['bomb'][2]:.2f} s; a 64x64 PNG sent beside it: "
-              f"{result['image'][0]} in {result['image'][2]:.2f} s")
-
-    for round_no, seed in ((1, 1), (2, 2)):
-        ingress, decoder, started = rss_mib("Ingress"), rss_mib("MediaDecoder"), time.monotonic()
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda item: (item[0], *post(item[1])), _corpus(seed)))
-        time.sleep(5)
-        statuses = Counter(a[1] for a in answers)
-        non_json = sum(1 for a in answers if a[1] != 200 and not isinstance(a[2], dict))
-        print(f"hostile corpus round {round_no} ({len(answers)} uploads, 4 at a time, {time.monotonic() - started:.0f} s): "
-              f"{dict(statuses)}; non-JSON errors {non_json}; slowest {max(a[3] for a in answers):.1f} s; RSS MiB "
-              f"ingress {ingress:.0f} -> {rss_mib('Ingress'):.0f}, decoders {decoder:.0f} -> {rss_mib('MediaDecoder'):.0f}")
-    print("readyz:", httpx.get(f"{args.url}/readyz", timeout=30).status_code)
+    small = encode_image(np.full((64, 64, 3), 100, np.uint8), "png")
+    with ThreadPoolExecutor(4) as pool:
+        for seed in (1, 2):  # the first round from a fresh start includes the models' lazy loading
+            before = rss_mib("Ingress"), rss_mib("MediaDecoder")
+            answers = list(pool.map(lambda item: post(item[1]), hostile_corpus(seed)))
+            print(f"hostile corpus seed {seed}: {Counter(a[0] for a in answers)}, slowest {max(a[1] for a in answers)} s; "
+                  f"RSS MiB ingress {before[0]} -> {rss_mib('Ingress')}, decoders {before[1]} -> {rss_mib('MediaDecoder')}")
+        for name, data in (("60,000-frame single-GOP bomb", decode_bomb(60_000)), ("16000² PNG", huge_png())):
+            refused, _ = pool.submit(post, data), time.sleep(0.2)
+            print(f"{name}: {post(small)} for a small PNG sent 0.2 s after it; itself {refused.result()}")
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:])

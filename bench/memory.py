@@ -22,8 +22,8 @@ MIB = 1024 * 1024
 _REPLICA = re.compile(r"ServeReplica:[^:\s]+:(?P<deployment>[^\s:.]+)")
 
 
-def _deployment(proc: psutil.Process) -> str | None:
-    found = _REPLICA.search(" ".join(proc.cmdline()))
+def deployment_of(cmdline: list[str]) -> str | None:
+    found = _REPLICA.search(" ".join(cmdline))
     return found.group("deployment") if found else None
 
 
@@ -49,7 +49,7 @@ class PssSampler:
         total = 0
         for proc in self._processes():
             try:
-                deployment = _deployment(proc)
+                deployment = deployment_of(proc.cmdline())
                 if deployment is None and self.root_pid is None:
                     continue
                 pss = proc.memory_full_info().pss

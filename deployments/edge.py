@@ -155,7 +155,8 @@ class BodyLimit:
         if declared is not None and declared > limits.max_bytes:
             await self._refuse(scope, send, 413, f"request body of {declared} bytes exceeds {limits.max_bytes} bytes")
             return
-        deadline = time.monotonic() + limits.timeout_s + limits.seconds_per_mib * (declared or 0) / 2**20
+        allowed_s = limits.timeout_s + limits.seconds_per_mib * (declared or 0) / 2**20
+        deadline = time.monotonic() + allowed_s
         received = 0
         tripped: list[tuple[int, str]] = []
 
@@ -164,7 +165,7 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
             except TimeoutError:
-                tripped.append((408, f"the request body did not arrive within {deadline - started:.0f} s"))
+                tripped.append((408, f"the request body did not arrive within {allowed_s:.0f} s"))
                 raise _BodyTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -182,7 +183,6 @@ class BodyLimit:
             started_response = True
             await send(message)
 
-        started = time.monotonic()
         try:
             await self.app(scope, bounded_receive, guarded_send)
         except (_BodyTooLarge, _BodyTimeout):

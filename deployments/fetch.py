@@ -29,9 +29,6 @@ class FetchError(Exception):
         super().__init__(detail)
         self.status, self.detail = status, detail
 
-    def __reduce__(self):
-        return FetchError, (self.status, self.detail)
-
 
 def parse_networks(networks: list[str]) -> list[Network]:
     return [ipaddress.ip_network(n, strict=False) for n in networks]

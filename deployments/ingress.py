@@ -94,6 +94,13 @@ def without_internals(response: AnalyzeResponse) -> AnalyzeResponse:
     return response
 
 
+def hide_placement(states: dict[str, DeploymentState]) -> None:
+    """Blank each deployment's replica placement (node and GPU ids): admin-only detail."""
+    for state in states.values():
+        if state.model is not None:
+            state.model.placement = {}
+
+
 async def one_of_each(request: Request, request_id: str) -> None:
     """400 for two `file` fields or two X-Model-Versions headers: neither is silently dropped."""
     if len(request.headers.getlist(PIN_HEADER)) > 1:
@@ -199,9 +206,7 @@ class SpectraShieldIngress:
         _, states = await self._deployment_states(everything=True)
         stage_names = self.orchestrator.handles
         ready = all(deployment_ready(s, needs_model=name in stage_names) for name, s in states.items())
-        for state in states.values():  # unauthenticated: no placement details
-            if state.model is not None:
-                state.model.placement = {}
+        hide_placement(states)  # unauthenticated: no placement details
         body = ReadyResponse(ready=ready, deployments=states)
         return body if ready else JSONResponse(status_code=503, content=body.model_dump())
 
@@ -210,9 +215,7 @@ class SpectraShieldIngress:
         caller = await self.admit(request, "")
         app_name, states = await self._deployment_states()
         if not caller.may("admin"):
-            for state in states.values():
-                if state.model is not None:
-                    state.model.placement = {}
+            hide_placement(states)
         return ModelsResponse(application=app_name, deployments=states)
 
     # ---- analysis -----------------------------------------------------------------------

@@ -124,17 +124,17 @@ class KeyStore:
         done = self.db.execute("UPDATE keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name))
         return done.rowcount == 1
 
+    def _records(self, where: str, *args: object) -> list[KeyRecord]:
+        rows = self.db.execute(f"SELECT name, scopes, rpm, bpm, created, revoked FROM keys {where}", args)
+        return [KeyRecord(r[0], tuple(r[1].split(",")), *r[2:]) for r in rows]
+
     def list(self) -> list[KeyRecord]:
-        rows = self.db.execute("SELECT name, scopes, rpm, bpm, created, revoked FROM keys ORDER BY created").fetchall()
-        return [KeyRecord(r[0], tuple(r[1].split(",")), r[2], r[3], r[4], r[5]) for r in rows]
+        return self._records("ORDER BY created")
 
     def lookup(self, token: str) -> KeyRecord | None:
         """The live key with this token, or None (unknown or revoked)."""
-        row = self.db.execute(
-            "SELECT name, scopes, rpm, bpm, created, revoked FROM keys WHERE hash = ? AND revoked IS NULL",
-            (token_hash(token),),
-        ).fetchone()
-        return KeyRecord(row[0], tuple(row[1].split(",")), row[2], row[3], row[4], row[5]) if row else None
+        found = self._records("WHERE hash = ? AND revoked IS NULL", token_hash(token))
+        return found[0] if found else None
 
     def active(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM keys WHERE revoked IS NULL").fetchone()[0]

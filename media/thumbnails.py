@@ -18,11 +18,16 @@ def thumbnails_at(data: bytes, times: list[float], config: DecodeConfig = Decode
     if not times:
         return []
     clip = decode_media(data, config.model_copy(update={"analyze_faces": False}))
-    if not len(clip.frames):
+    return jpeg_thumbnails(clip.frames, clip.timestamps, times, side)
+
+
+def jpeg_thumbnails(frames: np.ndarray, timestamps: np.ndarray, times: list[float], side: int = 320) -> list[bytes]:
+    """JPEGs of the frames `(T, H, W, 3)` RGB nearest `times`, at most `side` pixels long; [] without frames."""
+    if not len(frames):
         return []
     out = []
     for t in times:
-        frame = clip.frames[int(np.argmin(np.abs(clip.timestamps - t)))]  # (H, W, 3) RGB
+        frame = frames[int(np.argmin(np.abs(np.asarray(timestamps) - t)))]  # (H, W, 3) RGB
         scale = min(1.0, side / max(frame.shape[:2]))
         if scale < 1.0:
             frame = cv2.resize(frame, (max(round(frame.shape[1] * scale), 1), max(round(frame.shape[0] * scale), 1)),

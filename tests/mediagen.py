@@ -457,6 +457,69 @@ def _pix_fmt_for(codec: str) -> str:
     return "yuvj420p" if "yuvj420p" in formats else formats[0]
 
 
+def decode_bomb(n_frames: int = 1500, fps: float = 1000.0) -> bytes:
+    """The CPU bomb of the hostile campaign, small: tiny frames at 1000 fps in one group of pictures."""
+    return encode_video(numbered_frames(n_frames, size=(16, 16)), fps=fps, keyframe_interval=10**6,
+                        encoder_options={"preset": "ultrafast"})
+
+
+def huge_png(side: int = 16_000) -> bytes:
+    """A 1-bit PNG that is a few KB on the wire and `side`² pixels decoded."""
+    import PIL.Image
+
+    buf = io.BytesIO()
+    PIL.Image.new("1", (side, side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _hostile_seeds() -> dict[str, bytes]:
+    rgb = np.full((72, 96, 3), (120, 90, 60), np.uint8)
+    audio = speech_like_audio(1.0)
+    return {
+        "mp4": encode_video(numbered_frames(10, size=(96, 72)), fps=10, audio=audio),
+        "webm": encode_video(numbered_frames(10, size=(96, 72)), container="webm", codec="libvpx-vp9", fps=10),
+        "png": encode_image(rgb, "png"),
+        "jpeg": encode_image(rgb, "jpeg"),
+        "wav": encode_audio(audio),
+        "mp3": encode_audio(audio, fmt="mp3"),
+    }
+
+
+def hostile_corpus(seed: int = 0) -> list[tuple[str, bytes]]:
+    """(kind, upload bytes): 1,000 seeded mutated or junk uploads (truncated, bit-flipped, corrupted header,
+    polyglot, random, text): the hostile-input campaign of tests/serve/test_hostile.py and bench.edge_campaign."""
+    rng = np.random.default_rng(seed)
+    seeds = _hostile_seeds()
+    names = sorted(seeds)
+    corpus: list[tuple[str, bytes]] = []
+    for _ in range(250):  # truncated anywhere
+        data = seeds[names[rng.integers(len(names))]]
+        corpus.append(("truncated", data[: int(rng.integers(0, len(data)))]))
+    for _ in range(300):  # a few bytes flipped
+        data = bytearray(seeds[names[rng.integers(len(names))]])
+        for at in rng.integers(0, len(data), size=int(rng.integers(1, 40))):
+            data[at] ^= 1 << int(rng.integers(8))
+        corpus.append(("bit_flipped", bytes(data)))
+    for _ in range(120):  # the header replaced by noise
+        data = bytearray(seeds[names[rng.integers(len(names))]])
+        n = int(rng.integers(4, 64))
+        data[:n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        corpus.append(("header_corrupted", bytes(data)))
+    magic = [b"ID3\x04\x00", b"GIF89a", b"PK\x03\x04", b"%PDF-1.7\n", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WAVE",
+             b"\x1aE\xdf\xa3", b"ftypisom", b"#EXTM3U\n", b"ffconcat version 1.0\nfile /etc/passwd\n"]
+    for _ in range(120):  # polyglots: one format's signature in front of another's body, or noise
+        head = magic[rng.integers(len(magic))]
+        body = seeds[names[rng.integers(len(names))]] if rng.random() < 0.5 else rng.bytes(int(rng.integers(10, 5000)))
+        corpus.append(("polyglot", head + body))
+    for _ in range(150):  # noise of any length
+        corpus.append(("random", rng.bytes(int(rng.integers(1, 20_000)))))
+    texts = [b"[" * 4000 + b"]" * 4000, b'{"file": "x"}', b"<html><script>alert(1)</script></html>", b"\x00" * 5000,
+             b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhttp://127.0.0.1/x.m3u8\n", b"a" * 10_000]
+    for i in range(60):
+        corpus.append(("text", texts[i % len(texts)] * int(rng.integers(1, 4))))
+    return corpus
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m tests.mediagen OUT.mp4 --seconds 10 --size 1280x720`: a talking-face sample clip."""
     import argparse

@@ -85,6 +85,7 @@ class Analyzer:
     def _in_process(self, name: str, data: bytes) -> Outcome:
         from deployments.edge import ERROR_NAMES
         from media.errors import MediaError
+        from media.thumbnails import jpeg_thumbnails
         from pipeline.decode import decode
 
         try:
@@ -93,7 +94,7 @@ class Analyzer:
             return {"error": ERROR_NAMES.get(exc.http_status, "bad_request"), "detail": str(exc)}, []
         analysis = self._local.run_clip(clip)
         answer = self._local.respond(analysis, request_id="local", filename=name).model_dump(mode="json")
-        return answer, thumbnails(clip.frames, clip.timestamps, [k["t"] for k in answer["keyframes"]])
+        return answer, jpeg_thumbnails(clip.frames, clip.timestamps, [k["t"] for k in answer["keyframes"]], side=160)
 
     def _remote(self, name: str | None, data: bytes | None, url: str | None = None) -> dict[str, Any]:
         import httpx
@@ -115,25 +116,6 @@ class Analyzer:
 
 def is_url(source: Path | str) -> bool:
     return isinstance(source, str) and source.startswith(("http://", "https://"))
-
-
-def thumbnails(frames, timestamps, times: list[float], side: int = 160) -> list[bytes]:
-    """JPEG thumbnails of the sampled frames nearest `times` (none for audio)."""
-    import cv2
-    import numpy as np
-
-    if not len(frames):
-        return []
-    out = []
-    for t in times:
-        frame = frames[int(np.argmin(np.abs(np.asarray(timestamps) - t)))]  # (H, W, 3) RGB
-        scale = side / max(frame.shape[:2])
-        small = cv2.resize(frame, (max(round(frame.shape[1] * scale), 1), max(round(frame.shape[0] * scale), 1)),
-                           interpolation=cv2.INTER_AREA)
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if ok:
-            out.append(jpeg.tobytes())
-    return out
 
 
 # ---- text ---------------------------------------------------------------------------------------

@@ -41,12 +41,12 @@ from torch import nn
 from models import MODELS, FastTriage, save_bundle, weights_root
 from models.bundle import load_version
 from models.compression import init_rgb_backbone
-from pipeline.config import PipelineConfig, TriageConfig
+from pipeline.config import TriageConfig
 from pipeline.tensors import images_to_tensor
 from pipeline.triage import run_triage
-from training.features import ManifestData, load_manifest_data
-from training.train import binary_scores, seed_everything, sequences_to_tensor, triage_target, visual_target
-from training.visual_v2 import balanced_bce, blend_mask, quality_augment, self_blend, warm_start
+from training.features import ManifestData
+from training.train import binary_scores, sequences_to_tensor, triage_target, visual_target
+from training.visual_v2 import balanced_bce, blend_mask, prepare, quality_augment, self_blend, warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -351,17 +351,9 @@ def card(command: str, wall: dict[str, float], arch: str, sha: str | None, image
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    seed_everything(args.seed, "cpu")
-    root = args.weights_dir or weights_root()
-    target = root / "fast_triage" / args.version
-    if target.exists() and not args.force:
-        raise FileExistsError(f"{target} exists; pass --force")
-    settings = PipelineConfig()
     wall: dict[str, float] = {}
     t0 = time.perf_counter()
-    bench = load_manifest_data(args.bench, splits=("train", "val", "test"), decode_config=settings.decode, progress=False)
-    faces = load_manifest_data(args.faces, splits=("train", "val", "test"), decode_config=settings.decode, progress=False)
+    target, settings, bench, faces = prepare(args, "fast_triage")
     bench_train = seq_sources(bench, "train", "bench", stills=False)
     real_train = seq_sources(faces, "train", "real", stills=True)
     held = heldout_sequences(faces, ("val", "test"))
@@ -375,7 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.imagenet is None:
             raise SystemExit("--arch mobilenet needs --imagenet")
         sha = init_frame_backbone(model, args.imagenet)
-    warm = warm_start(model, args.init_from, root, bundle="fast_triage")
+    warm = warm_start(model, args.init_from, target.parents[1], bundle="fast_triage")
     losses = train_triage(model, list(bench_train) + list(real_train) * p.real_repeats, p, args.seed)
     wall["train"] = time.perf_counter() - t0
 

@@ -458,18 +458,24 @@ def card(command: str, wall: dict[str, float], sha: str, imagenet: Path, p: V2Pa
     ])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def prepare(args: argparse.Namespace, bundle: str) -> tuple[Path, PipelineConfig, ManifestData, ManifestData]:
+    """The v2 trainers' common start: threads and seed, the new bundle's folder (refused when it exists
+    without --force), and the benchmark and real-face manifests decoded with the served settings."""
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, "cpu")
-    root = args.weights_dir or weights_root()
-    target = root / "compression_resilient" / args.version
+    target = (args.weights_dir or weights_root()) / bundle / args.version
     if target.exists() and not args.force:
         raise FileExistsError(f"{target} exists; pass --force")
     settings = PipelineConfig()
+    bench, faces = (load_manifest_data(m, splits=("train", "val", "test"), decode_config=settings.decode, progress=False)
+                    for m in (args.bench, args.faces))
+    return target, settings, bench, faces
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     wall: dict[str, float] = {}
     t0 = time.perf_counter()
-    bench = load_manifest_data(args.bench, splits=("train", "val", "test"), decode_config=settings.decode, progress=False)
-    faces = load_manifest_data(args.faces, splits=("train", "val", "test"), decode_config=settings.decode, progress=False)
+    target, settings, bench, faces = prepare(args, "compression_resilient")
     bench_train = crop_files(bench, "train", "bench", args.max_crops)
     real_train = crop_files(faces, "train", "real", args.max_crops)
     held_out = crop_files(faces, "val", "real", 8) + crop_files(faces, "test", "real", 8)
@@ -479,7 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model: CompressionResilientDetector = MODELS.get("compression_resilient_mobilenet")()
     sha = init_rgb_backbone(model, args.imagenet)
-    warm = warm_start(model, args.init_from, root)
+    warm = warm_start(model, args.init_from, target.parents[1])
     authentic = [f for f in bench_train + real_train if f.target == 0]
     train_dae(model, authentic, p, args.seed)
     wall["dae"] = time.perf_counter() - t0
@@ -488,7 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wall["classifier"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    v1 = load_version("compression_resilient", args.baseline, root=root).model
+    v1 = load_version("compression_resilient", args.baseline, root=target.parents[1]).model
     results = {args.baseline: evaluate(v1, bench, faces, held_out, settings), args.version: evaluate(model, bench, faces, held_out, settings)}
     results["shortcut_baseline"] = shortcut_baseline([(bench, "train", bench_train), (faces, "train", real_train)])
     train_emb = authentic_embeddings(model, [(bench, "train"), (faces, "train")], settings)

@@ -13,6 +13,7 @@ from deployments.fetch import FetchError, fetch, parse_networks
 
 BODY = b"\x89PNG" + bytes(5000)
 LOCAL = parse_networks(["127.0.0.0/8"])
+REDIRECTS = {"/redirect": "/media/clip.png", "/loop": "/loop", "/to-metadata": "http://169.254.169.254/latest/meta-data/"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -25,17 +26,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(BODY)))
             self.end_headers()
             self.wfile.write(BODY)
-        elif self.path == "/redirect":
+        elif self.path in REDIRECTS:
             self.send_response(302)
-            self.send_header("Location", "/media/clip.png")
-            self.end_headers()
-        elif self.path == "/loop":
-            self.send_response(302)
-            self.send_header("Location", "/loop")
-            self.end_headers()
-        elif self.path == "/to-metadata":
-            self.send_response(302)
-            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.send_header("Location", REDIRECTS[self.path])
             self.end_headers()
         elif self.path == "/big-declared":
             self.send_response(200)

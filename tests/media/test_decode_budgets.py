@@ -9,8 +9,6 @@ import sys
 import time
 
 import av
-import numpy as np
-import PIL.Image
 import pytest
 
 from media import (
@@ -21,8 +19,12 @@ from media import (
     decode_media,
 )
 from tests.mediagen import (
+    _add_audio_stream,
+    _encode_audio_packets,
+    decode_bomb,
     encode_audio,
     encode_video,
+    huge_png,
     numbered_frames,
     speech_like_audio,
 )
@@ -30,15 +32,13 @@ from tests.mediagen import (
 NO_FACES = DecodeConfig(analyze_faces=False)
 
 
-def _single_gop_high_rate(n_frames: int = 1500, fps: float = 1000.0) -> bytes:
-    """The CPU bomb of the hostile campaign, small: tiny frames at 1000 fps in one group of pictures."""
-    return encode_video(numbered_frames(n_frames, size=(16, 16)), fps=fps, keyframe_interval=100_000)
-
-
-def _huge_png(side: int = 16_000) -> bytes:
-    """A 1-bit PNG that is a few KB on the wire and `side`² pixels decoded."""
-    buf = io.BytesIO()
-    PIL.Image.new("1", (side, side)).save(buf, format="PNG")
+def _speech_in(container: str, codec: str) -> bytes:
+    """Half a second of speech-like audio through any FFmpeg muxer and encoder (mediagen's stream helpers)."""
+    audio, buf = speech_like_audio(0.5), io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = _add_audio_stream(out, audio, 16_000, codec)
+        for packet in _encode_audio_packets(stream, audio, 16_000, 0.0):
+            out.mux(packet)
     return buf.getvalue()
 
 
@@ -52,15 +52,15 @@ def _huge_png(side: int = 16_000) -> bytes:
     ],
 )
 def test_every_decode_budget_refuses_a_single_gop_bomb(limits: dict, message: str) -> None:
-    data = _single_gop_high_rate()
+    data = decode_bomb()
     assert decode_media(data, NO_FACES).n_frames > 0  # within the default budgets it decodes
     with pytest.raises(MediaTooLargeError, match=message):
         decode_media(data, NO_FACES.model_copy(update=limits))
 
 
-def test_the_default_budgets_refuse_a_long_high_rate_stream_within_seconds() -> None:
-    # 250,000 frames at 1000 fps (250 s, well under max_duration_s): the packet budget trips in the scan.
-    data = _single_gop_high_rate(n_frames=1_000, fps=1000.0)
+def test_the_packet_budget_trips_in_the_demux_scan_before_any_decoding() -> None:
+    # 1,000 packets at 1000 fps (1 s, far under max_duration_s) against a 999-packet budget: refused by the scan.
+    data = decode_bomb(n_frames=1_000, fps=1000.0)
     started = time.monotonic()
     with pytest.raises(MediaTooLargeError, match="packets"):
         decode_media(data, NO_FACES.model_copy(update={"max_packets": 999}))
@@ -69,7 +69,7 @@ def test_the_default_budgets_refuse_a_long_high_rate_stream_within_seconds() -> 
 
 @pytest.mark.parametrize("side", [8_000, 16_000])  # over max_pixels (50 M); over Pillow's own bomb limit too
 def test_a_huge_png_is_refused_from_its_header_without_decoding_it(side: int) -> None:
-    data = _huge_png(side)
+    data = huge_png(side)
     assert len(data) < 100_000
     # In a fresh process, so the peak resident memory is this decode's own.
     code = (
@@ -95,31 +95,14 @@ def test_formats_outside_the_allow_list_are_not_media() -> None:
     brackets = b"[" * 4000 + b"]" * 4000  # the campaign's text file that FFmpeg read as Nintendo ADPCM
     with pytest.raises(NotMediaError):
         decode_media(brackets, NO_FACES)
-    buf = io.BytesIO()  # Sun .au: a real audio container, not one the service supports
-    with av.open(buf, "w", format="au") as out:
-        stream = out.add_stream("pcm_s16be", rate=16_000)
-        stream.layout = "mono"
-        samples = (speech_like_audio(0.5) * 10_000).astype(np.int16)[None]
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = 16_000
-        for packet in [*stream.encode(frame), *stream.encode()]:
-            out.mux(packet)
+    # Sun .au: a real audio container, not one the service supports
     with pytest.raises(NotMediaError, match=r"unsupported format \(au\)"):
-        decode_media(buf.getvalue(), NO_FACES)
+        decode_media(_speech_in("au", "pcm_s16be"), NO_FACES)
 
 
 def test_codecs_outside_the_allow_list_are_not_media() -> None:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="wav") as out:
-        stream = out.add_stream("adpcm_ima_wav", rate=16_000)
-        stream.layout = "mono"
-        samples = (speech_like_audio(0.5) * 10_000).astype(np.int16)[None]
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = 16_000
-        for packet in [*stream.encode(frame), *stream.encode()]:
-            out.mux(packet)
     with pytest.raises(NotMediaError, match=r"unsupported audio codec \(adpcm_ima_wav\)"):
-        decode_media(buf.getvalue(), NO_FACES)
+        decode_media(_speech_in("wav", "adpcm_ima_wav"), NO_FACES)
     assert decode_media(encode_audio(speech_like_audio(0.5)), NO_FACES).meta.audio_codec == "pcm_s16le"
 
 
