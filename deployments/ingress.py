@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -57,6 +58,7 @@ from pipeline.verdict import model_version, respond
 logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = 15
+STATUS_REUSE_S = 0.5  # /readyz and /v1/models asked together share one controller call
 PAGE = (Path(__file__).parent / "static" / "index.html").read_text()  # the web page: static, no build step
 # Serve's deployment statuses that still serve: autoscaling in either direction keeps the running
 # replicas answering (on a full machine an upscale can stay pending for as long as the load lasts),
@@ -130,6 +132,8 @@ class SpectraShieldIngress:
         self.orchestrator = Orchestrator(stage_handles(decoder, triage, keyframes, compression, av, fusion))
         self.jobs = by_reference(jobs)
         self.gate = by_reference(gate)
+        self._status_lock = asyncio.Lock()
+        self._status: tuple[float, Any] = (-1.0, None)  # (monotonic time, serve.status()) of the last controller call
         self.reconfigure({})
 
     def reconfigure(self, user_config: dict) -> None:
@@ -177,13 +181,25 @@ class SpectraShieldIngress:
     async def healthz(self) -> HealthResponse:
         return HealthResponse(status="ok")
 
+    async def _serve_status(self) -> Any:
+        """`serve.status()`, one call at a time, its answer shared for STATUS_REUSE_S.
+
+        Not thread-safe (seen, Ray 2.60): two threads building its ServeInstanceDetails race on cloudpickle's
+        pickle-by-value registry and one raises ValueError; concurrent probes answered 500.
+        """
+        async with self._status_lock:
+            if time.monotonic() - self._status[0] > STATUS_REUSE_S:
+                status = await asyncio.to_thread(serve.status)  # the controller call blocks; keep it off the loop
+                self._status = (time.monotonic(), status)
+            return self._status[1]
+
     async def _deployment_states(self, everything: bool = False) -> tuple[str, dict[str, DeploymentState]]:
         """Serve's view of each deployment plus, for the stage deployments, what they serve.
 
         `everything` adds the deployments outside the stage table (Ingress, JobQueue, JobWorker) for readiness.
         """
         app_name = serve.get_replica_context().app_name
-        status = await asyncio.to_thread(serve.status)  # the controller call blocks; keep it off the loop
+        status = await self._serve_status()
         app = status.applications.get(app_name)
         models = await self.orchestrator.infos()
         names = list(models) + sorted(set(app.deployments) - set(models) if app and everything else [])

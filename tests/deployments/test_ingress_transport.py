@@ -29,3 +29,40 @@ def test_every_handle_the_ingress_keeps_passes_by_reference() -> None:
     assert {h.name for h in kept} == set(NAMES)
     assert all(h.applied == {"_by_reference": True} for h in kept)
     assert ingress.orchestrator.handles["MediaDecoder"].name == "decoder"  # wired in graph.py's order
+
+
+def test_serve_status_is_asked_one_call_at_a_time(monkeypatch) -> None:
+    """Ray's `serve.status()` is not thread-safe (its ServeInstanceDetails races on cloudpickle's registry;
+    seen: /v1/models 500 under concurrent probes), so concurrent probes share one call at a time."""
+    import asyncio
+    import threading
+    import time
+
+    user_class = SpectraShieldIngress.func_or_class.__mro__[1]
+    ingress = user_class.__new__(user_class)
+    user_class.__init__(ingress, *(FakeHandle(name) for name in NAMES))
+    inside, most, calls, lock = [0], [0], [0], threading.Lock()
+
+    def status() -> str:
+        with lock:
+            inside[0] += 1
+            calls[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return f"status {calls[0]}"
+
+    names = user_class._serve_status.__globals__  # serve.ingress copied the class: its own module globals
+    monkeypatch.setattr(names["serve"], "status", status)
+    monkeypatch.setitem(names, "STATUS_REUSE_S", 0.0)
+
+    async def ask_many() -> list[str]:
+        return await asyncio.gather(*(ingress._serve_status() for _ in range(12)))
+
+    answers = asyncio.run(ask_many())
+    assert most[0] == 1  # never two controller calls at once
+    assert calls[0] == 12 and len(set(answers)) == 12  # with no reuse window, each asks afresh
+
+    monkeypatch.setitem(names, "STATUS_REUSE_S", 60.0)
+    assert len(set(asyncio.run(ask_many()))) == 1  # within the window one answer is shared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -50,6 +51,22 @@ def test_probes_and_models(service):
         assert model["version"] == f"{bundle}/{served[bundle]}"
         assert model["trained"] is True  # the Serve configs serve trained bundles
         assert len(model["sha256"]) == 64
+
+
+def test_concurrent_probes_all_answer(service):
+    """/readyz and /v1/models asked at once, many times: every answer is 200.
+
+    Seen: Ray's `serve.status()` is not thread-safe (two threads building its ServeInstanceDetails race
+    on cloudpickle's pickle-by-value registry), and one /v1/models in a few dozen answered 500 during a
+    rollout under load.
+    """
+    def ask(path: str) -> list[int]:
+        with service.client() as c:
+            return [c.get(path).status_code for _ in range(8)]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [code for got in pool.map(ask, ["/readyz", "/v1/models"] * 4) for code in got]
+    assert codes and set(codes) == {200}, codes
 
 
 def test_talking_face_video_runs_every_modality(service, talking_face):
