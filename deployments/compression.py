@@ -1,16 +1,18 @@
-"""CompressionResilient: `pipeline.visual` behind a handle (versioned weights, `@serve.batch`)."""
+"""CompressionResilient: `pipeline.visual` behind a handle (versioned weights, `@serve.batch`), and its heat-maps."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import numpy as np
 from ray import serve
 
 from deployments.batching import answer_batch, resolve, submit
 from deployments.weights import VersionedModel
 from pipeline.config import VisualConfig, VisualDeploymentConfig, stage_part
-from pipeline.results import BranchResult, KeyframeResult
+from pipeline.explain import Heatmap, explain_crops
+from pipeline.results import BranchResult, KeyframeResult, ModelInfo
 from pipeline.visual import run_visual
 
 
@@ -39,6 +41,13 @@ class CompressionResilientDeployment:
         """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
         bundle = self.weights.choose(pin)
         return await submit(self._batched, self._run_batch, bundle, await resolve(clip), keyframes)
+
+    async def explain(self, crops: np.ndarray, pin: str | None = None) -> tuple[list[Heatmap], ModelInfo]:
+        """Heat-maps of where the model looked on face crops `(K, S, S, 3)` (the web page's, on request);
+        `pin` names the version that scored them, so the map explains that answer."""
+        bundle = self.weights.choose(pin)
+        maps = await asyncio.to_thread(explain_crops, bundle.model, np.asarray(crops), self.weights.device)
+        return maps, self.weights.info(bundle)
 
     def info(self):
         return self.weights.info()

@@ -345,3 +345,28 @@ class SpectraShieldIngress:
         except UnknownJobError:
             raise ServiceError(404, f"no keyframe {k} of file {index} in job {job_id}") from None
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.get(
+        "/v1/jobs/{job_id}/files/{index}/keyframes/{k}/heatmap.jpg", response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+        summary="Where the visual model looked on keyframe k's face crop (occlusion heat-map), computed on request",
+    )
+    async def heatmap(self, request: Request, job_id: str, index: int, k: int) -> Response:
+        """Red where blurring the region away lowers the fake score, blue where it raises it (pipeline.explain).
+        Computed by the visual model version that scored the file; 409 once that version is no longer served."""
+        request_id = uuid.uuid4().hex
+        await self.admit(request, "jobs", request_id)
+        try:
+            crop, version = await self.jobs.face_crop.remote(job_id, index, k)
+        except UnknownJobError:
+            raise ServiceError(404, f"no face crop at keyframe {k} of file {index} in job {job_id} (no face there, "
+                               "or the results expired)", request_id) from None
+        try:
+            maps, model = await self.orchestrator.handles["CompressionResilient"].explain.remote(crop[None], pin=version)
+        except UnknownVersionError as exc:
+            raise ServiceError(409, f"the visual model that scored this file is no longer served: {exc}", request_id) from None
+        heat = maps[0]
+        return Response(heat.jpeg, media_type="image/jpeg", headers={
+            "Cache-Control": "private, max-age=3600", "X-Model-Version": model.version or "",
+            "X-Heatmap-Peak": f"{heat.peak:.4f}", "X-Heatmap-Trough": f"{heat.trough:.4f}",
+        })

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import Any
 
+import numpy as np
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.batching import resolve
 from deployments.edge import ERROR_NAMES
 from deployments.jobs import Claim
-from pipeline.analyze import public_error
 from deployments.orchestration import Orchestrator, by_reference, stage_handles
+from media.clip import face_crops_at
 from media.errors import MediaError, NotMediaError
+from pipeline.analyze import public_error
 from pipeline.config import VerdictConfig
 from pipeline.verdict import respond
 
@@ -92,14 +96,14 @@ class JobWorkerDeployment:
                 await report(current[0])
 
         beat = asyncio.get_running_loop().create_task(heartbeat())
-        result = error = None
+        result = error = analysis = None
         request_id = uuid.uuid4().hex
         try:
             if not claim.data:
                 raise NotMediaError("empty upload: no bytes to analyse")
             while True:  # a queued file waits out the decoders' load shedding instead of failing on it
                 try:
-                    analysis = await self.orchestrator.analyze(claim.data, {}, report)
+                    analysis = await self.orchestrator.analyze(claim.data, {}, report, keep_clip=True)
                     break
                 except BackPressureError:
                     await asyncio.sleep(self.config.poll_s)
@@ -113,17 +117,27 @@ class JobWorkerDeployment:
                      "request_id": request_id}
         finally:
             beat.cancel()
-        thumbnails = await self.keyframe_thumbnails(claim, result) if result is not None else []
-        await self.jobs.complete.remote(claim.job_id, claim.index, self.worker_id, result, error, thumbnails)
+        images = await self.keyframe_images(claim, result, analysis.clip) if result is not None else ([], [])
+        await self.jobs.complete.remote(claim.job_id, claim.index, self.worker_id, result, error, *images)
 
-    async def keyframe_thumbnails(self, claim: Claim, result: dict) -> list[bytes]:
-        """The keyframes (an image's one frame) as JPEGs from the decoder; none if that fails (the result stands)."""
+    async def keyframe_images(
+        self, claim: Claim, result: dict, clip: Any,
+    ) -> tuple[list[bytes], list[np.ndarray | None]]:
+        """The keyframes (an image's one frame) as JPEGs from the decoder, and the face crops the visual branch
+        scored at those times (None where no face; what a heat-map explains). What fails is left out; the result stands.
+        """
         times = [k["t"] for k in result["keyframes"]] or ([0.0] if result["media"]["kind"] == "image" else [])
         if not times:
-            return []
+            return [], []
+        jpegs: list[bytes] = []
+        crops: list[np.ndarray | None] = []
         try:
             decoder = self.orchestrator.handles["MediaDecoder"]
-            return await decoder.thumbnails.remote([ray.put(claim.data)], times)
+            jpegs = await decoder.thumbnails.remote([ray.put(claim.data)], times)
         except Exception:
             logger.warning("job %s file %d: no keyframe thumbnails", claim.job_id, claim.index, exc_info=True)
-            return []
+        try:
+            crops = face_crops_at(await resolve(clip), times) if clip is not None else []
+        except Exception:
+            logger.warning("job %s file %d: no keyframe face crops", claim.job_id, claim.index, exc_info=True)
+        return jpegs, crops

@@ -9,6 +9,7 @@ ends `done` or `failed`, never silently lost.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -228,20 +230,39 @@ class JobStore:
             self._db.execute("COMMIT")
             return cur.rowcount == 1
 
-    def keep_thumbnails(self, job_id: str, index: int, jpegs: list[bytes]) -> None:
-        """A finished file's keyframe thumbnails (JPEG), deleted with the job's results."""
+    def keep_thumbnails(
+        self, job_id: str, index: int, jpegs: list[bytes], crops: list[np.ndarray | None] | None = None,
+    ) -> None:
+        """A finished file's keyframe thumbnails (JPEG) and the face crops the visual branch scored at them
+        (None: no face there), deleted with the job's results."""
         folder = self.root / "thumbnails" / job_id
         folder.mkdir(mode=0o700, exist_ok=True)
-        for k, jpeg in enumerate(jpegs):
-            partial = folder / f".{index}-{k}.part"
-            partial.write_bytes(jpeg)
-            partial.rename(folder / f"{index}-{k}.jpg")
+        named = [(f"{index}-{k}.jpg", jpeg) for k, jpeg in enumerate(jpegs)]
+        for k, crop in enumerate(crops or []):
+            if crop is not None:
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(crop, np.uint8), allow_pickle=False)
+                named.append((f"{index}-{k}-face.npy", buffer.getvalue()))
+        for name, blob in named:
+            partial = folder / f".{name}.part"
+            partial.write_bytes(blob)
+            partial.rename(folder / name)
 
     def thumbnail(self, job_id: str, index: int, k: int) -> bytes:
         path = self.root / "thumbnails" / job_id / f"{int(index)}-{int(k)}.jpg"
         if not uuid_like(job_id) or not path.is_file():
             raise UnknownJobError(f"no thumbnail {k} of file {index} in job {job_id}")
         return path.read_bytes()
+
+    def face_crop(self, job_id: str, index: int, k: int) -> tuple[np.ndarray, str | None]:
+        """The face crop scored at keyframe k of a finished file, and the visual model version that scored it."""
+        path = self.root / "thumbnails" / job_id / f"{int(index)}-{int(k)}-face.npy"
+        if not uuid_like(job_id) or not path.is_file():
+            raise UnknownJobError(f"no face crop at keyframe {k} of file {index} in job {job_id}")
+        with self._lock:
+            row = self._db.execute("SELECT result FROM files WHERE job_id=? AND idx=?", (job_id, int(index))).fetchone()
+        model = (json.loads(row[0]).get("models") or {}).get("CompressionResilient") if row and row[0] else None
+        return np.load(path, allow_pickle=False), (model or {}).get("version")
 
     def _finish_if_complete(self, job_id: str, now: float) -> None:
         left = self._db.execute(
@@ -316,14 +337,17 @@ class JobQueueDeployment:
 
     def complete(
         self, job_id: str, index: int, worker: str, result: dict | None, error: dict | None,
-        thumbnails: list[bytes] | None = None,
+        thumbnails: list[bytes] | None = None, crops: list[np.ndarray | None] | None = None,
     ) -> bool:
-        if thumbnails:
-            self.store.keep_thumbnails(job_id, index, thumbnails)
+        if thumbnails or crops:
+            self.store.keep_thumbnails(job_id, index, thumbnails or [], crops)
         return self.store.complete(job_id, index, worker, result=result, error=error)
 
     def thumbnail(self, job_id: str, index: int, k: int) -> bytes:
         return self.store.thumbnail(job_id, index, k)
+
+    def face_crop(self, job_id: str, index: int, k: int) -> tuple[np.ndarray, str | None]:
+        return self.store.face_crop(job_id, index, k)
 
     def check_health(self) -> None:
         self.store.maintain()  # periodic: expire dead workers' leases, purge old results

@@ -84,14 +84,17 @@ class Orchestrator:
             start_motion=lambda clip: h["KeyframeSelector"].motion.remote(clip),
         )
 
-    async def analyze(self, data: bytes, pins: dict[str, str], progress: Progress | None = None) -> Analysis:
+    async def analyze(
+        self, data: bytes, pins: dict[str, str], progress: Progress | None = None, keep_clip: bool = False,
+    ) -> Analysis:
         """One analysis, re-run once when a replica or node died under it (see LOST_WORK)."""
+        options = {"pins": pins, "progress": progress, "fatal": LOST_WORK, "keep_clip": keep_clip}
         try:
-            analysis = await analyze(data, self.calls, pins=pins, progress=progress, fatal=LOST_WORK)
+            analysis = await analyze(data, self.calls, **options)
         except LOST_WORK as exc:
             pipeline_metrics().errors.inc(tags={"kind": "replica_lost"})
             logger.warning("%s during an analysis; re-running it once", type(exc).__name__)
-            analysis = await analyze(data, self.calls, pins=pins, progress=progress, fatal=LOST_WORK)
+            analysis = await analyze(data, self.calls, **options)
         if analysis.failures:
             pipeline_metrics().errors.inc(len(analysis.failures), tags={"kind": "branch_failed"})
         return analysis

@@ -100,3 +100,17 @@ class Clip:
         landmarks, flow frames or audio, never `frames`.
         """
         return replace(self, frames=None)
+
+
+def nearest_frames(timestamps: np.ndarray, times: list[float]) -> list[int]:
+    """Index of the sampled frame nearest each time (`timestamps` non-empty)."""
+    stamps = np.asarray(timestamps, np.float64)
+    return [int(np.argmin(np.abs(stamps - t))) for t in times]
+
+
+def face_crops_at(clip: Clip, times: list[float]) -> list[np.ndarray | None]:
+    """The face crop (S, S, 3) uint8 the visual branch scored at the sampled frame nearest each time,
+    or None where that frame has no face (or the clip no frames)."""
+    if not clip.n_frames:
+        return [None] * len(times)
+    return [np.array(clip.face_crops[j]) if clip.face_found[j] else None for j in nearest_frames(clip.timestamps, times)]

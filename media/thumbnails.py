@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from media.clip import nearest_frames
 from media.config import DecodeConfig
 from media.decode import decode_media
 
@@ -26,8 +27,8 @@ def jpeg_thumbnails(frames: np.ndarray, timestamps: np.ndarray, times: list[floa
     if not len(frames):
         return []
     out = []
-    for t in times:
-        frame = frames[int(np.argmin(np.abs(np.asarray(timestamps) - t)))]  # (H, W, 3) RGB
+    for j in nearest_frames(timestamps, times):
+        frame = frames[j]  # (H, W, 3) RGB
         scale = min(1.0, side / max(frame.shape[:2]))
         if scale < 1.0:
             frame = cv2.resize(frame, (max(round(frame.shape[1] * scale), 1), max(round(frame.shape[0] * scale), 1)),

@@ -74,6 +74,9 @@ class Analysis:
     failures: dict[str, str] = field(default_factory=dict)  # branch -> "ErrorType: message"
     models: dict[str, ModelInfo] = field(default_factory=dict)  # deployment -> weights that answered
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # With `analyze(keep_clip=True)`: the decoded clip as the stages got it (served: MediaDecoder's `[ObjectRef]`),
+    # for what is asked of the same frames afterwards (the face crops a heat-map explains); never in the response.
+    clip: Any = field(default=None, repr=False, compare=False)
 
     @property
     def early_exit(self) -> bool:
@@ -127,6 +130,7 @@ async def analyze(
     fatal: tuple[type[BaseException], ...] = (),
     honour_early_exit: bool = True,
     fuse: bool = True,
+    keep_clip: bool = False,
 ) -> Analysis:
     """Run the stages on one upload.
 
@@ -134,7 +138,7 @@ async def analyze(
     abort the analysis instead of being reported as a failed branch (a bad pin always is; the
     served graph adds lost replicas, so the caller can re-run). `honour_early_exit=False` runs
     every branch even when triage settles the clip, and `fuse=False` stops before fusion
-    (training uses both). When every branch abstained for want of a face the analysis ends
+    (training uses both). `keep_clip` keeps the decoded clip on the answer (`Analysis.clip`). When every branch abstained for want of a face the analysis ends
     without fusion (`pipeline.verdict` answers `uncertain`); when no branch had any input at all
     it raises `UnusableMediaError`, and `RuntimeError` when every branch failed.
     """
@@ -148,7 +152,7 @@ async def analyze(
     timings: dict[str, float] = {}
     decoded: Decoded = await _timed(timings, "decode", calls.decode(upload))
     meta, clip = decoded.meta, decoded.clip
-    result = Analysis(meta, decoded.n_frames, timings_ms=timings)
+    result = Analysis(meta, decoded.n_frames, timings_ms=timings, clip=clip if keep_clip else None)
     if decoded.model is not None:
         result.models["MediaDecoder"] = decoded.model
 

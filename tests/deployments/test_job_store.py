@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deployments.jobs import JobStore, UnknownJobError
@@ -113,3 +114,21 @@ def test_thumbnails_are_kept_with_the_results_and_purged_with_them(tmp_path: Pat
     assert not (tmp_path / "thumbnails" / job).exists()
     with pytest.raises(UnknownJobError):
         store.thumbnail(job, 0, 0)
+
+
+def test_face_crops_are_kept_beside_the_thumbnails_with_the_version_that_scored_them(tmp_path: Path) -> None:
+    store = _store(tmp_path, result_ttl_s=10.0)
+    job = store.submit([("a.mp4", b"aaa")])
+    claim = store.claim("w", now=1.0)
+    crop = np.arange(128 * 128 * 3, dtype=np.uint32).astype(np.uint8).reshape(128, 128, 3)
+    store.keep_thumbnails(job, 0, [b"\xff\xd8one", b"\xff\xd8two"], [crop, None])  # no face at keyframe 1
+    store.complete(job, claim.index, "w", now=2.0,
+                   result={"models": {"CompressionResilient": {"version": "compression_resilient/v2"}}})
+    got, version = store.face_crop(job, 0, 0)
+    assert np.array_equal(got, crop) and got.dtype == np.uint8 and version == "compression_resilient/v2"
+    for bad in ((job, 0, 1), (job, 0, 2), (job, 1, 0), ("0" * 32, 0, 0)):
+        with pytest.raises(UnknownJobError):
+            store.face_crop(*bad)
+    store.maintain(now=100.0)  # past result_ttl_s: purged with the results
+    with pytest.raises(UnknownJobError):
+        store.face_crop(job, 0, 0)

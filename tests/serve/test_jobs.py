@@ -50,6 +50,16 @@ def test_job_with_good_and_bad_files_ends_done_with_per_file_outcomes(service):
                         "/v1/jobs/0123456789abcdef0123456789abcdef/files/0/keyframes/0.jpg"):
             r = c.get(missing)
             assert r.status_code == 404 and set(r.json()) == {"error", "detail", "request_id"}, (missing, r.text)
+        # Heat-maps on request, from the version that scored the file, for keyframes where a face was scored.
+        heat = c.get(f"{job['status_url']}/files/0/keyframes/0/heatmap.jpg")
+        assert heat.status_code == 200, heat.text
+        assert heat.headers["content-type"] == "image/jpeg" and heat.content[:2] == b"\xff\xd8"
+        assert heat.headers["x-model-version"] == result.models["CompressionResilient"].version
+        assert float(heat.headers["x-heatmap-peak"]) >= float(heat.headers["x-heatmap-trough"])
+        for missing in (f"{job['status_url']}/files/0/keyframes/{len(result.keyframes)}/heatmap.jpg",
+                        f"{job['status_url']}/files/1/keyframes/0/heatmap.jpg"):
+            r = c.get(missing)
+            assert r.status_code == 404 and r.json()["error"] == "not_found", (missing, r.text)
 
 
 def test_the_web_page_is_served_at_the_root(service):
@@ -58,7 +68,7 @@ def test_the_web_page_is_served_at_the_root(service):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
     for part in ('<input id="file"', '<label for="file">', '<label for="key">', '<label for="url">', 'fetch("/v1/jobs"',
-                 "/keyframes/", 'aria-live="polite"', "sessionStorage"):
+                 "/keyframes/", "/heatmap.jpg", 'aria-live="polite"', "sessionStorage"):
         assert part in page, part
     assert "default-src 'self'" in r.headers["content-security-policy"]
 
