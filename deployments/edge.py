@@ -28,7 +28,7 @@ from pipeline.table import PINNABLE
 ERROR_NAMES = {
     400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "not_media",
     422: "unusable_media", 500: "internal", 503: "unavailable", 504: "timeout", 401: "unauthorized",
-    403: "forbidden", 408: "body_timeout", 409: "conflict", 429: "too_many_requests",
+    403: "forbidden", 408: "body_timeout", 409: "conflict", 429: "too_many_requests", 507: "storage_full",
 }
 PIN_HEADER = "X-Model-Versions"
 ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 403, 408, 413, 415, 422, 429, 500, 503, 504)}

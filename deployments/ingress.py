@@ -29,6 +29,7 @@ from deployments.edge import (
     pins_header,
     sanitize_filename,
 )
+from deployments.feedback import FeedbackError
 from deployments.fetch import FetchError, fetch, parse_networks
 from deployments.jobs import UnknownJobError
 from deployments.keys import Caller, Refusal
@@ -47,6 +48,9 @@ from pipeline.schemas import (
     AnalyzeResponse,
     DeploymentState,
     ErrorResponse,
+    FeedbackItem,
+    FeedbackList,
+    FeedbackRequest,
     HealthResponse,
     JobAccepted,
     JobStatus,
@@ -332,6 +336,69 @@ class SpectraShieldIngress:
             return JobStatus.model_validate(await self.jobs.get.remote(job_id))
         except UnknownJobError:
             raise ServiceError(404, f"no job {job_id} (unknown, or its results expired)") from None
+
+    # ---- analysts' feedback ---------------------------------------------------------------
+    @api.post(
+        "/v1/feedback", status_code=201, response_model=FeedbackItem,
+        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                   507: {"model": ErrorResponse}},
+        summary="An analyst's label (real/fake, family, note) on a job's file or an analysed request, kept to learn from",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": FeedbackRequest.model_json_schema()},
+            "multipart/form-data": {"schema": {"type": "object", "description": "FeedbackRequest's fields as form "
+                                               "fields, and optionally the media as `file` (for a request_id)"}},
+        }}},
+    )
+    async def give_feedback(self, request: Request) -> FeedbackItem:
+        """A job's file keeps its upload while the job's results are kept (JobQueue `keep_uploads`); for a
+        request_id the media is kept only when re-sent as `file`. See deployments/feedback.py for retention."""
+        request_id = uuid.uuid4().hex
+        caller = await self.admit(request, "feedback", request_id)
+        data = None
+        try:
+            if request.headers.get("content-type", "").startswith("application/json"):
+                raw = await request.json()
+            else:
+                form = await request.form()
+                repeated = sorted({k for k in form if len(form.getlist(k)) > 1})
+                if repeated:
+                    raise ServiceError(400, f"fields given more than once: {', '.join(repeated)}", request_id)
+                raw = {k: v for k, v in form.items() if k != "file" and v != ""}
+                upload = form.get("file")
+                if upload is not None and not isinstance(upload, str):
+                    data = await read_upload(upload, self.config.max_upload_bytes, request_id)
+                    raw.setdefault("filename", sanitize_filename(upload.filename))
+            filename = raw.pop("filename", None) if isinstance(raw, dict) else None
+            body = FeedbackRequest.model_validate(raw)
+        except ValueError as exc:  # bad JSON, or fields FeedbackRequest refuses (pydantic's error is a ValueError)
+            raise ServiceError(400, f"not a feedback item: {str(exc)[:300]}", request_id) from None
+        if (body.job_id is None) == (body.request_id is None):
+            raise ServiceError(400, "give exactly one of job_id or request_id", request_id)
+        if data is not None and body.job_id is not None:
+            raise ServiceError(400, "a job's file is kept from the job: attach a file only with a request_id", request_id)
+        item = {**body.model_dump(exclude={"file_index"} if body.job_id is None else set()), "key_name": caller.name}
+        if body.request_id is not None:
+            item["filename"] = filename
+        answer = await self.jobs.give_feedback.remote(item, data)
+        if isinstance(answer, FeedbackError):
+            raise ServiceError(answer.status, answer.detail, request_id)
+        return FeedbackItem.model_validate(answer)
+
+    @api.get("/v1/feedback", response_model=FeedbackList, summary="Analysts' labels, newest first")
+    async def list_feedback(self, request: Request, limit: int = 100, offset: int = 0) -> FeedbackList:
+        await self.admit(request, "feedback")
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise ServiceError(400, "limit must be 1..1000 and offset >= 0")
+        items, total = await self.jobs.feedback_items.remote(limit, offset)
+        return FeedbackList(items=[FeedbackItem.model_validate(i) for i in items], total=total)
+
+    @api.delete("/v1/feedback/{item_id}", status_code=204, response_class=Response,
+                responses={404: {"model": ErrorResponse}}, summary="Delete a feedback item (and its media if unshared)")
+    async def delete_feedback(self, request: Request, item_id: str) -> Response:
+        await self.admit(request, "admin")
+        if not await self.jobs.delete_feedback.remote(item_id):
+            raise ServiceError(404, f"no feedback item {item_id}")
+        return Response(status_code=204)
 
     @api.get(
         "/v1/jobs/{job_id}/files/{index}/keyframes/{k}.jpg", response_class=Response,

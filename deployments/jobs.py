@@ -26,6 +26,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from deployments.feedback import FeedbackError, FeedbackStore, private_dir
+
 STAGES = ("queued", "decoding", "triage", "keyframes", "branches", "fusion", "done")
 
 
@@ -40,6 +42,11 @@ class JobsConfig(BaseModel):
     result_ttl_s: float = Field(24 * 3600, gt=0, description="finished jobs are deleted this long after they end")
     lease_s: float = Field(60.0, gt=0, description="a claimed file returns to the queue after this long without a heartbeat")
     max_attempts: int = Field(3, ge=1)
+    keep_uploads: bool = Field(
+        True, description="a finished job's uploads stay as long as its results (result_ttl_s), so an analyst's "
+        "feedback can keep the media; false: deleted as each job ends (feedback then keeps the label only)",
+    )
+    feedback_max_bytes: int = Field(2 << 30, ge=0, description="media the feedback store keeps in all (then 507)")
 
 
 @dataclass
@@ -61,23 +68,14 @@ def uuid_like(job_id: str) -> bool:
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
 
 
-def private_dir(path: Path) -> Path:
-    """`path` as a directory only this user can enter (0700), created if missing; refuses a symlink or a
-    directory owned by another user (a predictable path in a shared temp dir could be planted)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.is_symlink() or not path.is_dir():
-        raise ValueError(f"{path} is not a plain directory")
-    if path.stat().st_uid != os.geteuid():
-        raise ValueError(f"{path} belongs to another user")
-    path.chmod(0o700)
-    return path
-
-
 class JobStore:
     """Jobs, their files and leases in one SQLite database; uploads as files beside it."""
 
-    def __init__(self, root: Path, *, result_ttl_s: float, lease_s: float, max_attempts: int) -> None:
+    def __init__(
+        self, root: Path, *, result_ttl_s: float, lease_s: float, max_attempts: int, keep_uploads: bool = True,
+    ) -> None:
         self.root = private_dir(Path(root))
+        self.keep_uploads = keep_uploads
         private_dir(self.root / "uploads")
         private_dir(self.root / "thumbnails")  # keyframe JPEGs of finished files, kept as long as the results
         self.result_ttl_s, self.lease_s, self.max_attempts = result_ttl_s, lease_s, max_attempts
@@ -264,6 +262,19 @@ class JobStore:
         model = (json.loads(row[0]).get("models") or {}).get("CompressionResilient") if row and row[0] else None
         return np.load(path, allow_pickle=False), (model or {}).get("version")
 
+    def finished_file(self, job_id: str, index: int) -> tuple[str | None, dict, bytes | None]:
+        """(filename, result, upload bytes or None once deleted) of a file analysed to the end: what feedback keeps."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT filename, status, result FROM files WHERE job_id=? AND idx=?", (job_id, int(index))
+            ).fetchone() if uuid_like(job_id) else None
+        if row is None:
+            raise UnknownJobError(f"no file {index} in job {job_id}")
+        if row[1] != "done":
+            raise FeedbackError(409, f"file {index} of job {job_id} is {row[1]}: only analysed files take feedback")
+        path = self._upload(job_id, index)
+        return row[0], json.loads(row[2]), path.read_bytes() if path.is_file() else None
+
     def _finish_if_complete(self, job_id: str, now: float) -> None:
         left = self._db.execute(
             "SELECT COUNT(*) FROM files WHERE job_id=? AND status IN ('queued', 'running')", (job_id,)
@@ -272,7 +283,7 @@ class JobStore:
             "UPDATE jobs SET updated=?, finished=CASE WHEN ? = 0 THEN ? ELSE finished END WHERE id=?",
             (now, left, now, job_id),
         )
-        if left == 0:
+        if left == 0 and not self.keep_uploads:
             shutil.rmtree(self.root / "uploads" / job_id, ignore_errors=True)
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -320,8 +331,10 @@ class JobQueueDeployment:
     def reconfigure(self, user_config: dict) -> None:
         cfg = JobsConfig.model_validate(user_config or {})
         root = Path(cfg.jobs_dir) if cfg.jobs_dir else Path(tempfile.gettempdir()) / f"spectrashield-jobs-{os.geteuid()}"
-        self.store = JobStore(root, result_ttl_s=cfg.result_ttl_s, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts)
+        self.store = JobStore(root, result_ttl_s=cfg.result_ttl_s, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts,
+                              keep_uploads=cfg.keep_uploads)
         self.store.maintain()
+        self.feedback = FeedbackStore(root / "feedback", max_bytes=cfg.feedback_max_bytes)
 
     def submit(self, files: list[tuple[str | None, bytes]]) -> str:
         return self.store.submit(files)
@@ -348,6 +361,26 @@ class JobQueueDeployment:
 
     def face_crop(self, job_id: str, index: int, k: int) -> tuple[np.ndarray, str | None]:
         return self.store.face_crop(job_id, index, k)
+
+    def give_feedback(self, item: dict[str, Any], data: bytes | None = None) -> dict[str, Any] | FeedbackError:
+        """Keep an analyst's label: on a job's file (`job_id`, `file_index`: its result and, while kept, its
+        upload) or on a synchronous request (`request_id`, with the media re-sent as `data`). A refusal is
+        answered as a value (UnknownJobError too, as 404)."""
+        try:
+            if item.get("job_id") is not None:
+                filename, result, upload = self.store.finished_file(item["job_id"], item.get("file_index") or 0)
+                return self.feedback.add(**item, data=upload, filename=filename, result=result)
+            return self.feedback.add(**item, data=data)
+        except UnknownJobError as exc:
+            return FeedbackError(404, str(exc.args[0]) if exc.args else "unknown job")
+        except FeedbackError as exc:
+            return exc
+
+    def feedback_items(self, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        return self.feedback.items(limit, offset), self.feedback.count()
+
+    def delete_feedback(self, item_id: str) -> bool:
+        return self.feedback.delete(item_id)
 
     def check_health(self) -> None:
         self.store.maintain()  # periodic: expire dead workers' leases, purge old results

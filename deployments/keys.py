@@ -35,7 +35,7 @@ from ray import serve
 
 logger = logging.getLogger("ray.serve")
 
-SCOPES = ("analyze", "jobs", "admin")  # admin: pins, placement details, raw features, every other scope
+SCOPES = ("analyze", "jobs", "feedback", "admin")  # admin: pins, placement details, deleting feedback, every other scope
 TOKEN_PREFIX = "ss_"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 ReasonCode = Literal[
@@ -181,3 +181,40 @@ class JobStatus(BaseModel):
     updated: float
     finished: float | None
     files: list[JobFile]
+
+
+class FeedbackRequest(BaseModel):
+    """An analyst's label on a file the service analysed: a job's file, or a synchronous request (media re-sent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str | None = Field(None, description="the job of the file (give this or request_id)")
+    file_index: int = Field(0, ge=0, description="the file's position in the job")
+    request_id: str | None = Field(None, description="the request_id of a /v1/analyze answer (attach the file to keep it)")
+    label: Literal["real", "fake"]
+    family: str | None = Field(None, description="the manipulation family, when known (fake only), e.g. faceswap")
+    note: str | None = Field(None, max_length=2000)
+
+
+class FeedbackItem(BaseModel):
+    id: str
+    created: float
+    label: Literal["real", "fake"]
+    family: str | None
+    note: str | None
+    job_id: str | None
+    file_index: int | None
+    request_id: str | None
+    filename: str | None
+    sha256: str | None = Field(description="of the kept media; null when the media was no longer at hand")
+    nbytes: int | None
+    verdict: str | None = Field(description="what the service answered then")
+    fake_probability: float | None
+    models: dict[str, str | None] = Field(description="deployment -> the weights version that answered then")
+    key_name: str | None = Field(description="the API key that gave the label")
+    kept_media: bool
+
+
+class FeedbackList(BaseModel):
+    items: list[FeedbackItem]
+    total: int

@@ -14,8 +14,9 @@ def _store(root: Path, **kw) -> JobStore:
     return JobStore(root, **{"result_ttl_s": 100.0, "lease_s": 10.0, "max_attempts": 2, **kw})
 
 
-def test_a_job_runs_through_its_stages_to_done(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+@pytest.mark.parametrize("keep_uploads", [False, True])
+def test_a_job_runs_through_its_stages_to_done(tmp_path: Path, keep_uploads: bool) -> None:
+    store = _store(tmp_path, keep_uploads=keep_uploads)
     job = store.submit([("a.mp4", b"aaa"), ("b.txt", b"bbb")])
     assert store.get(job)["status"] == "queued" and store.get(job)["percent"] == 0
     first = store.claim("w1", now=1.0)
@@ -30,7 +31,10 @@ def test_a_job_runs_through_its_stages_to_done(tmp_path: Path) -> None:
     assert done["status"] == "done" and done["stage"] == "done" and done["percent"] == 100 and done["finished"] == 4.0
     assert done["files"][0]["result"] == {"verdict": "real"} and done["files"][1]["error"]["error"] == "not_media"
     assert store.claim("w1", now=5.0) is None
-    assert not (tmp_path / "uploads" / job).exists()  # uploads go once every file has ended
+    # Uploads go once every file has ended, or (for analysts' feedback) stay as long as the results.
+    assert (tmp_path / "uploads" / job).exists() == keep_uploads
+    store.maintain(now=4.0 + 101.0)  # past result_ttl_s
+    assert not (tmp_path / "uploads" / job).exists()
 
 
 def test_a_dead_workers_file_is_retried_then_failed_with_a_reason(tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ def test_keys_scopes_and_quotas_on_the_running_service(service, tmp_path) -> Non
             assert r.status_code == 403 and "admin" in r.json()["detail"]
             r = c.post("/v1/jobs", files=[("files", ("a.png", image))], headers=as_analyst)
             assert r.status_code == 403 and r.json()["error"] == "forbidden"
+            r = c.post("/v1/feedback", json={"request_id": "r", "label": "real"}, headers=as_analyst)
+            assert r.status_code == 403 and "feedback" in r.json()["detail"]
             models = c.get("/v1/models", headers={"Authorization": f"Bearer {ops}"}).json()["deployments"]
             assert any(d["model"]["placement"] for d in models.values() if d.get("model"))  # admin sees placement
             statuses = [c.get("/v1/models", headers={"Authorization": f"Bearer {burst}"}) for _ in range(3)]
