@@ -162,9 +162,16 @@ def attach_ood(directory: str | Path, stats: OODStats) -> Path:
     Like the card, they arrive after training; the weights and config stay byte-for-byte what they were.
     """
     directory = Path(directory)
-    manifest = verify_manifest(directory)
+    verify_manifest(directory)
     save_file({k: v.contiguous() for k, v in stats.to_tensors().items()}, str(directory / OOD_FILE))
-    manifest[OOD_FILE] = sha256_file(directory / OOD_FILE)
+    return add_to_manifest(directory, OOD_FILE)
+
+
+def add_to_manifest(directory: str | Path, name: str) -> Path:
+    """List (or re-list) `name`, just written beside a bundle verified before writing it, with its checksum."""
+    directory = Path(directory)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest[name] = sha256_file(directory / name)
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return directory
 

@@ -223,20 +223,30 @@ class CompressionResilientDetector(nn.Module):
         t = self.config.srm_threshold
         return residual.clamp(-t, t) / t
 
-    def forward(self, images: Tensor) -> CompressionOutput:
-        """images: (B, 3, H, W) float in [0, 1], any H, W."""
+    def trunk(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """images (B, 3, H, W) in [0, 1] -> (both streams' features (B, C_rgb + C_noise), the detached DAE
+        error feature (B, 1), the DAE's error (B,) and reconstruction): everything below `classify`."""
         size = (self.config.image_size, self.config.image_size)
         x = resize_to(images, size)  # (B, 3, S, S)
         rgb = self.rgb_stream(normalize_image(x))  # (B, C_rgb)
         noise = self.noise_stream(self.noise_residual(x))  # (B, C_noise)
-        embedding = self.fuse(torch.cat([rgb, noise], dim=-1))  # (B, E)
-
         small = resize_to(images, (self.config.dae_size, self.config.dae_size))  # (B, 3, s, s)
         recon = self.dae(small)  # (B, 3, s, s)
         recon_error = (recon - small).pow(2).mean(dim=(1, 2, 3))  # (B,)
         # Detached: the head must not push the DAE to reconstruct fakes badly on purpose.
         error_feature = torch.log(recon_error.detach() + RECON_ERROR_EPS).unsqueeze(-1)  # (B, 1)
+        return torch.cat([rgb, noise], dim=-1), error_feature, recon_error, recon
+
+    def classify(self, streams: Tensor, error_feature: Tensor) -> tuple[Tensor, Tensor]:
+        """The trunk's features -> (fake logit (B,), embedding (B, E)); what a continual update retrains."""
+        embedding = self.fuse(streams)  # (B, E)
         logit = self.head(torch.cat([self.dropout(embedding), error_feature], dim=-1)).squeeze(-1)
+        return logit, embedding
+
+    def forward(self, images: Tensor) -> CompressionOutput:
+        """images: (B, 3, H, W) float in [0, 1], any H, W."""
+        streams, error_feature, recon_error, recon = self.trunk(images)
+        logit, embedding = self.classify(streams, error_feature)
         return CompressionOutput(logit=logit, embedding=embedding, recon_error=recon_error, recon=recon)
 
 

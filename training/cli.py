@@ -49,6 +49,10 @@ DELEGATED = {
     ),
     "analyze": ("training.analyst:analyze_main", "analyse media files (in-process, or --url a running service)"),
     "batch": ("training.analyst:batch_main", "analyse a folder; results.jsonl, results.csv and an HTML report"),
+    "update": ("training.continual:update_main", "learn analysts' feedback into a new visual version; canary or refuse"),
+    "continual-scenario": (
+        "training.continual:scenario_main", "naive vs replay vs replay+distillation on a held-back family, k-shot",
+    ),
     "keys": ("deployments.keys", "create, revoke or list the API keys of the Gatekeeper's key database"),
     "train-spoof": (
         "training.spoof", "train the band-limited spoof head on a real speech corpus; LOEO/LOSO EER; new av bundle",
