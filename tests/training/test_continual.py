@@ -6,7 +6,14 @@ import numpy as np
 import torch
 
 from models.compression import TEST_CONFIG, CompressionResilientDetector
-from training.continual import Features, ReplayBuffer, UpdateParams, auc, item_logits, update
+from training.continual import (
+    Features,
+    ReplayBuffer,
+    UpdateParams,
+    auc,
+    item_logits,
+    update,
+)
 
 
 def _features(n: int, d: int, labels: list[int], strata: list[str], shift: np.ndarray | None = None, seed: int = 0) -> Features:
