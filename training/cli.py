@@ -53,6 +53,7 @@ DELEGATED = {
     "continual-scenario": (
         "training.continual:scenario_main", "naive vs replay vs replay+distillation on a held-back family, k-shot",
     ),
+    "meta-scenario": ("training.meta", "k-shot adaptation after ordinary pre-training vs Reptile over families"),
     "keys": ("deployments.keys", "create, revoke or list the API keys of the Gatekeeper's key database"),
     "train-spoof": (
         "training.spoof", "train the band-limited spoof head on a real speech corpus; LOEO/LOSO EER; new av bundle",

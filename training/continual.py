@@ -273,8 +273,19 @@ def split_items(f: Features, where: Sequence[bool]) -> Features:
 
 
 # ---- the scripted scenario -----------------------------------------------------------------------------
-def scenario(args: argparse.Namespace) -> dict[str, Any]:
-    """Old families from `--old`; `--new-family` items of `--new` arrive k at a time as feedback."""
+@dataclass
+class ScenarioData:
+    """The old families (train/val and test) and the new family's pool, shuffled once by the seed."""
+
+    model: CompressionResilientDetector
+    old_train: Features
+    old_test: Features
+    pool: Features  # every visual item of the new manifest
+    fakes: np.ndarray  # pool indices of the new family's fakes, shuffled
+    authentic: np.ndarray  # pool indices of its authentic items, shuffled
+
+
+def scenario_data(args: argparse.Namespace) -> ScenarioData:
     torch.set_num_threads(args.threads)
     model = load_version("compression_resilient", args.base, root=args.weights_dir).model.eval()
     old_train, _ = manifest_features(model, args.old, ("train", "val"))
@@ -282,9 +293,15 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     pool, _ = manifest_features(model, args.new, ("train", "val", "fusion", "test"))
     rng = np.random.default_rng(args.seed)
     is_new_fake = np.array([s.endswith(f"/{args.new_family}") for s in pool.strata])
-    is_authentic = pool.labels == 0
-    fakes, authentic = rng.permutation(np.flatnonzero(is_new_fake)), rng.permutation(np.flatnonzero(is_authentic))
-    feedback_pool, held_fakes = fakes[: max(args.k)], fakes[max(args.k):]
+    return ScenarioData(model, old_train, old_test, pool, rng.permutation(np.flatnonzero(is_new_fake)),
+                        rng.permutation(np.flatnonzero(pool.labels == 0)))
+
+
+def scenario(args: argparse.Namespace) -> dict[str, Any]:
+    """Old families from `--old`; `--new-family` items of `--new` arrive k at a time as feedback."""
+    data = scenario_data(args)
+    model, old_train, old_test, pool, authentic = data.model, data.old_train, data.old_test, data.pool, data.authentic
+    feedback_pool, held_fakes = data.fakes[: max(args.k)], data.fakes[max(args.k):]
     new_test = Features.join([pool.take(held_fakes), pool.take(authentic), old_test.take(np.flatnonzero(old_test.labels == 0))])
     buffer = ReplayBuffer(args.replay_budget, args.seed)
     buffer.add(old_train)

@@ -126,3 +126,21 @@ def test_update_publishes_a_canary_or_refuses_to_forget(tmp_path) -> None:
     deployment = next(d for d in yaml.safe_load(out_config.read_text())["applications"][0]["deployments"]
                       if d["name"] == "CompressionResilient")
     assert deployment["user_config"]["canary"] == {"version": "v3", "fraction": 0.05}
+
+
+def test_reptile_and_pretraining_touch_only_classify_and_tasks_are_families() -> None:
+    from training.meta import adapt_curve, family_tasks, pretrain, reptile
+
+    torch.manual_seed(0)
+    model = CompressionResilientDetector(TEST_CONFIG).eval()
+    d = model.fuse[0].in_features
+    strata = ["b/authentic"] * 20 + ["b/warp"] * 10 + ["b/blend"] * 10 + ["b/blend+warp"] * 4
+    old = _features(44, d, [0] * 20 + [1] * 24, strata, seed=1)
+    tasks = family_tasks(old)
+    assert sorted(tasks) == ["blend", "warp"]
+    assert tasks["warp"].n == 20 + 10 + 4 and int(tasks["warp"].labels.sum()) == 14  # combined fakes count for both
+    for init in (pretrain(model, old, steps=10, seed=0), reptile(model, old, steps=10, seed=0)):
+        changed = {k.split(".")[0] for k, v in init.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+        assert changed == {"fuse", "head"}
+    rows = adapt_curve(model, old, np.arange(20, 30), np.arange(0, 10), old, old, [0, 5], seed=0, steps=5)
+    assert [r["k"] for r in rows] == [0, 5] and rows[0]["new_auc"] == auc(model, old)
