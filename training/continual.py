@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -121,15 +122,22 @@ def manifest_features(
             if entry.kind not in VISUAL_KINDS:
                 continue
             arrays = data.arrays(i)
-            found = np.flatnonzero(arrays.face_found)
-            if found.size == 0:
+            pick = crop_picks(arrays.face_found, max_crops)
+            if pick.size == 0:
                 continue
-            pick = np.unique(found[np.linspace(0, found.size - 1, min(found.size, max_crops)).round().astype(int)])
             streams, error = crop_features(model, arrays.face_crops[pick])
             parts.append(Features(streams, error, np.zeros(len(pick), np.int64), np.array([visual_target(entry)]),
                                   [stratum(entry)]))
             entries.append(entry)
     return Features.join(parts) if parts else empty_features(model), entries
+
+
+def crop_picks(face_found: np.ndarray, max_crops: int) -> np.ndarray:
+    """Up to `max_crops` evenly spaced frames with a face (none: the served stage skips the file too)."""
+    found = np.flatnonzero(np.asarray(face_found, bool))
+    if found.size == 0:
+        return found
+    return np.unique(found[np.linspace(0, found.size - 1, min(found.size, max_crops)).round().astype(int)])
 
 
 def empty_features(model: CompressionResilientDetector) -> Features:
@@ -219,40 +227,80 @@ def item_logits(model: CompressionResilientDetector, f: Features, grad: bool = F
         return total / torch.bincount(item, minlength=f.n).clamp(min=1)
 
 
-def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean of the per-class mean losses (a class absent from the batch contributes nothing)."""
-    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return torch.stack([losses[labels == c].mean() for c in (0.0, 1.0) if (labels == c).any()]).mean()
+@dataclass
+class UpdateProblem:
+    """What `update` optimises: the items, their labels and, for distillation, the previous version's
+    softened outputs on the items to keep. The loss is written as sums over items divided by totals, so
+    shards of it (`shard`) on several workers add up, gradient for gradient, to the whole."""
+
+    data: Features
+    labels: torch.Tensor  # (N,) float
+    kept: torch.Tensor  # (N,) bool: items whose previous outputs are distilled
+    target: torch.Tensor  # (N,) the previous version's sigmoid(logit / T) (used where kept)
+
+    def totals(self) -> torch.Tensor:
+        """[authentic items, fake items, kept items]: the denominators of the loss."""
+        return torch.stack([(self.labels == 0).sum(), (self.labels == 1).sum(), self.kept.sum()]).float()
+
+    def shard(self, rank: int, world: int) -> UpdateProblem:
+        items = list(range(rank, self.data.n, world))
+        return UpdateProblem(self.data.take(items), self.labels[items], self.kept[items], self.target[items])
+
+    def loss(self, student: CompressionResilientDetector, totals: torch.Tensor, p: UpdateParams) -> torch.Tensor:
+        """Balanced BCE (each class's mean, averaged over the classes present) plus the distillation term."""
+        logits = item_logits(student, self.data, grad=True)
+        losses = F.binary_cross_entropy_with_logits(logits, self.labels, reduction="none")
+        present = [c for c in (0, 1) if totals[c] > 0]
+        loss = sum(losses[self.labels == c].sum() / totals[c] for c in present) / len(present)
+        if totals[2] > 0:
+            soft = F.binary_cross_entropy_with_logits(logits[self.kept] / p.temperature, self.target[self.kept],
+                                                      reduction="sum")
+            loss = loss + p.distill_weight * p.temperature**2 * soft / totals[2]
+        return loss
+
+
+def update_problem(model: CompressionResilientDetector, new: Features, replay: Features | None,
+                   p: UpdateParams) -> UpdateProblem:
+    if p.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    data = new if p.method == "naive" or replay is None or not replay.n else Features.join([new, replay])
+    kept = torch.zeros(data.n, dtype=torch.bool)
+    if p.method == "distill" and replay is not None and replay.n:
+        # What the previous version said on everything but the new fakes: the knowledge to keep.
+        kept = torch.tensor([i >= new.n or data.labels[i] == 0 for i in range(data.n)])
+    with torch.no_grad():
+        target = torch.sigmoid(item_logits(model.eval(), data) / p.temperature)
+    return UpdateProblem(data, torch.from_numpy(data.labels).float(), kept, target)
+
+
+def set_trainable(model: CompressionResilientDetector, trainable: str) -> list[torch.nn.Parameter]:
+    """Only the layers `TRAINABLE[trainable]` learn; returns their parameters."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    params = [q for name in TRAINABLE[trainable] for q in getattr(model, name).parameters()]
+    for q in params:
+        q.requires_grad_(True)
+    return params
+
+
+def trainable_copy(model: CompressionResilientDetector, p: UpdateParams) -> tuple[CompressionResilientDetector, list]:
+    """A copy of `model` (eval: dropout off, the features fixed) with only `p.trainable`'s layers learning."""
+    student = copy.deepcopy(model).eval()
+    return student, set_trainable(student, p.trainable)
 
 
 def update(
     model: CompressionResilientDetector, new: Features, replay: Features | None, p: UpdateParams,
 ) -> CompressionResilientDetector:
-    """A copy of `model` whose `classify` learnt `new` (with `replay` unless naive); the trunk is untouched."""
-    if p.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}")
+    """A copy of `model` whose `classify` learnt `new` (with `replay` unless naive); the trunk is untouched.
+    Full-batch AdamW; `training.distributed.update_on_ray` runs the same steps on Ray Train workers."""
     torch.manual_seed(p.seed)
-    teacher = model.eval()
-    student = copy.deepcopy(model).eval()  # eval: dropout off, the features are fixed
-    for param in student.parameters():
-        param.requires_grad_(False)
-    params = [q for name in TRAINABLE[p.trainable] for q in getattr(student, name).parameters()]
-    for q in params:
-        q.requires_grad_(True)
-    data = new if p.method == "naive" or replay is None or not replay.n else Features.join([new, replay])
-    labels = torch.from_numpy(data.labels).float()
-    kept = None
-    if p.method == "distill" and replay is not None and replay.n:
-        # What the previous version said on everything but the new fakes: the knowledge to keep.
-        keep_items = [i for i in range(data.n) if i >= new.n or data.labels[i] == 0]
-        kept = (torch.tensor(keep_items), torch.sigmoid(item_logits(teacher, data)[keep_items] / p.temperature))
+    problem = update_problem(model, new, replay, p)
+    student, params = trainable_copy(model, p)
     optimizer = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+    totals = problem.totals()
     for _ in range(p.epochs):
-        logits = item_logits(student, data, grad=True)
-        loss = balanced_bce(logits, labels)
-        if kept is not None:
-            soft = F.binary_cross_entropy_with_logits(logits[kept[0]] / p.temperature, kept[1])
-            loss = loss + p.distill_weight * p.temperature**2 * soft
+        loss = problem.loss(student, totals, p)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -418,6 +466,9 @@ def update_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--canary-fraction", type=float, default=0.1)
     parser.add_argument("--out-config", type=Path, default=None, help="default: serve.<version>.canary.yaml here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray-address", default=None,
+                        help="run feature extraction (Ray Data) and the update (Ray Train) on this Ray cluster")
+    parser.add_argument("--ray-workers", type=int, default=2, help="Ray Train workers and Ray Data actors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
@@ -426,12 +477,30 @@ def update_main(argv: Sequence[str] | None = None) -> int:
     if target.exists():
         raise SystemExit(f"{target} exists: choose another --version")
     base = load_version("compression_resilient", args.base, root=root)
-    model: CompressionResilientDetector = base.model.eval()
-
-    work = target.with_name(f".{args.version}.work")
+    work = target.with_name(f".{args.version}.work")  # the feedback manifest and Ray Train's checkpoint
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _update(args, argv, base, target, work, started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _update(args: argparse.Namespace, argv: Sequence[str] | None, base: Any, target: Path, work: Path,
+            started: float) -> int:
+    model: CompressionResilientDetector = base.model.eval()
+    if args.ray_address:
+        from training import distributed
+
+        distributed.connect(args.ray_address)
+
+        def features(manifest: Path, splits: tuple[str, ...]) -> Features:
+            return distributed.manifest_features_on_ray(manifest, splits, args.base, args.weights_dir,
+                                                        actors=args.ray_workers)
+    else:
+        def features(manifest: Path, splits: tuple[str, ...]) -> Features:
+            return manifest_features(model, manifest, splits)[0]
     n_items = feedback_manifest(args.feedback, work / "feedback.jsonl")
-    new, _ = manifest_features(model, work / "feedback.jsonl", ("train",))
+    new = features(work / "feedback.jsonl", ("train",))
     if new.n == 0:
         raise SystemExit("no feedback item with media and a face to learn from")
     replay_path = base.path / REPLAY_FILE
@@ -439,12 +508,17 @@ def update_main(argv: Sequence[str] | None = None) -> int:
         buffer = ReplayBuffer.load(replay_path, args.seed)
     elif args.replay_manifest is not None:
         buffer = ReplayBuffer(args.replay_budget, args.seed)
-        buffer.add(manifest_features(model, args.replay_manifest, ("train", "val"))[0])
+        buffer.add(features(args.replay_manifest, ("train", "val")))
     else:
         raise SystemExit(f"{args.base} has no {REPLAY_FILE}: give --replay-manifest (its training data)")
-    student = update(model, new, buffer.features() if len(buffer) else None, UpdateParams(method=args.method, seed=args.seed))
+    params = UpdateParams(method=args.method, seed=args.seed)
+    replay = buffer.features() if len(buffer) else None
+    if args.ray_address:
+        student = distributed.update_on_ray(model, new, replay, params, args.ray_workers, work)
+    else:
+        student = update(model, new, replay, params)
 
-    old_test, _ = manifest_features(model, args.eval_manifest, ("test",))
+    old_test = features(args.eval_manifest, ("test",))
     scores = {"old_auc_before": auc(model, old_test), "old_auc_after": auc(student, old_test),
               "feedback_auc_before": auc(model, new), "feedback_auc_after": auc(student, new)}
     drop = (scores["old_auc_before"] or 0.0) - (scores["old_auc_after"] or 0.0)

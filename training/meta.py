@@ -33,25 +33,17 @@ from training.continual import (
     TRAINABLE,
     Features,
     auc,
-    balanced_bce,
     item_logits,
     scenario_data,
+    set_trainable,
 )
-
-
-def _trainable(model: CompressionResilientDetector) -> list[torch.nn.Parameter]:
-    for q in model.parameters():
-        q.requires_grad_(False)
-    params = [q for name in TRAINABLE["fuse"] for q in getattr(model, name).parameters()]
-    for q in params:
-        q.requires_grad_(True)
-    return params
+from training.visual_v2 import balanced_bce
 
 
 def _steps(model: CompressionResilientDetector, f: Features, steps: int, lr: float, batch: int,
            rng: np.random.Generator) -> None:
     """Adam on balanced BCE over random batches of `f`'s items."""
-    optimizer = torch.optim.Adam(_trainable(model), lr=lr)
+    optimizer = torch.optim.Adam(set_trainable(model, "fuse"), lr=lr)
     labels = torch.from_numpy(f.labels).float()
     for _ in range(steps):
         pick = rng.choice(f.n, min(batch, f.n), replace=False)
