@@ -53,6 +53,7 @@ DELEGATED = {
     "continual-scenario": (
         "training.continual:scenario_main", "naive vs replay vs replay+distillation on a held-back family, k-shot",
     ),
+    "adversarial": ("training.adversarial", "forgery policy vs detector loop; clean AUC, attack success, PGD"),
     "meta-scenario": ("training.meta", "k-shot adaptation after ordinary pre-training vs Reptile over families"),
     "keys": ("deployments.keys", "create, revoke or list the API keys of the Gatekeeper's key database"),
     "train-spoof": (
