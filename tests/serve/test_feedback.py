@@ -72,3 +72,45 @@ def test_feedback_keeps_labels_with_the_media_they_judge(service) -> None:
         assert c.delete(f"/v1/feedback/{label_only.json()['id']}").status_code == 404
         paths = c.get("/openapi.json").json()["paths"]
         assert {"post", "get"} <= set(paths["/v1/feedback"]) and "delete" in paths["/v1/feedback/{item_id}"]
+
+
+def test_an_update_learnt_from_feedback_is_served_as_a_canary(service, tmp_path) -> None:
+    """`spectrashield update`'s bundle and canary config, deployed: /v1/models shows the canary and a pinned
+    request is answered by it (the bundle, with its replay buffer listed in the manifest, loads strictly)."""
+    import yaml
+
+    from deployments.feedback import FeedbackStore
+    from tests.serve.test_rollout import _wait_for
+    from training.benchmark import main as generate
+    from training.continual import update_main
+    from training.manifest import read_manifest
+
+    bench = tmp_path / "bench"
+    generate([str(bench), "--videos", "0", "--images", "30", "--audio", "0", "--seed", "5", "--no-progress"])
+    store = FeedbackStore(tmp_path / "feedback")
+    entries = list(read_manifest(bench / "manifest.jsonl"))
+    for e in [e for e in entries if e.label == 1][:3] + [e for e in entries if e.label == 0][:1]:
+        store.add(label="fake" if e.label else "real", data=(bench / e.path).read_bytes(), request_id="r")
+    served = service.deployment_config(service.config, "CompressionResilient")["user_config"]["version"]
+    canary_yaml = tmp_path / "canary.yaml"
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(service.fresh_config(), sort_keys=False))
+    assert update_main([
+        "--feedback", str(tmp_path / "feedback"), "--from", served, "--version", "learnt", "--weights-dir",
+        str(service.weights_dir), "--replay-manifest", str(bench / "manifest.jsonl"), "--eval-manifest",
+        str(bench / "manifest.jsonl"), "--serve-config", str(tmp_path / "serve.yaml"), "--canary-fraction", "0.5",
+        "--out-config", str(canary_yaml),
+    ]) == 0
+    image = (bench / next(e for e in entries if e.kind == "image").path).read_bytes()
+    try:
+        service.deploy(yaml.safe_load(canary_yaml.read_text()))
+        models = _wait_for(service, lambda m: m["CompressionResilient"]["model"]["canary"] is not None, "the canary")
+        assert models["CompressionResilient"]["model"]["canary"] == {
+            "version": "compression_resilient/learnt", "fraction": 0.5}
+        with service.client() as c:
+            r = c.post("/v1/analyze", files={"file": ("i.png", image)},
+                       headers={"X-Model-Versions": "CompressionResilient=learnt"})
+        assert r.status_code == 200, r.text
+        assert r.json()["models"]["CompressionResilient"]["version"] == "compression_resilient/learnt"
+    finally:
+        service.deploy(service.fresh_config())
+    _wait_for(service, lambda m: m["CompressionResilient"]["model"]["canary"] is None, "the canary removed")
