@@ -63,8 +63,23 @@ class Analyzer:
         path = Path(source)
         data = path.read_bytes()
         if self._local is None:
-            return self._remote(path.name, data), []
+            answer = self._remote(path.name, data)
+            return answer, self._thumbnails(data, answer)
         return self._in_process(path.name, data)
+
+    @staticmethod
+    def _thumbnails(data: bytes, answer: dict[str, Any]) -> list[bytes]:
+        """The service's keyframes cut here from the same file (decoded with the default settings, faces
+        skipped): a synchronous answer keeps no pictures. None for an error or a file without frames."""
+        from media.errors import MediaError
+        from media.thumbnails import thumbnails_at
+
+        if "error" in answer or not answer.get("keyframes"):
+            return []
+        try:
+            return thumbnails_at(data, [k["t"] for k in answer["keyframes"]], side=160)
+        except MediaError:
+            return []
 
     def _from_url(self, url: str) -> Outcome:
         if self._local is None:

@@ -25,3 +25,14 @@ def test_analyze_over_http_matches_in_process(service, tmp_path, capsys) -> None
     assert served_models == {k: v["version"] for k, v in local["models"].items()}
     assert cli(["analyze", "--url", service.url, str(clip)]) == 0
     assert capsys.readouterr().out.startswith(f"{clip}: {local['verdict'].upper()}")
+
+
+def test_batch_over_http_keeps_the_keyframe_pictures(service, tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(talking_face_video(seconds=2.0, size=(320, 240), with_audio=True, seed=4))
+    out = tmp_path / "report"
+    assert cli(["batch", str(folder), "--out", str(out), "--url", service.url, "--no-progress"]) == 0
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert row["answer"]["keyframes"] and len(row["thumbnails"]) == len(row["answer"]["keyframes"])
+    assert all((out / t).read_bytes()[:2] == b"\xff\xd8" for t in row["thumbnails"])
