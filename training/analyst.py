@@ -33,15 +33,15 @@ KEY_ENV = "SPECTRASHIELD_API_KEY"
 SKIP_ERRORS = ("not_media",)  # a batch notes these and goes on; everything else is reported as a failure
 
 # One file's outcome: the API's answer (dict) or an error {"error", "detail"}, plus keyframe thumbnails (JPEG bytes).
-Outcome = tuple[dict[str, Any], list[bytes]]
+Outcome = tuple[dict[str, Any], list[bytes], list[bytes | None]]  # answer, keyframe JPEGs, heat-maps (None: no face)
 
 
 class Analyzer:
     """Files -> the API's answer, in-process or over HTTP."""
 
     def __init__(self, url: str | None, api_key: str | None, profile: Path, weights_dir: Path | None,
-                 timeout_s: float = 300.0) -> None:
-        self.url, self.api_key, self.timeout_s = url, api_key, timeout_s
+                 timeout_s: float = 300.0, heatmaps: bool = False) -> None:
+        self.url, self.api_key, self.timeout_s, self.heatmaps = url, api_key, timeout_s, heatmaps
         self._local = None
         if url is None:
             import yaml
@@ -64,7 +64,7 @@ class Analyzer:
         data = path.read_bytes()
         if self._local is None:
             answer = self._remote(path.name, data)
-            return answer, self._thumbnails(data, answer)
+            return answer, self._thumbnails(data, answer), []
         return self._in_process(path.name, data)
 
     @staticmethod
@@ -74,16 +74,16 @@ class Analyzer:
         from media.errors import MediaError
         from media.thumbnails import thumbnails_at
 
-        if "error" in answer or not answer.get("keyframes"):
+        if "error" in answer:
             return []
         try:
-            return thumbnails_at(data, [k["t"] for k in answer["keyframes"]], side=160)
+            return thumbnails_at(data, keyframe_times(answer), side=160)
         except MediaError:
             return []
 
     def _from_url(self, url: str) -> Outcome:
         if self._local is None:
-            return self._remote(None, None, url=url), []
+            return self._remote(None, None, url=url), [], []
         import asyncio
 
         from deployments.fetch import FetchError, fetch
@@ -94,7 +94,7 @@ class Analyzer:
             name, data = asyncio.run(fetch(url, max_bytes=limits.max_upload_bytes, timeout_s=limits.url_timeout_s,
                                            max_redirects=limits.url_max_redirects))
         except FetchError as exc:
-            return {"error": "bad_url", "detail": exc.detail}, []
+            return {"error": "bad_url", "detail": exc.detail}, [], []
         return self._in_process(name, data)
 
     def _in_process(self, name: str, data: bytes) -> Outcome:
@@ -106,10 +106,26 @@ class Analyzer:
         try:
             clip = decode(data, self._local.config.decode, keep_frames=True)
         except MediaError as exc:
-            return {"error": ERROR_NAMES.get(exc.http_status, "bad_request"), "detail": str(exc)}, []
+            return {"error": ERROR_NAMES.get(exc.http_status, "bad_request"), "detail": str(exc)}, [], []
         analysis = self._local.run_clip(clip)
         answer = self._local.respond(analysis, request_id="local", filename=name).model_dump(mode="json")
-        return answer, jpeg_thumbnails(clip.frames, clip.timestamps, [k["t"] for k in answer["keyframes"]], side=160)
+        times = keyframe_times(answer)
+        return answer, jpeg_thumbnails(clip.frames, clip.timestamps, times, side=160), self._heatmaps(clip, times)
+
+    def _heatmaps(self, clip: Any, times: list[float]) -> list[bytes | None]:
+        """With `heatmaps`: where the visual model looked at each keyframe's face (None: no face there)."""
+        if not self.heatmaps or not times:
+            return []
+        import numpy as np
+
+        from media.clip import face_crops_at
+        from pipeline.explain import explain_crops
+
+        crops = face_crops_at(clip, times)
+        found = [c for c in crops if c is not None]
+        maps = iter(explain_crops(self._local.model("compression_resilient"), np.stack(found), self._local.device)
+                    if found else [])
+        return [next(maps).jpeg if c is not None else None for c in crops]
 
     def _remote(self, name: str | None, data: bytes | None, url: str | None = None) -> dict[str, Any]:
         import httpx
@@ -127,6 +143,11 @@ class Analyzer:
         if r.status_code != 200 and "error" not in body:
             body = {"error": "http_error", "detail": json.dumps(body)[:300]}
         return body
+
+
+def keyframe_times(answer: dict[str, Any]) -> list[float]:
+    """The keyframes' times, or an image's one picture (t = 0), as the job worker keeps them."""
+    return [k["t"] for k in answer["keyframes"]] or ([0.0] if answer["media"]["kind"] == "image" else [])
 
 
 def is_url(source: Path | str) -> bool:
@@ -197,8 +218,8 @@ def run_batch(root: Path, out: Path, analyze: Callable[[Path], Outcome], progres
     with results_path.open("a") as sink:
         for path in tqdm(todo, desc="analysing", unit="file", disable=not progress):
             rel = str(path.relative_to(root))
-            answer, thumbs = analyze(path)
-            row = {"path": rel, **_stamp(path), "answer": answer, "thumbnails": []}
+            answer, thumbs, heats = analyze(path)
+            row = {"path": rel, **_stamp(path), "answer": answer, "thumbnails": [], "heatmaps": []}
             if "error" in answer:
                 counts["skipped" if answer["error"] in SKIP_ERRORS else "failed"] += 1
             else:
@@ -208,6 +229,11 @@ def run_batch(root: Path, out: Path, analyze: Callable[[Path], Outcome], progres
                     name = f"files/{stem}-kf{i}.jpg"
                     (out / name).write_bytes(jpeg)
                     row["thumbnails"].append(name)
+                for i, jpeg in enumerate(heats):
+                    name = f"files/{stem}-kf{i}-heat.jpg" if jpeg is not None else None
+                    if name:
+                        (out / name).write_bytes(jpeg)
+                    row["heatmaps"].append(name)
             row["page"] = f"files/{len(done):05d}.html"
             done[rel] = row
             sink.write(json.dumps(row) + "\n")
@@ -318,10 +344,15 @@ def file_page(row: dict[str, Any]) -> str:
     if a["media"]["kind"] == "video":
         plot = f"<h2>Timeline</h2><img alt='timeline of triage scores and hotspots' src='data:image/png;base64," \
                f"{base64.b64encode(timeline_png(a)).decode()}'>"
+    frames = a["keyframes"] or [{"t": 0.0, "score": None}]  # an image: its one picture
+    heats = row.get("heatmaps") or [None] * len(row["thumbnails"])
     thumbs = "".join(
         f"<figure style='display:inline-block'><img src='{html.escape(Path(t).name)}' alt='keyframe at "
-        f"{k['t']:.1f} s'><figcaption>{k['t']:.1f} s, score {k['score']:.2f}</figcaption></figure>"
-        for t, k in zip(row["thumbnails"], a["keyframes"])
+        f"{k['t']:.1f} s'>" + (f"<img src='{html.escape(Path(h).name)}' alt='heat-map of the face at {k['t']:.1f} s: "
+                               f"red where it looked manipulated to the visual model, blue where authentic'>" if h else "")
+        + f"<figcaption>{k['t']:.1f} s" + (f", score {k['score']:.2f}" if k["score"] is not None else "")
+        + "</figcaption></figure>"
+        for t, k, h in zip(row["thumbnails"], frames, heats)
     )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{_STYLE}</style>
 </head><body><p><a href="../index.html">report</a></p><h1>{title}</h1>
@@ -350,7 +381,7 @@ def analyze_main(argv: list[str] | None = None) -> int:
         if not is_url(path) and not Path(path).is_file():
             answer: dict[str, Any] = {"error": "not_found", "detail": "no such file"}
         else:
-            answer, _ = analyzer(path)
+            answer, _, _ = analyzer(path)
         failed += "error" in answer
         print(json.dumps({"file": str(path), **answer}) if args.json else summary(str(path), answer), flush=True)
     return 1 if failed else 0
@@ -361,11 +392,15 @@ def batch_main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="report folder (results.jsonl, results.csv, index.html)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--heatmaps", action="store_true",
+                        help="in-process: a heat-map of where the visual model looked per keyframe (~0.7 s each)")
     _common(parser)
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    analyzer = Analyzer(args.url, args.api_key, args.serve_config, args.weights_dir)
+    if args.heatmaps and args.url:
+        parser.error("--heatmaps runs the visual model here: not with --url")
+    analyzer = Analyzer(args.url, args.api_key, args.serve_config, args.weights_dir, heatmaps=args.heatmaps)
     started = time.monotonic()
     counts = run_batch(args.folder, args.out, analyzer, progress=not args.no_progress)
     print(f"{counts['files']} files: {counts['analysed']} analysed, {counts['skipped']} skipped (not media), "

@@ -92,3 +92,20 @@ def test_analyze_takes_urls_under_the_services_rules(capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("http://127.0.0.1:9/photo.png: not analysed (bad_url)") and "non-public" in out[0]
     assert out[1].startswith("ftp://example.org/x.mp4: not analysed (not_found)")  # not http(s): taken as a path
+
+
+def test_batch_heatmaps_show_where_the_visual_model_looked(tmp_path: Path) -> None:
+    media = tmp_path / "in"
+    media.mkdir()
+    (media / "clip.mp4").write_bytes(talking_face_video(seconds=2.0, size=(320, 240), with_audio=True, seed=2))
+    (media / "flat.png").write_bytes(encode_image(np.full((48, 64, 3), 90, np.uint8), "png"))  # no face
+    out = tmp_path / "report"
+    run_batch(media, out, Analyzer(None, None, DEFAULT_PROFILE, None, heatmaps=True), progress=False)
+    rows = {r["path"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    clip, flat = rows["clip.mp4"], rows["flat.png"]
+    assert len(clip["heatmaps"]) == len(clip["thumbnails"]) == len(clip["answer"]["keyframes"])
+    assert any(clip["heatmaps"]) and all((out / h).read_bytes()[:2] == b"\xff\xd8" for h in clip["heatmaps"] if h)
+    assert Path(next(h for h in clip["heatmaps"] if h)).name in (out / clip["page"]).read_text()
+    assert len(flat["thumbnails"]) == 1 and flat["heatmaps"] == [None]  # an image's picture; no face, no map
+    with pytest.raises(SystemExit):  # the heat-maps need the model here
+        cli(["batch", str(media), "--out", str(out), "--heatmaps", "--url", "http://127.0.0.1:9"])
