@@ -378,7 +378,7 @@ class SpectraShieldIngress:
             raise ServiceError(400, "a job's file is kept from the job: attach a file only with a request_id", request_id)
         item = {**body.model_dump(exclude={"file_index"} if body.job_id is None else set()), "key_name": caller.name}
         if body.request_id is not None:
-            item["filename"] = filename
+            item["filename"] = sanitize_filename(filename) if isinstance(filename, str) else None
         answer = await self.jobs.give_feedback.remote(item, data)
         if isinstance(answer, FeedbackError):
             raise ServiceError(answer.status, answer.detail, request_id)

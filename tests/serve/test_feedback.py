@@ -46,6 +46,8 @@ def test_feedback_keeps_labels_with_the_media_they_judge(service) -> None:
                            files={"file": ("p.png", image)})
         assert with_file.status_code == 201 and with_file.json()["kept_media"], with_file.text
         assert with_file.json()["filename"] == "p.png"
+        named = c.post("/v1/feedback", json={"request_id": "r9", "label": "real", "filename": "../etc/a<b>.png"})
+        assert named.status_code == 201 and named.json()["filename"] == "a_b_.png"  # sanitized like an upload's name
         label_only = c.post("/v1/feedback", json={"request_id": analysed["request_id"], "label": "real"})
         assert label_only.status_code == 201 and not label_only.json()["kept_media"]
 
