@@ -23,7 +23,7 @@ def served(tmp_path_factory):
     def verdict(name: str, data: bytes) -> tuple[str, float]:
         path = folder / name
         path.write_bytes(data)
-        answer, _ = analyzer(path)
+        answer = analyzer(path)[0]
         return answer["verdict"], answer["fake_probability"]
 
     return verdict

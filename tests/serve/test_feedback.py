@@ -65,9 +65,10 @@ def test_feedback_keeps_labels_with_the_media_they_judge(service) -> None:
             r = c.post("/v1/feedback", **kwargs)
             assert r.status_code == status and set(r.json()) == {"error", "detail", "request_id"}, (what, r.text)
 
-        listed = c.get("/v1/feedback", params={"limit": 3}).json()
-        assert [i["id"] for i in listed["items"]] == [label_only.json()["id"], with_file.json()["id"], item["id"]]
-        assert listed["total"] >= 3
+        listed = c.get("/v1/feedback", params={"limit": 4}).json()
+        newest = [label_only.json()["id"], named.json()["id"], with_file.json()["id"], item["id"]]
+        assert [i["id"] for i in listed["items"]] == newest
+        assert listed["total"] >= 4
         assert c.get("/v1/feedback", params={"limit": 0}).status_code == 400
 
         assert c.delete(f"/v1/feedback/{label_only.json()['id']}").status_code == 204

@@ -122,8 +122,10 @@ def test_rollout_then_bad_version_then_rollback(service):
     try:
         with SteadyLoad(service, clip) as load:
             service.deploy(_with_triage_version(service, "rollout-new"))
-            after = _wait_for(
-                service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/rollout-new", "the new version"
+            after = _wait_for(  # the weights swap in reconfigure() before the controller marks the update done
+                service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/rollout-new"
+                and m["FastTriage"]["status"] == "HEALTHY" and "UPDATING" not in m["FastTriage"]["replicas"],
+                "the new version, its update done",
             )
             time.sleep(3)  # keep the load on a little past the switch
         assert load.statuses and set(load.statuses) == {200}, load.statuses
