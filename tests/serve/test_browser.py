@@ -1,6 +1,6 @@
 """The web page in a real browser: headless Chromium (Debian's, driven by Selenium) against the running service.
 
-It uploads a generated clip, follows the job's progress and reads the verdict, the modalities,
+It uploads a generated 10 s clip, follows the job's progress and reads the verdict, the modalities,
 the timeline and a keyframe with its heat-map from the DOM; a screenshot lands in the test's temp
 dir. Debian's `chromium` and `chromium-driver` are installed here when missing and possible
 (root with apt-get); otherwise the test skips and says why. Nothing is downloaded by Selenium.
@@ -49,7 +49,7 @@ def browser():
     chromium, chromedriver = _chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,2400",
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,2900",
                 "--disable-gpu", "--no-first-run"):
         options.add_argument(arg)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not fetch a browser or driver
@@ -66,7 +66,7 @@ def test_the_page_analyses_an_upload_in_a_real_browser(service, browser, tmp_pat
     from selenium.webdriver.support.ui import WebDriverWait
 
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(talking_face_video(seconds=4.0, size=(320, 240), fps=25, with_audio=True, seed=21))
+    clip.write_bytes(talking_face_video(seconds=10.0, size=(320, 240), fps=25, with_audio=True, seed=21))
     browser.get(service.url + "/")
     wait = WebDriverWait(browser, WAIT_S)
     browser.find_element(By.ID, "file").send_keys(str(clip))
@@ -114,5 +114,6 @@ def test_the_page_analyses_an_upload_in_a_real_browser(service, browser, tmp_pat
     assert browser.find_element(By.ID, "feedback-status").text == "Recorded as fake with the file."
 
     shot = tmp_path / "page.png"
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
