@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +40,7 @@ from models import load_version
 from models.compression import CompressionResilientDetector
 from pipeline.config import PipelineConfig
 from pipeline.tensors import images_to_tensor
-from training.continual import set_trainable
+from training.continual import command_line, crop_features, set_trainable, write_report
 from training.features import load_manifest_data
 from training.visual_v2 import crop_files, face_mask, jitter_copy
 
@@ -103,10 +100,10 @@ class ForgeryPolicy(nn.Module):
         return {name: torch.distributions.Categorical(logits=head(h)) for name, head in self.heads.items()}
 
 
-@torch.no_grad()
 def trunk(model: CompressionResilientDetector, crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    streams, error, _, _ = model.trunk(images_to_tensor(crops))
-    return streams, error
+    """`training.continual.crop_features` as tensors (both streams' features, the DAE error feature)."""
+    streams, error = crop_features(model, crops)
+    return torch.from_numpy(streams), torch.from_numpy(error)
 
 
 def crop_logits(model: CompressionResilientDetector, crops: np.ndarray) -> np.ndarray:
@@ -128,8 +125,8 @@ class LoopParams:
 
 
 def sample_forgeries(policy: ForgeryPolicy, model: CompressionResilientDetector, authentic: np.ndarray,
-                     rng: np.random.Generator, batch: int) -> tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]:
-    """(forged crops, the actions' log-probabilities per head, entropy) for a batch of authentic crops."""
+                     rng: np.random.Generator, batch: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(forged crops, the actions' summed log-probability per crop, mean entropy) for a batch of authentic crops."""
     pick = authentic[rng.choice(len(authentic), min(batch, len(authentic)), replace=False)]
     streams, _ = trunk(model, pick)
     dists = policy(streams)
@@ -258,9 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "authentic_mean_p_fake": float(torch.sigmoid(torch.from_numpy(crop_logits(m, test_authentic))).mean()),
             "pgd_success": {f"{eps * 255:.0f}/255": pgd_success(m, test_fakes, eps) for eps in args.pgd_eps},
         }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    command = shlex.join(["spectrashield", "adversarial", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("adversarial", argv)
     lines = [(f"Adversarial robustness loop on compression_resilient/{args.base} ({args.rounds} rounds; classify "
               f"learns, trunk frozen). Command: `{command}`"), "", "| | before | after |", "|---|---|---|"]
     for key in ("in_distribution_auc", "cross_generator_auc", "policy_attack_success", "authentic_mean_p_fake"):
@@ -268,6 +263,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     for eps in report["before"]["pgd_success"]:
         lines.append(f"| PGD success at {eps} | {report['before']['pgd_success'][eps]:.3f} | "
                      f"{report['after']['pgd_success'][eps]:.3f} |")
-    markdown = "\n".join(lines) + "\n"
-    (args.out / "report.md").write_text(markdown)
-    print(markdown)
+    write_report(args.out, report, "\n".join(lines) + "\n")

@@ -27,7 +27,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,9 @@ class Features:
             np.concatenate([p.labels for p in parts]), [s for p in parts for s in p.strata],
         )
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
         save_file({"streams": self.streams, "error": self.error, "item": self.item, "labels": self.labels}, str(path),
-                  metadata={"strata": json.dumps(self.strata)})
+                  metadata={"strata": json.dumps(self.strata), **(metadata or {})})
 
     @staticmethod
     def load(path: Path) -> Features:
@@ -187,9 +187,7 @@ class ReplayBuffer:
         return sum(len(k) for k in self.kept.values())
 
     def save(self, path: Path) -> None:
-        f = self.features()
-        save_file({"streams": f.streams, "error": f.error, "item": f.item, "labels": f.labels}, str(path),
-                  metadata={"strata": json.dumps(f.strata), "seen": json.dumps(self.seen), "budget": str(self.budget)})
+        self.features().save(path, {"seen": json.dumps(self.seen), "budget": str(self.budget)})
 
     @staticmethod
     def load(path: Path, seed: int = 0) -> ReplayBuffer:
@@ -294,19 +292,31 @@ def update(
 ) -> CompressionResilientDetector:
     """A copy of `model` whose `classify` learnt `new` (with `replay` unless naive); the trunk is untouched.
     Full-batch AdamW; `training.distributed.update_on_ray` runs the same steps on Ray Train workers."""
-    torch.manual_seed(p.seed)
     problem = update_problem(model, new, replay, p)
+    student, _ = fit(model, problem, problem.totals(), p)
+    return student
+
+
+def fit(
+    model: CompressionResilientDetector, part: UpdateProblem, totals: torch.Tensor, p: UpdateParams,
+    reduce: Callable[[list[torch.nn.Parameter]], None] | None = None,
+) -> tuple[CompressionResilientDetector, float]:
+    """`p.epochs` full-batch AdamW steps of a copy of `model` on `part` of the problem (`totals`: the whole
+    problem's); `reduce` sums the parts' gradients when several workers hold one part each. (copy, last loss)"""
+    torch.manual_seed(p.seed)
     student, params = trainable_copy(model, p)
     optimizer = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
-    totals = problem.totals()
+    loss = torch.zeros(())
     for _ in range(p.epochs):
-        loss = problem.loss(student, totals, p)
+        loss = part.loss(student, totals, p) if part.data.n else sum(q.sum() * 0 for q in params)
         optimizer.zero_grad()
         loss.backward()
+        if reduce is not None:
+            reduce(params)
         optimizer.step()
     for q in student.parameters():
         q.requires_grad_(False)
-    return student
+    return student, float(loss.detach())
 
 
 def auc(model: CompressionResilientDetector, f: Features) -> float | None:
@@ -391,24 +401,37 @@ def scenario_markdown(report: dict[str, Any], command: str) -> str:
 
 def scenario_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="spectrashield continual-scenario", description=scenario.__doc__)
+    scenario_arguments(parser)
+    parser.add_argument("--trainable", choices=sorted(TRAINABLE), default="head")
+    parser.add_argument("--replay-budget", type=int, default=200)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    report = scenario(args)
+    write_report(args.out, report, scenario_markdown(report, command_line("continual-scenario", argv)))
+
+
+def scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `scenario_data` reads, shared by the continual and meta-learning scenarios."""
     parser.add_argument("--old", type=Path, required=True, help="manifest of the old families (train/val/test)")
     parser.add_argument("--new", type=Path, required=True, help="manifest holding the new family")
     parser.add_argument("--new-family", required=True)
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--base", default="v2")
     parser.add_argument("--weights-dir", type=Path, default=None)
-    parser.add_argument("--trainable", choices=sorted(TRAINABLE), default="head")
-    parser.add_argument("--replay-budget", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the data shuffle")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--out", type=Path, required=True, help="report.json and report.md go here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = scenario(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = scenario_markdown(report, shlex.join(["spectrashield", "continual-scenario", *(argv or sys.argv[1:])]))
-    (args.out / "report.md").write_text(markdown)
+
+
+def command_line(command: str, argv: Sequence[str] | None) -> str:
+    return shlex.join(["spectrashield", command, *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """report.json and report.md in `out`, and the markdown printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown)
     print(markdown)
 
 
@@ -528,7 +551,7 @@ def _update(args: argparse.Namespace, argv: Sequence[str] | None, base: Any, tar
         return 3
 
     buffer.add(new)  # the next update replays these too
-    command = shlex.join(["spectrashield", "update", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("update", argv)
     card = (
         f"# compression_resilient/{args.version}\n\nA continual update of compression_resilient/{args.base} "
         f"(`head` retrained, trunk frozen, method {args.method}) on {new.n} analyst feedback items of "

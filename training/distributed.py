@@ -32,8 +32,8 @@ from training.continual import (
     UpdateProblem,
     crop_features,
     crop_picks,
+    fit,
     stratum,
-    trainable_copy,
     update_problem,
 )
 from training.manifest import read_manifest
@@ -125,24 +125,18 @@ def _train_loop(config: dict[str, Any]) -> None:
     problem: UpdateProblem = config["problem"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(p.seed)
-    shard = problem.shard(rank, world)
-    student, params = trainable_copy(model, p)
-    optimizer = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
-    totals = problem.totals()
-    for _ in range(p.epochs):
-        loss = shard.loss(student, totals, p) if shard.data.n else sum(q.sum() * 0 for q in params)
-        optimizer.zero_grad()
-        loss.backward()
-        for q in params:  # the shards' gradients add up to the whole problem's
+
+    def all_reduce(params: list[torch.nn.Parameter]) -> None:  # the shards' gradients add up to the whole problem's
+        for q in params:
             dist.all_reduce(q.grad, op=dist.ReduceOp.SUM)
-        optimizer.step()
+
+    student, loss = fit(model, problem.shard(rank, world), problem.totals(), p, reduce=all_reduce)
     checkpoint = None
     with tempfile.TemporaryDirectory() as folder:
         if rank == 0:  # every rank holds the same weights: one reports them
             save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, f"{folder}/model.safetensors")
             checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({"loss": float(loss)}, checkpoint=checkpoint)
+        ray.train.report({"loss": loss}, checkpoint=checkpoint)
 
 
 def update_on_ray(

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import shlex
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +28,12 @@ from training.continual import (
     TRAINABLE,
     Features,
     auc,
+    command_line,
     item_logits,
+    scenario_arguments,
     scenario_data,
     set_trainable,
+    write_report,
 )
 from training.visual_v2 import balanced_bce
 
@@ -143,21 +141,9 @@ def meta_markdown(report: dict[str, Any], command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="spectrashield meta-scenario", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", type=Path, required=True, help="manifest of the old families (train/val/test)")
-    parser.add_argument("--new", type=Path, required=True, help="manifest holding the new family")
-    parser.add_argument("--new-family", required=True)
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50])
-    parser.add_argument("--base", default="v2")
-    parser.add_argument("--weights-dir", type=Path, default=None)
+    scenario_arguments(parser)
     parser.add_argument("--steps", type=int, default=500, help="gradient steps of each pre-training")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0, help="the data shuffle")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
-    parser.add_argument("--out", type=Path, required=True, help="report.json and report.md go here")
     args = parser.parse_args(argv)
     report = meta_scenario(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = meta_markdown(report, shlex.join(["spectrashield", "meta-scenario", *(argv or sys.argv[1:])]))
-    (args.out / "report.md").write_text(markdown)
-    print(markdown)
+    write_report(args.out, report, meta_markdown(report, command_line("meta-scenario", argv)))
