@@ -11,8 +11,14 @@ Quotas are per key and per minute, in requests and in request bytes (the declare
 is 429 with `Retry-After`.
 
 Without a key database the service runs open, and says so at start; it then answers only
-clients on the loopback interface unless `allow_open` is set (a bind to 0.0.0.0 without keys
-must be a decision, not an accident).
+clients on the loopback interface unless `allow_open` is set, and a Gatekeeper started behind a
+proxy bound to a non-loopback address refuses to start (a bind to 0.0.0.0 without keys must be a
+decision, not an accident).
+
+The counters live in the storage named by `rate_limit_storage`, any `limits` storage URI:
+`memory://` (the default) keeps them in the Gatekeeper replica, so they restart with it;
+`redis://host:6379` (with the `redis` package installed) keeps them across restarts and shares
+them with anything else that reads that store.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage
+from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -45,7 +51,13 @@ class GatekeeperConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keys_db: str | None = Field(None, description="SQLite file written by `spectrashield keys`; unset: no keys, open")
-    allow_open: bool = Field(False, description="without keys, serve non-loopback clients too (otherwise 403)")
+    allow_open: bool = Field(
+        False, description="without keys, serve non-loopback clients and start behind a non-loopback bind "
+        "(otherwise 403, and a refusal to start)",
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="`limits` storage URI for the quota counters (memory:// resets with the replica)",
+    )
 
 
 @dataclass(frozen=True)
@@ -147,14 +159,46 @@ def is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
+class OpenBindRefused(RuntimeError):
+    """The service would listen beyond loopback with no keys and no explicit `allow_open`."""
+
+
+def check_bind(config: GatekeeperConfig, bind_host: str | None) -> None:
+    """Refuse to run open behind a non-loopback bind unless `allow_open` says it is meant.
+
+    `bind_host` None (not known) passes: the per-request loopback check still holds.
+    """
+    if config.keys_db or config.allow_open or bind_host is None or is_loopback(bind_host):
+        return
+    raise OpenBindRefused(
+        f"refusing to start: HTTP is bound to {bind_host} and no API keys are configured. Create keys with "
+        "`spectrashield keys create --db PATH` and set Gatekeeper's keys_db, bind to 127.0.0.1, or set "
+        "Gatekeeper's allow_open: true to serve every client without keys on purpose."
+    )
+
+
+def serve_bind_host() -> str | None:
+    """The host Serve's HTTP proxies bind, asked from the controller; None outside Serve or if unreadable."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - not under Serve (unit tests) or a Ray version without this call
+        return None
+
+
 class Admission:
     """Keys and quotas as one decision per request (the Gatekeeper's logic, without Ray)."""
 
-    def __init__(self, config: GatekeeperConfig) -> None:
+    def __init__(self, config: GatekeeperConfig, announce: bool = True) -> None:
         self.config = config
         self.store = KeyStore(config.keys_db) if config.keys_db else None
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        if self.store is None:
+        try:
+            storage = storage_from_string(config.rate_limit_storage)
+        except Exception as exc:  # an unknown scheme, or its client package missing
+            raise ValueError(f"rate_limit_storage {config.rate_limit_storage!r}: {exc}") from None
+        self.limiter = MovingWindowRateLimiter(storage)
+        if self.store is None and announce:
             logger.warning(
                 "NO API KEYS CONFIGURED: the service is open to %s. Create keys with `spectrashield keys create` "
                 "and set Gatekeeper's keys_db.", "every client (allow_open)" if config.allow_open else "loopback clients only",
@@ -187,15 +231,19 @@ class Admission:
         return caller
 
 
-@serve.deployment(name="Gatekeeper", num_replicas=1, ray_actor_options={"num_cpus": 0})
+# user_config {} by default so that Serve always calls reconfigure, where the bind is checked.
+@serve.deployment(name="Gatekeeper", num_replicas=1, ray_actor_options={"num_cpus": 0}, user_config={})
 class GatekeeperDeployment:
     """The one owner of the keys and the quota counters (a single replica: counters are in its memory)."""
 
     def __init__(self) -> None:
-        self.admission = Admission(GatekeeperConfig())
+        self.bind_host = serve_bind_host()
+        self.admission = Admission(GatekeeperConfig(), announce=False)  # replaced by reconfigure, which Serve always calls
 
     def reconfigure(self, user_config: dict) -> None:
-        self.admission = Admission(GatekeeperConfig.model_validate(user_config or {}))
+        config = GatekeeperConfig.model_validate(user_config or {})
+        check_bind(config, self.bind_host)  # raising here fails the deployment: the service does not start
+        self.admission = Admission(config)
 
     def admit(self, authorization: str | None, client_host: str | None, scope: str, nbytes: int) -> Caller | Refusal:
         """A `Caller`, or the `Refusal` as a value (a refusal is not a replica error worth a traceback)."""

@@ -54,7 +54,8 @@ def localize(config: dict, port: int, cluster: LocalCluster, request_timeout_s: 
     """The same config served on one machine: one proxy on the head, bound to loopback on `port`.
 
     `EveryNode` would start a proxy per node, and on one machine they would all bind one port.
-    JobQueue's state goes into the cluster's own directory, which `stop` deletes.
+    JobQueue's state goes into the cluster's own directory, which `stop` deletes. The Gatekeeper runs
+    without the profile's key database, as a loopback service may.
     """
     config = copy.deepcopy(config)
     config["proxy_location"] = "HeadOnly"
@@ -62,6 +63,8 @@ def localize(config: dict, port: int, cluster: LocalCluster, request_timeout_s: 
     for d in deployments(config):
         if d["name"] == "JobQueue":
             d.setdefault("user_config", {})["jobs_dir"] = str(Path(cluster.root) / "jobs")
+        if d["name"] == "Gatekeeper":  # loopback now: open, as `make serve` is (the profiles' key file is not here)
+            d.setdefault("user_config", {}).pop("keys_db", None)
         if d["name"] == "Ingress":  # the API answers a stuck analysis before the proxy does
             d.setdefault("user_config", {})["analysis_timeout_s"] = max(request_timeout_s - 10, request_timeout_s / 2)
     return config

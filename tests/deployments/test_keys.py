@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from deployments.keys import Admission, GatekeeperConfig, KeyStore, Refusal, main
+from deployments.keys import Admission, GatekeeperConfig, KeyStore, OpenBindRefused, Refusal, check_bind, main
 
 
 @pytest.fixture()
@@ -93,3 +93,24 @@ def test_the_keys_cli_creates_lists_and_revokes(db, capsys) -> None:
     assert main(["revoke", "--db", str(db), "--name", "ci"]) == 0
     assert main(["revoke", "--db", str(db), "--name", "ci"]) == 1
     assert KeyStore(db).lookup(token) is None
+
+
+def test_open_service_behind_a_non_loopback_bind_is_refused(db) -> None:
+    with pytest.raises(OpenBindRefused, match="bound to 0.0.0.0 and no API keys"):
+        check_bind(GatekeeperConfig(), "0.0.0.0")
+    with pytest.raises(OpenBindRefused):
+        check_bind(GatekeeperConfig(), "10.1.2.3")
+    check_bind(GatekeeperConfig(), "127.0.0.1")
+    check_bind(GatekeeperConfig(), "::1")
+    check_bind(GatekeeperConfig(), None)  # unknown: the per-request loopback check still holds
+    check_bind(GatekeeperConfig(allow_open=True), "0.0.0.0")
+    check_bind(GatekeeperConfig(keys_db=str(db)), "0.0.0.0")
+
+
+def test_quota_counters_go_where_rate_limit_storage_says(db) -> None:
+    token = KeyStore(db).create("ci", ("analyze",), 1, 10**6)
+    gate = Admission(GatekeeperConfig(keys_db=str(db), rate_limit_storage="memory://"))
+    gate.admit(f"Bearer {token}", None, "analyze", 0)
+    assert _refusal(gate, f"Bearer {token}", None, "analyze", 0).status == 429
+    with pytest.raises(ValueError, match="rate_limit_storage 'nosuch://x'"):
+        Admission(GatekeeperConfig(keys_db=str(db), rate_limit_storage="nosuch://x"))
