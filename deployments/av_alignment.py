@@ -35,7 +35,9 @@ class AVAlignmentDeployment:
         """`pin` names a served version (primary or canary) for A/B checks; else canary/primary by fraction."""
         bundle = self.weights.choose(pin)
         clip = await resolve(clip)
-        return await asyncio.to_thread(run_av, bundle.model, clip, self.config, self.weights.device, self.weights.info(bundle))
+        return await asyncio.to_thread(
+            run_av, bundle.model, clip, self.config, self.weights.device, self.weights.info(bundle), bundle.ood,
+        )
 
     def info(self):
         return self.weights.info()

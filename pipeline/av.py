@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from models import AVAlignmentModel, audio_features, av_features
+from models.ood import OODStats
 from models.vad import speech_seconds
 from pipeline.config import AVConfig
 from pipeline.results import AVResult, BranchResult, ModelInfo, StageInput, sigmoid
@@ -31,9 +32,30 @@ def has_audio(clip: StageInput) -> bool:
     return bool(clip.has_audio) and clip.audio.size > 0
 
 
+def judge_voice(branch: BranchResult, embedding: np.ndarray, ood: OODStats | None) -> BranchResult:
+    """The audio branch abstains (code `out_of_distribution`) on a voice far from every class it was trained on.
+
+    Its score stays in the answer for the analyst, but fusion reads only branches that are `ok`.
+    """
+    if ood is None or branch.status != "ok":
+        return branch
+    distance = ood.distance(embedding)
+    branch.details.update(ood_distance=round(distance, 3), ood_threshold=round(ood.threshold, 3))
+    branch.out_of_distribution = distance > ood.threshold
+    if branch.out_of_distribution:
+        branch.status, branch.code = "skipped", "out_of_distribution"
+        branch.reason = (
+            f"a voice unlike the authentic and the spoofed speech the audio model learned (distance {distance:.1f}, "
+            f"threshold {ood.threshold:.1f}): its score is a guess and is not used"
+        )
+    return branch
+
+
 def run_av(
     model: AVAlignmentModel, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None,
+    ood: OODStats | None = None,
 ) -> AVResult:
+    """With `ood` (the bundle's statistics of the spoof head's embedding) the audio branch abstains on strange voices."""
     if not has_audio(clip):
         return AVResult(
             BranchResult("av", "skipped", info, reason="no audio", code="no_audio"),
@@ -68,6 +90,7 @@ def run_av(
         details={"audio_s": round(audio.shape[1] / clip.sample_rate, 3)},
         timing_ms=timer.ms,
     )
+    audio_branch = judge_voice(audio_branch, embedding, ood)
     if not usable:
         if clip.n_frames <= 1:
             skipped = BranchResult("av", "skipped", info, reason="no video", code="no_video")

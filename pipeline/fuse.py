@@ -36,8 +36,11 @@ def run_fusion(
     embedding) is answered from the mean of its branch scores, marked `failed` with the reason.
     Modalities the model holds `independent` are not read by it: their calibrated scores are
     combined with the fused probability afterwards (noisy-OR), or alone when nothing else ran.
+    Modalities it holds `ignored` are not read at all; a request with nothing else is answered
+    0.5, `failed` (the verdict stage then abstains).
     """
     independent = model.config.independent
+    ignored = model.config.ignored
     dims = dict(model.config.modalities)
     names = [name for name, _ in model.config.modalities]
     results: list[FusionResult | None] = [None] * len(requests)
@@ -48,7 +51,13 @@ def run_fusion(
         if not every:
             raise ValueError("fusion needs at least one modality that ran")
         aside[i] = [every[m].score for m in independent if m in every and every[m].score is not None]
-        ok = {m: b for m, b in every.items() if m not in independent}
+        ok = {m: b for m, b in every.items() if m not in independent and m not in ignored}
+        if not ok and not aside[i]:
+            results[i] = FusionResult(
+                0.5, info, status="failed",
+                reason="only " + ", ".join(sorted(every)) + " ran, which this fusion does not read: no verdict",
+            )
+            continue
         if not ok:
             results[i] = FusionResult(combine_independent(None, aside[i]), info)
             continue

@@ -104,7 +104,8 @@ class LocalPipeline:
         return run_visual(bundle.model, [clip], [keyframes], self.config.visual, self.device, info, bundle.ood)[0]
 
     def av(self, clip: StageInput) -> AVResult:
-        return run_av(self.model("av_alignment"), clip, self.config.av, self.device, self.infos["AVAlignment"])
+        bundle = self.bundles["av_alignment"]
+        return run_av(bundle.model, clip, self.config.av, self.device, self.infos["AVAlignment"], bundle.ood)
 
     def fuse(self, branches: list[BranchResult]) -> FusionResult:
         return run_fusion(self.model("fusion"), [branches], self.device, self.infos.get("Fusion"))[0]

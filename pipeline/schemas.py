@@ -19,7 +19,8 @@ class VerdictReason(BaseModel):
         "had evidence, so there is no verdict; branch_failed: a branch raised, the rest cannot stand for it; "
         "near_threshold: the fused probability is within uncertain_margin of the threshold; fusion_degraded: "
         "fusion could not read a branch's features and averaged the branch scores; out_of_distribution: the "
-        "input is unlike the authentic training data"
+        "input is unlike the training data: a face unlike the authentic faces (decisive: the verdict abstains), or "
+        "a voice unlike both the authentic and the spoofed speech (the audio branch abstained, not decisive)"
     )
     message: str
     modalities: list[str] = Field(default_factory=list, description="the modalities the reason is about")
@@ -118,7 +119,8 @@ class AnalyzeResponse(BaseModel):
     )
     early_exit: bool = Field(description="true when FastTriage settled the clip and later stages did not run")
     artifacts: Artifacts
-    gate_weights: dict[str, float] = Field(description="Fusion's weight per modality; 0 for a modality that did not run")
+    gate_weights: dict[str, float] = Field(description="Fusion's weight per modality; 0 for a modality that did not run or that the "
+        "served fusion does not read")
     modalities: dict[str, ModalityReport]
     keyframes: list[KeyframeOut]
     hotspots: list[HotspotOut]

@@ -58,6 +58,14 @@ def reasons_for(analysis: Analysis, config: VerdictConfig) -> list[VerdictReason
             code="no_speech", message="no speech heard for " + ", ".join(voiceless) + "; those modalities abstained",
             modalities=voiceless, decisive=False,
         ))
+    unheard = [b.modality for b in analysis.branches() if b.code == "out_of_distribution"]
+    if unheard:
+        reasons.append(VerdictReason(
+            code="out_of_distribution",
+            message="unlike anything the models were trained on, real or fake: " + ", ".join(unheard)
+            + "; those modalities abstained",
+            modalities=unheard, decisive=False,
+        ))
     if analysis.fused is None and not analysis.early_exit:
         reasons.append(VerdictReason(
             code="no_usable_modality", message="no model had evidence to judge this upload: no verdict",
@@ -167,7 +175,7 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
     if early:
         gate_weights = {m: (1.0 if m == "triage" else 0.0) for m in modalities}
     else:
-        gate_weights = (fused.gate_weights if fused is not None else None) or {m: 0.0 for m in modalities}
+        gate_weights = {m: 0.0 for m in modalities} | ((fused.gate_weights if fused is not None else None) or {})
     return AnalyzeResponse(
         request_id=request_id,
         filename=filename,

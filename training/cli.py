@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--branch-version", default=None, help="fusion: branch bundles to read (default: --version)")
     train.add_argument("--exclude-family", action="append", default=[], help="drop a family from training splits")
+    train.add_argument(
+        "--fusion-scalars-only", action="store_true",
+        help="fusion: build the tokens from each branch's logits and statistics only, not its embedding "
+        "(and the av token without the spoof logit, which the audio token carries)",
+    )
+    train.add_argument(
+        "--fusion-ignore", action="append", default=[], choices=("triage", "visual", "av", "audio"),
+        help="fusion: a modality it does not read at all (its branch still runs and reports)",
+    )
     train.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers reading the cache")
     train.add_argument("--force", action="store_true", help="replace existing bundles of --version")
 
@@ -134,11 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     lofo.add_argument("--seed", type=int, default=0)
 
     ood = commands.add_parser(
-        "fit-ood", help="fit the visual branch's out-of-distribution statistics on authentic train/val and attach them"
+        "fit-ood", help="fit a branch's out-of-distribution statistics on train/val and attach them to its bundle"
     )
     _common(ood)
-    ood.add_argument("--version", required=True, help="the compression_resilient bundle version to attach them to")
-    ood.add_argument("--quantile", type=float, default=0.99, help="of the authentic val distances: the threshold")
+    ood.add_argument(
+        "--branch", choices=("visual", "audio"), default="visual",
+        help="visual: compression_resilient, authentic clips; audio: av_alignment's spoof head, one region per class",
+    )
+    ood.add_argument("--version", required=True, help="the branch's bundle version to attach them to")
+    ood.add_argument("--quantile", type=float, default=0.99, help="of the val distances: the threshold")
     return parser
 
 
@@ -183,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.model, args.manifest, version=args.version, preset=args.preset, epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, branch_version=args.branch_version,
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
-                overwrite=args.force, **common,
+                overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
+                **common,
             )}
         for name, result in results.items():
             print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")
@@ -211,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "fit-ood":
         report = fit_ood(
-            args.manifest, args.version, quantile=args.quantile, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+            args.manifest, args.version, branch=args.branch, quantile=args.quantile, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
             settings=settings, device=device, workers=args.workers, progress=progress,
         )
         print(json.dumps(report, indent=2))

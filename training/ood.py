@@ -1,10 +1,19 @@
-"""Fit the visual branch's out-of-distribution statistics on authentic data and attach them to its bundle.
+"""Fit a branch's out-of-distribution statistics on its training data and attach them to its bundle.
 
-The clip embedding is what the served visual stage measures: the mean of the CompressionResilient
-embeddings over the face crops it scores (`pipeline.visual.run_visual`). Mean and a Ledoit-Wolf
-shrunk covariance come from the authentic `train` files; the threshold is a quantile of the
-authentic `val` files' distances, so in-distribution authentic media is flagged at about
-1 - quantile of the time. Nothing here looks at a cross-generator set.
+Visual (`compression_resilient`): the clip embedding is what the served visual stage measures,
+the mean of the CompressionResilient embeddings over the face crops it scores
+(`pipeline.visual.run_visual`). One Gaussian (mean and a Ledoit-Wolf shrunk covariance) from the
+authentic `train` files; unlike authentic media, the verdict abstains.
+
+Audio (`av_alignment`): the spoof head's embedding of what the served AV stage hears
+(`pipeline.av.run_av`). One Gaussian per class, authentic and spoofed, from every `train` file
+with speech: a fake is *supposed* to lie away from the authentic voices, so an authentic-only
+region would flag the fakes the head was trained to catch; a voice far from both classes is one
+it never learned either way, and there the branch abstains.
+
+The threshold is a quantile of the `val` files' distances (authentic only for visual, both classes
+for audio), so in-distribution media is flagged about 1 - quantile of the time. Nothing here looks
+at a cross-generator set.
 """
 
 from __future__ import annotations
@@ -17,13 +26,17 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from tqdm.auto import tqdm
 
-from models.bundle import attach_ood
+from models.bundle import attach_ood, load_version
 from models.ood import OODStats
+from pipeline.av import run_av
 from pipeline.config import PipelineConfig
+from pipeline.local import LocalPipeline
 from pipeline.visual import run_visual
-from training.features import ManifestData, load_manifest_data, load_pipeline
+from training.features import ManifestData, load_manifest_data
 
 logger = logging.getLogger(__name__)
+
+BRANCH_BUNDLES = {"visual": "compression_resilient", "audio": "av_alignment"}
 
 
 def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True) -> np.ndarray:
@@ -37,17 +50,38 @@ def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progr
     return np.asarray(rows, np.float64)
 
 
-def fit_stats(train: np.ndarray, val: np.ndarray, quantile: float = 0.99) -> tuple[OODStats, dict[str, Any]]:
-    """Mean and shrunk precision from `train`, threshold = `quantile` of the `val` distances."""
-    if len(train) < 2 or len(val) < 1:
-        raise ValueError(f"need >= 2 authentic training and >= 1 validation embeddings, got {len(train)} and {len(val)}")
-    lw = LedoitWolf().fit(train)
-    provisional = OODStats(lw.location_, lw.precision_, float("inf"))
+def speech_embeddings(
+    pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, E) spoof-head embeddings and (N,) labels of the files whose audio branch ran (speech heard)."""
+    model = pipeline.bundles["av_alignment"].model
+    rows, labels = [], []
+    for i in tqdm(indices, desc="voices", unit="file", disable=not progress):
+        audio = run_av(model, data.arrays(i), pipeline.config.av, pipeline.device).audio
+        if audio.status == "ok":
+            rows.append(audio.features[1:])  # audio_features: [spoof logit, embedding]
+            labels.append(data.entries[i].label)
+    return np.asarray(rows, np.float64), np.asarray(labels, np.int64)
+
+
+def fit_stats(
+    train: np.ndarray, val: np.ndarray, quantile: float = 0.99, train_labels: np.ndarray | None = None,
+) -> tuple[OODStats, dict[str, Any]]:
+    """Shrunk Gaussians from `train` (one per label with `train_labels`), threshold = `quantile` of `val`'s distances."""
+    labels = np.zeros(len(train), np.int64) if train_labels is None else np.asarray(train_labels)
+    classes = sorted(set(labels.tolist()))
+    if len(val) < 1 or any((labels == c).sum() < 2 for c in classes) or not classes:
+        counts = {int(c): int((labels == c).sum()) for c in classes}
+        raise ValueError(f"need >= 2 training embeddings per class and >= 1 validation one, got {counts} and {len(val)}")
+    fits = [LedoitWolf().fit(train[labels == c]) for c in classes]
+    means = np.stack([lw.location_ for lw in fits])
+    precisions = np.stack([lw.precision_ for lw in fits])
+    provisional = OODStats(means, precisions, float("inf"))
     distances = np.array([provisional.distance(x) for x in val])
-    stats = OODStats(lw.location_, lw.precision_, float(np.quantile(distances, quantile)))
+    stats = OODStats(means, precisions, float(np.quantile(distances, quantile)))
     report = {
-        "train_files": int(len(train)), "val_files": int(len(val)), "quantile": quantile,
-        "threshold": stats.threshold, "shrinkage": float(lw.shrinkage_),
+        "train_files": int(len(train)), "val_files": int(len(val)), "quantile": quantile, "classes": classes,
+        "threshold": stats.threshold, "shrinkage": [float(lw.shrinkage_) for lw in fits],
         "val_distance_median": float(np.median(distances)),
         "train_distance_median": float(np.median([stats.distance(x) for x in train])),
     }
@@ -58,6 +92,7 @@ def fit_ood(
     manifest: Path,
     version: str,
     *,
+    branch: str = "visual",
     weights_dir: Path | None = None,
     settings: PipelineConfig | None = None,
     cache_dir: Path | None = None,
@@ -67,22 +102,33 @@ def fit_ood(
     progress: bool = True,
     attach: bool = True,
 ) -> dict[str, Any]:
-    """Fit on the manifest's authentic train/val files and (with `attach`) add the statistics to the bundle."""
+    """Fit `branch`'s statistics on the manifest's train/val files and (with `attach`) add them to its bundle."""
+    if branch not in BRANCH_BUNDLES:
+        raise ValueError(f"branch must be one of {', '.join(BRANCH_BUNDLES)}, got {branch!r}")
     settings = settings or PipelineConfig()
     data = load_manifest_data(
         manifest, splits=("train", "val"), cache_dir=cache_dir, decode_config=settings.decode,
         workers=workers, progress=progress,
     )
-    pipeline = load_pipeline(version, settings, weights_dir=weights_dir, device=device, with_fusion=False)
+    name = BRANCH_BUNDLES[branch]
+    bundle = load_version(name, version, root=weights_dir, device=device)  # only this branch's bundle
+    pipeline = LocalPipeline(settings, {name: bundle}, device)
 
-    def authentic(split: str) -> list[int]:
-        return [i for i in data.indices(split) if data.entries[i].label == 0 and data.entries[i].kind != "audio"]
+    if branch == "visual":
+        def authentic(split: str) -> list[int]:
+            return [i for i in data.indices(split) if data.entries[i].label == 0 and data.entries[i].kind != "audio"]
 
-    train = clip_embeddings(pipeline, data, authentic("train"), progress)
-    val = clip_embeddings(pipeline, data, authentic("val"), progress)
-    stats, report = fit_stats(train, val, quantile)
-    bundle = pipeline.bundles["compression_resilient"]
+        train = clip_embeddings(pipeline, data, authentic("train"), progress)
+        val = clip_embeddings(pipeline, data, authentic("val"), progress)
+        stats, report = fit_stats(train, val, quantile)
+    else:
+        def voiced(split: str) -> list[int]:
+            return [i for i in data.indices(split) if data.entries[i].kind != "image"]
+
+        train, labels = speech_embeddings(pipeline, data, voiced("train"), progress)
+        val, _ = speech_embeddings(pipeline, data, voiced("val"), progress)
+        stats, report = fit_stats(train, val, quantile, train_labels=labels)
     if attach:
         attach_ood(bundle.path, stats)
-        logger.info("attached OOD statistics to %s (threshold %.3f)", bundle.path, stats.threshold)
-    return {"bundle": str(bundle.path), "manifest": str(manifest), **report}
+        logger.info("attached %s OOD statistics to %s (threshold %.3f)", branch, bundle.path, stats.threshold)
+    return {"branch": branch, "bundle": str(bundle.path), "manifest": str(manifest), **report}

@@ -691,11 +691,12 @@ def train_fusion(
     fit_runs = run_many(branches, data, fit_idx, desc="fusion split", **every_branch)
     val_runs = run_many(branches, data, val_idx, desc="val split", **every_branch)
     independent = model.config.independent
+    unread = set(independent) | set(model.config.ignored)
 
     def usable(runs: Sequence[Any], idx: Sequence[int]) -> list[tuple[dict[str, np.ndarray], int]]:
         out = []
         for r, i in zip(runs, idx, strict=True):
-            features = {m: f for m, f in (r.features or {}).items() if m not in independent}
+            features = {m: f for m, f in (r.features or {}).items() if m not in unread}
             if features:
                 out.append((features, fusion_target(data.entries[i], independent)))
         return out
@@ -762,6 +763,7 @@ METHOD = {
 def equivalent_command(
     name: str, manifest: Path, version: str, *, preset: str, epochs: int, batch_size: int, lr: float,
     seed: int, device: str, weights_dir: Path | None, branch_version: str | None, exclude_families: Sequence[str],
+    fusion_scalars_only: bool = False, fusion_ignore: Sequence[str] = (),
 ) -> str:
     """The CLI line that reproduces a call, for cards written by Python callers."""
     args = ["spectrashield", "train", name, "--manifest", str(manifest), "--version", version,
@@ -773,6 +775,10 @@ def equivalent_command(
         args += ["--branch-version", branch_version]
     for family in exclude_families:
         args += ["--exclude-family", family]
+    if name == "fusion":
+        args += ["--fusion-scalars-only"] if fusion_scalars_only else []
+        for modality in fusion_ignore:
+            args += ["--fusion-ignore", modality]
     return shlex.join(args)
 
 
@@ -876,6 +882,8 @@ def train_model(
     command: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    fusion_scalars_only: bool = False,
+    fusion_ignore: Sequence[str] = (),
 ) -> TrainResult:
     """Train one model and save it to `<weights_dir>/<name>/<version>/` as a `trained: true` bundle.
 
@@ -903,6 +911,7 @@ def train_model(
     command = command or equivalent_command(
         name, manifest, version, preset=preset, epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, seed=seed,
         device=device, weights_dir=weights_dir, branch_version=branch_version, exclude_families=exclude_families,
+        fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore,
     )
     if data is None:
         splits = ("fusion", "val") if name == "fusion" else ("train", "val")
@@ -922,14 +931,23 @@ def train_model(
         dims = modality_dims(branches.bundles["compression_resilient"].config, av_config)
         # A spoof head trained on real speech is not re-learned from the benchmark's synthetic speech.
         independent = ("audio",) if av_config.spoof_net is not None else ()
+        unread = set(independent) | set(fusion_ignore)
+        direct = tuple(d for d in template.direct if d[0] not in unread)
+        if fusion_scalars_only:  # the av token's spoof logit is the audio token's: read it once, there
+            direct = tuple((m, 2) if m == "av" else (m, k) for m, k in direct)
         config = replace(
-            template, modalities=tuple(d for d in dims if d[0] not in independent), independent=independent,
-            direct=tuple(d for d in template.direct if d[0] not in independent),
+            template, modalities=tuple(d for d in dims if d[0] not in unread), independent=independent,
+            direct=direct, read_embeddings=not fusion_scalars_only, ignored=tuple(fusion_ignore),
         )
         model = build_fusion(config).to(device)
         metrics = train_fusion(model, branches, data, hp, settings, **common)
         used = {"fusion": len(data.indices("fusion")), "val": len(data.indices("val"))}
         extra_lines.append("Branch bundles: " + ", ".join(branches.versions.values()))
+        if fusion_scalars_only:
+            extra_lines.append("Reads each branch's logits and their statistics only, never its embedding "
+                               "(`--fusion-scalars-only`); the av token without the spoof logit")
+        if fusion_ignore:
+            extra_lines.append("Not read at all (`--fusion-ignore`): " + ", ".join(fusion_ignore))
     else:
         model = _build(name, preset).to(device)
         if name == "fast_triage":

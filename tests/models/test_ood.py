@@ -37,7 +37,7 @@ def test_stats_travel_in_the_bundle_checksummed(tmp_path: Path) -> None:
     before = (bundle / "model.safetensors").read_bytes()
     attach_ood(bundle, _stats(dim=3, threshold=1.5))
     loaded = load_bundle(bundle)
-    assert loaded.ood is not None and loaded.ood.threshold == 1.5 and loaded.ood.mean.shape == (3,)
+    assert loaded.ood is not None and loaded.ood.threshold == 1.5 and loaded.ood.mean.shape == (1, 3)
     assert (bundle / "model.safetensors").read_bytes() == before  # the weights are untouched
     blob = bytearray((bundle / OOD_FILE).read_bytes())
     blob[-1] ^= 1
@@ -66,3 +66,47 @@ def test_an_out_of_distribution_branch_makes_the_verdict_uncertain() -> None:
     assert answer.verdict == "uncertain" and answer.fake_probability == 0.97
     (reason,) = [r for r in answer.reasons if r.code == "out_of_distribution"]
     assert reason.decisive and reason.modalities == ["visual"]
+
+
+def test_class_conditional_stats_accept_both_classes_and_flag_what_is_far_from_both() -> None:
+    rng = np.random.default_rng(1)
+    authentic, spoofed = rng.normal(size=(300, 5)), rng.normal(size=(300, 5)) + 6.0
+    train = np.concatenate([authentic, spoofed])
+    labels = np.array([0] * 300 + [1] * 300)
+    val = np.concatenate([rng.normal(size=(100, 5)), rng.normal(size=(100, 5)) + 6.0])
+    stats, report = fit_stats(train, val, quantile=0.99, train_labels=labels)
+    assert stats.components == 2 and report["classes"] == [0, 1]
+    assert stats.distance(np.full(5, 6.0)) < stats.threshold  # a typical spoof is in distribution
+    assert stats.distance(np.full(5, -6.0)) > stats.threshold  # far from both classes
+    authentic_only, _ = fit_stats(authentic, val[:100], quantile=0.99)
+    assert authentic_only.distance(np.full(5, 6.0)) > authentic_only.threshold  # what a one-class fit would do
+    with pytest.raises(ValueError, match="per class"):
+        fit_stats(train, val, train_labels=np.array([0] * 599 + [1]))
+
+
+def test_one_and_several_components_load_from_the_bundle_tensors() -> None:
+    single = OODStats.from_tensors(_stats(dim=3).to_tensors())
+    double = OODStats(np.zeros((2, 3)), np.stack([np.eye(3)] * 2), 1.0)
+    assert single.components == 1 and OODStats.from_tensors(double.to_tensors()).components == 2
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        OODStats(np.zeros((2, 3)), np.eye(3), 1.0)
+
+
+def test_a_strange_voice_abstains_and_the_verdict_rests_on_the_rest() -> None:
+    from pipeline.av import judge_voice
+    from pipeline.results import BranchResult
+
+    stats = _stats(dim=4, threshold=3.0)
+    near = judge_voice(BranchResult("audio", "ok", score=0.9), np.zeros(4), stats)
+    assert (near.status, near.out_of_distribution, near.details["ood_distance"]) == ("ok", False, 0.0)
+    far = judge_voice(BranchResult("audio", "ok", score=0.9), np.full(4, 10.0), stats)
+    assert (far.status, far.code, far.out_of_distribution, far.score) == ("skipped", "out_of_distribution", True, 0.9)
+    assert far.details["ood_distance"] == pytest.approx(20.0) and "not used" in far.reason
+
+    analysis = _analysis(0.1)
+    analysis.av.audio = far
+    answer = respond(analysis, VerdictConfig(), "r", None)
+    assert answer.verdict == "real"  # the other modalities had evidence
+    (reason,) = [r for r in answer.reasons if r.code == "out_of_distribution"]
+    assert not reason.decisive and reason.modalities == ["audio"]
+    assert answer.modalities["audio"].status == "skipped" and answer.modalities["audio"].score == 0.9

@@ -173,3 +173,27 @@ def test_no_speech_means_no_voice_verdict(local: LocalPipeline) -> None:
     assert {r.code for r in only_music.reasons} >= {"no_speech", "no_usable_modality"}
     spoken = local.respond(local.run(encode_audio(speech_like_audio(2.0, seed=3))))
     assert spoken.modalities["audio"].status == "ok"
+
+
+def test_an_audio_upload_in_a_voice_no_model_knows_gets_no_verdict(local: LocalPipeline) -> None:
+    import dataclasses
+
+    from models.ood import OODStats
+    from tests.mediagen import encode_audio
+
+    upload = encode_audio(speech_like_audio(3.0, seed=4))
+    analysis = local.run(upload)
+    heard = local.respond(analysis)
+    assert heard.modalities["audio"].status == "ok" and "out_of_distribution" not in {r.code for r in heard.reasons}
+    dim = analysis.av.audio.features.size - 1  # [spoof logit, embedding]
+    bundle = local.bundles["av_alignment"]
+    local.bundles["av_alignment"] = dataclasses.replace(bundle, ood=OODStats(np.zeros(dim), np.eye(dim), 0.0))
+    try:
+        answer = local.respond(local.run(upload))
+    finally:
+        local.bundles["av_alignment"] = bundle
+    assert answer.verdict == "uncertain" and answer.fake_probability == 0.5
+    assert answer.modalities["audio"].code == "out_of_distribution"
+    assert answer.modalities["audio"].score == pytest.approx(heard.modalities["audio"].score)
+    codes = {r.code: r.decisive for r in answer.reasons}
+    assert codes == {"out_of_distribution": False, "no_usable_modality": True}
