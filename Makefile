@@ -28,8 +28,10 @@ $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(BASE_STAMP)
 
+# The proxy callback makes Serve's proxy answer its own errors (a lost replica, its timeout) in the API's JSON.
+PROXY_CALLBACK := RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_errors:proxy_middlewares
 serve: $(BASE_STAMP)
-	$(BIN)/serve run cluster/serve.cpu.yaml
+	$(PROXY_CALLBACK) $(BIN)/serve run cluster/serve.cpu.yaml
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q

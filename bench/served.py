@@ -29,6 +29,8 @@ import httpx
 import numpy as np
 import yaml
 
+from deployments.proxy_errors import CALLBACK, CALLBACK_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0  # the client's; the proxy's own `request_timeout_s` answers first
@@ -81,6 +83,7 @@ class ServeInstance:
     def start(self) -> float:
         """Launch `serve run` and wait for `/readyz` 200: the wall time between the two is the cold start."""
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": self._ray_tmp}
+        env.setdefault(CALLBACK_ENV, CALLBACK)  # as `make serve`: the proxy answers its own errors in JSON
         path = self._write(self.config)
         started = time.perf_counter()
         with self.log_path.open("wb") as out:

@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from deployments.proxy_errors import CALLBACK, CALLBACK_ENV
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0
 STATE_FILE = "cluster.json"
@@ -165,6 +167,7 @@ def start_cluster(
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=str(root), RAY_AUTH_MODE="token", **(extra_env or {}))
+    env.setdefault(CALLBACK_ENV, CALLBACK)  # every node's Serve proxy answers its own errors in the API's JSON
     _ensure_token(env)
     gcs_port, dashboard_port, client_port = free_ports(3)
     cluster = LocalCluster(str(root), gcs_port, dashboard_port, env)

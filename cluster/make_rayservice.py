@@ -18,6 +18,8 @@ from typing import Any
 import ray
 import yaml
 
+from deployments.proxy_errors import CALLBACK, CALLBACK_ENV
+
 CLUSTER = Path(__file__).resolve().parent
 SERVE_CONFIG = CLUSTER / "serve.gpu.yaml"
 MANIFEST = CLUSTER / "rayservice.yaml"
@@ -40,6 +42,8 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int = 0, port
         "image": image,
         "resources": {"limits": limits, "requests": {"cpu": cpu, "memory": memory}},
     }
+    # Every node runs a Serve proxy; its own plain-text errors become the API's JSON (deployments/proxy_errors.py).
+    container["env"] = [{"name": CALLBACK_ENV, "value": CALLBACK}]
     if ports:
         container["ports"] = [
             {"containerPort": 6379, "name": "gcs-server"},
@@ -53,7 +57,7 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int = 0, port
 def manifest(serve_config: str, image: str = IMAGE) -> dict[str, Any]:
     """The RayService as a dict: CPU head (control plane, proxy), autoscaled 1-GPU and CPU worker groups."""
     head = _container("ray-head", image, "4", "16Gi", ports=True)
-    head["env"] = [{"name": "RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY", "value": "1"}]
+    head["env"].append({"name": "RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY", "value": "1"})
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

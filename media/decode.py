@@ -311,11 +311,38 @@ class _Budget:
     packet of crossing it, so a bomb costs a replica at most `deadline_s` (a cancellable loop, not a thread
     nobody can stop)."""
 
+    # Projected finish: once this much decoding has run, a decode whose pace says it will end later than
+    # PROJECTION_SLACK x the time left before the deadline is refused at once instead of at the deadline.
+    PROJECT_AFTER_S = 0.5
+    PROJECT_AFTER_PACKETS = 8
+    PROJECTION_SLACK = 1.25
+
     def __init__(self, config: DecodeConfig) -> None:
         self.config = config
         self.deadline = time.monotonic() + config.deadline_s
         self.packets = self.frames = 0
         self.pixels = 0.0
+        self.planned = 0  # video packets the decode pass will feed the decoder
+        self.fed = 0
+        self.started = 0.0
+
+    def plan(self, video_packets: int) -> None:
+        """Start of the decode pass: it will feed `video_packets` packets to the video decoder."""
+        self.planned, self.fed, self.started = video_packets, 0, time.monotonic()
+
+    def fed_video(self) -> None:
+        """One planned video packet decoded: refuse now if the pace so far cannot finish by the deadline."""
+        self.fed += 1
+        now = time.monotonic()
+        spent = now - self.started
+        if self.fed < self.PROJECT_AFTER_PACKETS or spent < self.PROJECT_AFTER_S or self.planned <= self.fed:
+            return
+        remaining = spent / self.fed * (self.planned - self.fed)
+        if remaining > self.PROJECTION_SLACK * max(self.deadline - now, 0.0):
+            raise MediaTooLargeError(
+                f"decoding would take about {spent + remaining:.0f} s at its pace so far "
+                f"({self.fed} of {self.planned} pictures in {spent:.1f} s); the limit is {self.config.deadline_s:g} s"
+            )
 
     def packet(self) -> None:
         self.packets += 1
@@ -692,6 +719,8 @@ def _decode_streams(
             if config.threads:
                 video.codec_context.thread_count = config.threads
         packet_no = -1
+        if scan is not None and grid is not None and picker is not None:
+            budget.plan(int(np.isin(scan.gops, np.fromiter(grid.needed_gops, np.int64)).sum()))
         try:
             for packet in container.demux([s for s in (video, audio) if s is not None]):
                 budget.packet()
@@ -707,6 +736,7 @@ def _decode_streams(
                     for frame in _safe_decode(video, packet):
                         budget.frame(frame)
                         picker.offer(frame)
+                    budget.fed_video()
                 elif packet.stream is audio:
                     for frame in _safe_decode(audio, packet):
                         audio_out.add(frame)

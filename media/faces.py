@@ -304,6 +304,12 @@ class FaceAnalyzer:
     def __reduce__(self) -> tuple[type[FaceAnalyzer], tuple[Path | None]]:
         return (FaceAnalyzer, (self._model_path,))
 
+    def load(self) -> FaceAnalyzer:
+        """Load the models now (a serving replica does this at start, so its resting memory holds them)."""
+        with self._lock:
+            self._load()
+        return self
+
     def _load(self) -> None:
         if self._detector is None:
             cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / _CASCADE_FILE))

@@ -158,8 +158,9 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
     vis_ok = visual is not None and visual.status == "ok"
     artifacts = Artifacts(
         audio_mismatch=AudioMismatch(
-            detected=(av.av.score >= threshold or av.audio.score >= threshold) if av_ok and audio_ok
-            else (av.audio.score >= threshold if audio_ok else None),
+            # from the branches that were used: an abstaining voice model does not hide a sync verdict
+            detected=(av.av.score >= threshold if av_ok else False) or (av.audio.score >= threshold if audio_ok else False)
+            if av_ok or audio_ok else None,
             score=av.av.score if av_ok else None,
             sync_probability=av.av.details.get("sync_probability") if av_ok else None,
             offset_ms=av.av.details.get("offset_ms") if av_ok else None,

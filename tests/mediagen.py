@@ -457,9 +457,9 @@ def _pix_fmt_for(codec: str) -> str:
     return "yuvj420p" if "yuvj420p" in formats else formats[0]
 
 
-def decode_bomb(n_frames: int = 1500, fps: float = 1000.0) -> bytes:
-    """The CPU bomb of the hostile campaign, small: tiny frames at 1000 fps in one group of pictures."""
-    return encode_video(numbered_frames(n_frames, size=(16, 16)), fps=fps, keyframe_interval=10**6,
+def decode_bomb(n_frames: int = 1500, fps: float = 1000.0, size: tuple[int, int] = (16, 16)) -> bytes:
+    """The CPU bomb of the hostile campaign, small: tiny frames (or `size`) at 1000 fps in one group of pictures."""
+    return encode_video(numbered_frames(n_frames, size=size), fps=fps, keyframe_interval=10**6,
                         encoder_options={"preset": "ultrafast"})
 
 

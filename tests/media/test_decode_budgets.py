@@ -118,3 +118,41 @@ def test_opencv_fallback_only_sees_known_still_signatures() -> None:
         decode_media(b"GIF89a" + bytes(range(256)) * 8, NO_FACES)
     with pytest.raises(NotMediaError):
         decode_media(b"P6\n4 4\n255\n" + bytes(48), NO_FACES)  # PPM: OpenCV reads it; the service does not
+
+
+def test_a_decode_that_cannot_finish_by_its_deadline_is_refused_at_once(monkeypatch) -> None:
+    """A single-GOP bomb whose every picture is slow (here: 2 ms added to each video decode call, 20,000
+    pictures, about 40 s) is refused once its pace is clear, not at the deadline."""
+    import media.decode as decode_module
+
+    real = decode_module._safe_decode
+
+    def slow(stream, packet):
+        if stream.type == "video":
+            time.sleep(0.002)
+        return real(stream, packet)
+
+    data = decode_bomb(20_000)
+    monkeypatch.setattr(decode_module, "_safe_decode", slow)
+    started = time.monotonic()
+    with pytest.raises(MediaTooLargeError, match=r"would take about \d+ s at its pace so far"):
+        decode_media(data, NO_FACES.model_copy(update={"deadline_s": 10.0}))
+    assert time.monotonic() - started < 3.0  # the deadline is 10 s
+
+
+def test_a_projection_needs_a_pace_before_it_refuses() -> None:
+    from media.decode import _Budget
+
+    budget = _Budget(NO_FACES.model_copy(update={"deadline_s": 5.0}))
+    budget.plan(1000)
+    budget.started -= 0.1  # 0.1 s spent on the first pictures: too early to judge
+    for _ in range(10):
+        budget.fed_video()
+    budget.started -= 1.0  # 10 pictures in 1.1 s: 1,000 would take about 110 s
+    with pytest.raises(MediaTooLargeError, match="would take about"):
+        budget.fed_video()
+    quick = _Budget(NO_FACES.model_copy(update={"deadline_s": 5.0}))
+    quick.plan(20)
+    quick.started -= 0.6  # 11 of 20 pictures in 0.6 s: about 1.1 s in all, well inside 5 s
+    for _ in range(11):
+        quick.fed_video()

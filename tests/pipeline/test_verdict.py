@@ -273,6 +273,8 @@ def test_visual_anomaly_unknown_when_visual_did_not_run() -> None:
         (None, 0.7, 0.5, True),  # no usable lips: the audio alone decides
         (None, 0.3, 0.5, False),
         (None, None, 0.5, None),  # neither ran
+        (0.6, None, 0.5, True),  # the voice model abstained (say, out of distribution): the lips still decide
+        (0.2, None, 0.5, False),
     ],
 )
 def test_audio_mismatch_follows_mismatch_threshold(

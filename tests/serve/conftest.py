@@ -26,6 +26,8 @@ import httpx
 import pytest
 import yaml
 
+from deployments.proxy_errors import CALLBACK, CALLBACK_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 420
 TEST_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -122,6 +124,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # A short private temp dir isolates this Ray from any other local one (unix socket paths max ~107 chars).
     ray_tmp = tempfile.mkdtemp(prefix="ss-ray-")
     env["RAY_TMPDIR"] = ray_tmp
+    env[CALLBACK_ENV] = CALLBACK  # as `make serve` does: the proxy's own errors in the API's JSON
     env["RAY_metrics_report_interval_ms"] = "2000"  # metrics reach Prometheus within seconds, not ~10 s
     serve_cli = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:

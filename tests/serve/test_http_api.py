@@ -86,11 +86,16 @@ def test_talking_face_video_runs_every_modality(service, talking_face):
         assert body["modalities"]["visual"]["reason"].startswith("early exit")
     else:
         for m in ("triage", "visual", "av", "audio"):
-            assert body["modalities"][m]["status"] == "ok", (m, body["modalities"][m])
-            assert 0.0 <= body["modalities"][m]["score"] <= 1.0
+            report = body["modalities"][m]
+            # Every model ran; the voice model may then abstain on a voice unlike those it learned (this
+            # generator's speech is not the training benchmark's), keeping its score for the analyst.
+            ran = report["status"] == "ok" or (m == "audio" and report["code"] == "out_of_distribution")
+            assert ran, (m, report)
+            assert 0.0 <= report["score"] <= 1.0
         assert set(body["models"]) == MODEL_DEPLOYMENTS
         assert sum(body["gate_weights"].values()) == pytest.approx(1.0, abs=1e-3)
-        assert all(w > 0 for w in body["gate_weights"].values())
+        for m, weight in body["gate_weights"].items():  # fusion reads what ran (v4: not triage)
+            assert (weight > 0) == (body["modalities"][m]["status"] == "ok" and m != "triage"), (m, weight)
         times = [k["t"] for k in body["keyframes"]]
         assert 1 <= len(times) <= 4 and times == sorted(times)
         assert all(0.0 <= t <= 3.0 for t in times)
