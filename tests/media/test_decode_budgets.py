@@ -45,9 +45,9 @@ def _speech_in(container: str, codec: str) -> bytes:
 @pytest.mark.parametrize(
     "limits, message",
     [
-        ({"max_decoded_frames": 500}, "video frames to decode"),
+        ({"max_decoded_frames": 500}, "video frames"),  # from its pace, before the 500th
         ({"max_packets": 500}, "packets to read"),
-        ({"max_decoded_pixels": 16 * 16 * 500}, "pixels to decode"),
+        ({"max_decoded_pixels": 16 * 16 * 500}, "pixels"),
         ({"deadline_s": 1e-6}, "decoding takes more than"),
     ],
 )
@@ -122,7 +122,7 @@ def test_opencv_fallback_only_sees_known_still_signatures() -> None:
 
 def test_a_decode_that_cannot_finish_by_its_deadline_is_refused_at_once(monkeypatch) -> None:
     """A single-GOP bomb whose every picture is slow (here: 2 ms added to each video decode call, 20,000
-    pictures, about 40 s) is refused once its pace is clear, not at the deadline."""
+    pictures, about 40 s + decoding) is refused once its pace is clear (after 3 s), not at the deadline."""
     import media.decode as decode_module
 
     real = decode_module._safe_decode
@@ -136,23 +136,60 @@ def test_a_decode_that_cannot_finish_by_its_deadline_is_refused_at_once(monkeypa
     monkeypatch.setattr(decode_module, "_safe_decode", slow)
     started = time.monotonic()
     with pytest.raises(MediaTooLargeError, match=r"would take about \d+ s at its pace so far"):
-        decode_media(data, NO_FACES.model_copy(update={"deadline_s": 10.0}))
-    assert time.monotonic() - started < 3.0  # the deadline is 10 s
+        decode_media(data, NO_FACES.model_copy(update={"deadline_s": 20.0}))
+    assert time.monotonic() - started < 6.0  # judged after 3 s; the deadline is 20 s
 
 
 def test_a_projection_needs_a_pace_before_it_refuses() -> None:
     from media.decode import _Budget
 
-    budget = _Budget(NO_FACES.model_copy(update={"deadline_s": 5.0}))
+    budget = _Budget(NO_FACES.model_copy(update={"deadline_s": 30.0}))
     budget.plan(1000)
-    budget.started -= 0.1  # 0.1 s spent on the first pictures: too early to judge
+    budget.started -= 2.0  # 2 s spent on the first pictures: too early to judge, however slow
     for _ in range(10):
         budget.fed_video()
-    budget.started -= 1.0  # 10 pictures in 1.1 s: 1,000 would take about 110 s
+    budget.started -= 1.3  # 11 pictures in 3.3 s: 1,000 would take about 300 s
     with pytest.raises(MediaTooLargeError, match="would take about"):
         budget.fed_video()
-    quick = _Budget(NO_FACES.model_copy(update={"deadline_s": 5.0}))
-    quick.plan(20)
-    quick.started -= 0.6  # 11 of 20 pictures in 0.6 s: about 1.1 s in all, well inside 5 s
-    for _ in range(11):
-        quick.fed_video()
+    steady = _Budget(NO_FACES.model_copy(update={"deadline_s": 30.0}))
+    steady.plan(1800)
+    for _ in range(300):  # 300 of 1,800 pictures at 12 ms each: about 21 s in all, within 2x the time left
+        steady.started -= 0.012
+        steady.fed_video()
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [({"max_decoded_pixels": 320 * 240 * 400}, "would decode about .* pixels"),
+     ({"max_decoded_frames": 400}, "would decode about .* video frames")],
+)
+def test_a_decode_that_will_cross_a_budget_is_refused_from_its_pace(limits: dict, message: str) -> None:
+    """1,500 pictures in one GOP, all needed: a budget of 400 is refused after a few pictures, not at the 400th."""
+    from media.decode import _Budget
+
+    seen = []
+    real_frame = _Budget.frame
+
+    def counting(self, frame):
+        seen.append(1)
+        return real_frame(self, frame)
+
+    data = decode_bomb(1500, size=(320, 240))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_Budget, "frame", counting)
+        with pytest.raises(MediaTooLargeError, match=message):
+            decode_media(data, NO_FACES.model_copy(update=limits))
+    assert len(seen) < 50
+
+
+def test_the_budgets_themselves_still_stop_a_decode_without_a_plan() -> None:
+    from media.decode import _Budget
+
+    class Picture:
+        width, height = 16, 16
+
+    budget = _Budget(NO_FACES.model_copy(update={"max_decoded_frames": 3}))  # no plan: no projection
+    for _ in range(3):
+        budget.frame(Picture())
+    with pytest.raises(MediaTooLargeError, match="more than 3 video frames to decode"):
+        budget.frame(Picture())
