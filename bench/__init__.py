@@ -1,4 +1,1 @@
-"""Performance benchmarks for SpectraShield (not tests: they write tables, they never assert timings).
-
-`python -m bench.run` (`make bench`) writes `bench/results/` and `BENCHMARKS.md`; `bench.edge_campaign` the edge's.
-"""
+"""Performance benchmarks, not tests (never asserting timings): `make bench` (`bench.run`), `bench.edge_campaign`."""

@@ -62,12 +62,7 @@ def forward_calls(pipe: LocalPipeline, clip: Clip, analysis: Analysis) -> dict[s
     if analysis.visual is not None and analysis.visual.status == "ok":
         crops = images_to_tensor(clip.face_crops[crop_indices(clip, analysis.keyframes, config.visual)], device)
         calls["visual"] = lambda: pipe.model("compression_resilient")(crops)  # (K, 3, S, S)
-    # The AV model ran when either of its branches answered, or its voice branch abstained after running
-    # (`out_of_distribution`: the score was computed, then not used).
-    if analysis.av is not None and (
-        analysis.av.av.status == "ok" or analysis.av.audio.status == "ok"
-        or analysis.av.audio.code == "out_of_distribution"
-    ):
+    if analysis.av is not None and analysis.av.audio.features is not None:  # it ran (then maybe abstained)
         av, audio = pipe.model("av_alignment"), audio_to_tensor(served_audio(clip, config.av), device).unsqueeze(0)
         if lips_usable(clip, config.av):
             lips = (

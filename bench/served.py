@@ -82,8 +82,8 @@ class ServeInstance:
 
     def start(self) -> float:
         """Launch `serve run` and wait for `/readyz` 200: the wall time between the two is the cold start."""
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": self._ray_tmp}
-        env.setdefault(CALLBACK_ENV, CALLBACK)  # as `make serve`: the proxy answers its own errors in JSON
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env |= {"RAY_TMPDIR": self._ray_tmp, CALLBACK_ENV: CALLBACK}  # the proxy's own errors in JSON, as `make serve`
         path = self._write(self.config)
         started = time.perf_counter()
         with self.log_path.open("wb") as out:
