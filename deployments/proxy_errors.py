@@ -58,6 +58,7 @@ class ProxyErrorsAsJson:
 
         async def rewrite(message: dict) -> None:
             if message["type"] == "http.response.start":
+                held["started"] = True
                 headers = list(message.get("headers", []))
                 ctype = _header(headers, b"content-type") or b""
                 if message["status"] >= 400 and not ctype.startswith(b"application/json"):
@@ -78,7 +79,13 @@ class ProxyErrorsAsJson:
                 return
             await send(message)
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, receive, rewrite)
+        except Exception:  # noqa: BLE001 - escaping the proxy, uvicorn would answer a plain-text 500
+            if held.get("started"):
+                raise
+            await rewrite({"type": "http.response.start", "status": 500, "headers": []})
+            await rewrite({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def proxy_middlewares() -> list[Middleware]:

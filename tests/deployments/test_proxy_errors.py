@@ -60,3 +60,16 @@ def test_the_proxy_callback_returns_starlette_middleware() -> None:
     from ray.serve._private.http_util import validate_http_proxy_callback_return
 
     assert validate_http_proxy_callback_return(proxy_middlewares())[0].cls is ProxyErrorsAsJson
+
+
+def test_an_exception_escaping_the_proxy_is_answered_in_json_not_by_uvicorn() -> None:
+    async def app(scope, receive, send):
+        raise RuntimeError("replica died at /srv/x.py")
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(ProxyErrorsAsJson(app)({"type": "http", "headers": []}, None, send))
+    assert sent[0]["status"] == 500 and json.loads(sent[1]["body"])["error"] == "internal"
