@@ -84,6 +84,9 @@ class ProxyErrorsAsJson:
         except Exception:  # noqa: BLE001 - escaping the proxy, uvicorn would answer a plain-text 500
             if held.get("started"):
                 raise
+        # Serve's proxy answers a request whose replica died (an actor error: 500) by sending nothing
+        # at all and returning; uvicorn would then write its own plain-text 500. Answer it here.
+        if not held.get("started"):
             await rewrite({"type": "http.response.start", "status": 500, "headers": []})
             await rewrite({"type": "http.response.body", "body": b"", "more_body": False})
 
