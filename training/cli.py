@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fusion: a modality it does not read at all (its branch still runs and reports)",
     )
     train.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers reading the cache")
+    train.add_argument("--ray-address", default=None,
+                       help="train on this Ray cluster: decoding as Ray Data, each model as Ray Train (local otherwise)")
+    train.add_argument("--ray-workers", type=int, default=2, help="with --ray-address: Ray Train workers per model")
     train.add_argument("--force", action="store_true", help="replace existing bundles of --version")
 
     ev = commands.add_parser("eval", help="metrics and plots of a split, in-process or against a running service")
@@ -185,7 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               "workers": args.workers, "progress": progress}
 
     if args.command == "train":
-        if args.model == "all":
+        if args.ray_address:
+            from training.distributed import connect, train_models_on_ray
+
+            connect(args.ray_address)
+            results = train_models_on_ray(list(MODEL_NAMES) if args.model == "all" else [args.model], {
+                "manifest": args.manifest, "version": args.version, "weights_dir": args.weights_dir,
+                "cache_dir": args.cache_dir, "settings": settings, "device": device, "preset": args.preset,
+                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "branch_version": args.branch_version, "exclude_families": args.exclude_family,
+                "loader_workers": args.loader_workers, "command": command_line, "overwrite": args.force,
+                "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
+            }, workers=args.ray_workers)
+        elif args.model == "all":
             results = train_all(
                 args.manifest, args.version, preset=args.preset, seed=args.seed, epochs=args.epochs,
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,

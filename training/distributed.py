@@ -1,4 +1,11 @@
-"""The learning loop on a Ray cluster: features as Ray Data `map_batches`, the update as Ray Train.
+"""Training on a Ray cluster: decoding and features as Ray Data `map_batches`, training as Ray Train.
+
+`spectrashield train MODEL|all --ray-address ADDR --ray-workers N` decodes the manifest's uncached files
+with Ray Data (`decode_on_ray`, into the shared feature cache) and trains each model as a `TorchTrainer` of N
+CPU workers (gloo): every worker runs `training.train.train_model` on its share of each batch of one shuffled
+order (`training.train.loader`), and `_step` averages the gradients, so every worker takes the same step.
+BatchNorm layers normalise each worker's share with its own statistics, so models with BatchNorm differ
+slightly from local mode; fusion (LayerNorm, no BatchNorm) equals local mode within float tolerance.
 
 `spectrashield update --ray-address ADDR` (and `continual-scenario --ray-address`) run the same steps as
 local mode, spread over the cluster:
@@ -163,3 +170,101 @@ def update_on_ray(
     with result.checkpoint.as_directory() as folder:
         student.load_state_dict(load_file(f"{folder}/model.safetensors"), strict=True)
     return student.eval()
+
+
+# ---- `spectrashield train --ray-address`: decoding as Ray Data, each model's training as Ray Train -------------
+
+
+def _decode_batch(batch: dict[str, np.ndarray], jobs: list[Any]) -> dict[str, list[str]]:
+    """Ray Data: decode the jobs whose numbers are in this batch into their cache entries."""
+    from training.features import _decode_one
+
+    out = [_decode_one(jobs[int(i)]) for i in batch["id"]]
+    return {"file": [f for f, _ in out], "error": [e or "" for _, e in out]}
+
+
+def decode_on_ray(fn: Any, jobs: list[Any]) -> list[tuple[str, str | None]]:
+    """A `FeatureCache.build` mapper: the manifest's undecoded files as a Ray Dataset, decoded by `map_batches`
+    on the cluster's CPUs. Every node writes into the same cache folder: one machine, or shared storage."""
+    import ray.data
+
+    dataset = ray.data.range(len(jobs)).map_batches(_decode_batch, fn_kwargs={"jobs": jobs}, batch_size=1, num_cpus=1)
+    return [(row["file"], row["error"] or None) for row in dataset.take_all()]
+
+
+def _train_model_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: `train_model` on its shard of every batch (`training.train.loader`, `_step`);
+    rank 0 reports the bundle it wrote (every rank holds the same weights)."""
+    import json
+
+    import ray.train
+
+    from training.train import train_model
+
+    torch.set_num_threads(config["threads"])
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory() as folder:
+        result = train_model(**config["kwargs"], save_root=Path(folder), progress=False)
+        checkpoint = ray.train.Checkpoint.from_directory(str(result.path)) if rank == 0 else None
+        ray.train.report({"wall_s": result.wall_s, "metrics": json.dumps(result.metrics, default=str)},
+                         checkpoint=checkpoint)
+
+
+def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: int = 1) -> Any:
+    """`training.train.train_model(**kwargs)` as a `TorchTrainer` of `workers` CPU workers (gloo); the bundle
+    lands in `kwargs["weights_dir"]`, as in local mode. Returns its `TrainResult`."""
+    import json
+    import shutil
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.train import TrainResult, check_new_version
+    from models import weights_root
+
+    root = Path(kwargs.get("weights_dir") or weights_root())
+    name, version = kwargs["name"], kwargs["version"]
+    check_new_version(root, [name], version, kwargs.get("overwrite", False))
+    trainer = TorchTrainer(
+        _train_model_loop,
+        train_loop_config={"kwargs": kwargs, "threads": threads},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=kwargs.get("device") == "cuda",
+                                     resources_per_worker={"CPU": 1}),
+        # storage_path: where the checkpoint lands; on a cluster of several machines it must be shared storage.
+        run_config=RunConfig(storage_path=str(scratch / "ray_train"), name=f"train-{name}-{version}"),
+    )
+    result = trainer.fit()
+    out = root / name / version
+    if out.exists():
+        shutil.rmtree(out)  # only reached with overwrite (checked above)
+    with result.checkpoint.as_directory() as folder:
+        shutil.copytree(folder, out)
+    return TrainResult(name=name, path=out, metrics=json.loads(result.metrics["metrics"]),
+                       wall_s=float(result.metrics["wall_s"]), command=kwargs.get("command") or "")
+
+
+def train_models_on_ray(names: list[str], kwargs: dict[str, Any], workers: int) -> dict[str, Any]:
+    """`spectrashield train NAME|all --ray-address`: the manifest decoded once by Ray Data into the feature
+    cache, then each model (branches before fusion) trained by a `TorchTrainer` of `workers` workers."""
+    from training.features import load_manifest_data
+
+    kwargs = {**kwargs, "manifest": Path(kwargs["manifest"]).resolve()}
+    for key in ("weights_dir", "cache_dir"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = Path(kwargs[key]).resolve()
+    settings = kwargs["settings"]
+    load_manifest_data(
+        kwargs["manifest"], splits=("train", "val", "fusion"), cache_dir=kwargs.get("cache_dir"),
+        decode_config=settings.decode, exclude_families=kwargs.get("exclude_families", ()), mapper=decode_on_ray,
+        progress=False,
+    )
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="spectrashield-train-") as scratch:
+        for name in names:
+            step = {**kwargs, "name": name}
+            if len(names) > 1:
+                step["branch_version"] = kwargs["version"]
+                step["command"] = f"{kwargs['command']} (step {name})" if kwargs.get("command") else None
+            results[name] = train_on_ray(step, workers, Path(scratch))
+            logger.info("trained %s on %d Ray Train workers: %s", name, workers, results[name].path)
+    return results

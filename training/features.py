@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -175,7 +175,11 @@ class CacheReport:
     decoded: int = 0
 
 
-def _decode_one(job: tuple[str, str, dict[str, Any]]) -> tuple[str, str | None]:
+DecodeJob = tuple[str, str, dict[str, Any]]  # (media file, cache entry to write, DecodeConfig as a dict)
+Mapper = Callable[[Callable[[DecodeJob], tuple[str, str | None]], list[DecodeJob]], Iterable[tuple[str, str | None]]]
+
+
+def _decode_one(job: DecodeJob) -> tuple[str, str | None]:
     """Worker: decode one file into its cache entry; returns (file, error or None). Module-level so it pickles."""
     file, target, config = job
     target_path = Path(target)
@@ -208,8 +212,11 @@ class FeatureCache:
             self._entries[file] = self.cache_dir / f"{sha256_file(file)}-{self._digest}.npz"
         return self._entries[file]
 
-    def build(self, files: Iterable[Path], workers: int = 1, progress: bool = True) -> CacheReport:
-        """Decode every file not cached yet; `workers` > 1 decodes in that many processes."""
+    def build(
+        self, files: Iterable[Path], workers: int = 1, progress: bool = True, mapper: Mapper | None = None,
+    ) -> CacheReport:
+        """Decode every file not cached yet; `workers` > 1 decodes in that many processes, a `mapper`
+        (e.g. `training.distributed.decode_on_ray`) wherever it sends `_decode_one`'s jobs."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         report = CacheReport()
         todo: list[tuple[str, str, dict[str, Any]]] = []
@@ -223,7 +230,9 @@ class FeatureCache:
             else:
                 todo.append((str(file), str(target), self.decode_config.model_dump()))
         bar = tqdm(total=len(todo), desc="decode", unit="file", disable=not progress or not todo)
-        if workers > 1 and len(todo) > 1:
+        if mapper is not None and todo:
+            results = list(_track(mapper(_decode_one, todo), bar))
+        elif workers > 1 and len(todo) > 1:
             # spawn: the parent may already run torch/OpenCV threads, which fork would copy mid-flight
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 results = list(_track(pool.imap_unordered(_decode_one, todo), bar))
@@ -436,6 +445,7 @@ def load_manifest_data(
     exclude_families: Sequence[str] = (),
     workers: int = 1,
     progress: bool = True,
+    mapper: Mapper | None = None,
 ) -> ManifestData:
     """Read `manifest`, drop excluded families outside `test`, and make sure every file of `splits` is cached.
 
@@ -451,7 +461,7 @@ def load_manifest_data(
     files = [manifest.parent / e.path for e in entries]
     cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(manifest), decode_config)
     wanted = [f for e, f in zip(entries, files, strict=True) if e.split in splits]
-    report = cache.build(wanted, workers=workers, progress=progress)
+    report = cache.build(wanted, workers=workers, progress=progress, mapper=mapper)
     info = {file: ClipArrays.peek(path) for file, path in report.paths.items()}
     if report.failed:
         logger.warning("%d of %d files could not be decoded and are skipped", len(report.failed), len(wanted))

@@ -222,9 +222,31 @@ def pick_frames(face_found: np.ndarray, k: int, rng: np.random.Generator) -> np.
     return rng.choice(candidates, size=k, replace=candidates.size < k)
 
 
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of the data-parallel group this process trains in; (0, 1) outside one.
+
+    Under Ray Train (`spectrashield train --ray-address`) each worker sees a shard of every epoch's
+    shuffled order and `_step` averages the gradients, so a step is local mode's step on the whole batch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, workers: int, collate: Callable) -> DataLoader:
-    """Shuffled batches in an order fixed by (seed, epoch)."""
+    """Shuffled batches in an order fixed by (seed, epoch); data-parallel: this rank's share of each batch."""
+    rank, world = data_parallel()
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if world > 1:  # local mode's batches (the same loader over item numbers), each split across the ranks
+        batches = DataLoader(range(len(dataset)), batch_size=batch_size, shuffle=True, generator=generator,
+                             collate_fn=list)
+        mine = []
+        for batch in batches:
+            batch = batch + batch[: (-len(batch)) % world]  # a batch that does not split evenly: repeat its first items
+            mine.append(batch[rank * len(batch) // world: (rank + 1) * len(batch) // world])
+        return DataLoader(dataset, batch_sampler=mine, num_workers=workers, collate_fn=collate)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers, collate_fn=collate
     )
@@ -233,6 +255,15 @@ def loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, workers: in
 def _step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Sequence[nn.Parameter], clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    world = data_parallel()[1]
+    if world > 1:  # the ranks' gradients of their shards, averaged: every rank takes the same step
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)  # gloo has no AVG
+            p.grad /= world
     nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
 
@@ -709,13 +740,20 @@ def train_fusion(
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     params = list(model.parameters())
     generator = torch.Generator().manual_seed(seed)
+    rank, world = data_parallel()
     for _ in tqdm(range(hp.epochs), desc="fusion", unit="epoch", disable=not progress):
         model.train()
         order = torch.randperm(len(fit), generator=generator).to(device)
         for batch in order.split(hp.batch_size):
             mask = drop_modalities(present[batch], hp.modality_dropout, generator)
             out = model({k: v[batch] for k, v in features.items()}, mask)
-            _step(optimizer, F.binary_cross_entropy_with_logits(out.logit, labels[batch]), params, hp.grad_clip)
+            if world == 1:
+                loss = F.binary_cross_entropy_with_logits(out.logit, labels[batch])
+            else:  # every rank runs the (tiny) forward alike; its slice's share of the batch mean goes into the average
+                mine = torch.arange(len(batch), device=device).tensor_split(world)[rank]
+                loss = F.binary_cross_entropy_with_logits(
+                    out.logit[mine], labels[batch][mine], reduction="sum") * world / len(batch)
+            _step(optimizer, loss, params, hp.grad_clip)
     model.eval()
     model.set_temperature(1.0)
     metrics: dict[str, Any] = {"fit_split": "fusion", "fit_files": len(fit), "calibration_split": "val"}
@@ -884,8 +922,11 @@ def train_model(
     progress: bool = True,
     fusion_scalars_only: bool = False,
     fusion_ignore: Sequence[str] = (),
+    save_root: Path | None = None,
 ) -> TrainResult:
     """Train one model and save it to `<weights_dir>/<name>/<version>/` as a `trained: true` bundle.
+
+    `save_root` writes the bundle under another root instead (a Ray Train worker's scratch folder).
 
     `epochs`, `batch_size`, `lr` override the preset's `HParams`. Fusion reads the branch bundles
     of `branch_version` (default: `version`) from the same `weights_dir`. `workers` decodes
@@ -898,7 +939,7 @@ def train_model(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     root = weights_dir if weights_dir is not None else weights_root()
-    check_new_version(root, [name], version, overwrite)
+    check_new_version(save_root or root, [name], version, overwrite)
     started = time.perf_counter()
     settings = settings or PipelineConfig()
     base = HPARAMS[(name, preset)]
@@ -969,7 +1010,7 @@ def train_model(
         "validation": metrics,
     }
     path = save_bundle(
-        model.cpu(), Path(root) / name / version, arch=name, config=config, trained=True, card_text=card,
+        model.cpu(), Path(save_root or root) / name / version, arch=name, config=config, trained=True, card_text=card,
         extra={"training": training_info},
     )
     logger.info("saved %s (%.1f s)", path, wall_s)
