@@ -9,13 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.local_cluster import NodeSpec
+from cluster.local_cluster import LocalCluster, NodeSpec
 from deployments.feedback import FeedbackStore
 from models.bundle import load_bundle
 from tests.cluster.harness import REPO, running_cluster
@@ -27,7 +28,14 @@ from training.manifest import read_manifest
 pytestmark = pytest.mark.cluster
 
 
-def test_update_on_a_two_node_cluster_matches_local_mode(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """One two-node cluster for the module's tests (each start costs about half a minute)."""
+    with running_cluster(NodeSpec(num_cpus=2), [NodeSpec(num_cpus=2)]) as started:
+        yield started
+
+
+def test_update_on_a_two_node_cluster_matches_local_mode(tmp_path: Path, cluster: LocalCluster) -> None:
     weights = tmp_path / "weights"
     shutil.copytree(REPO / "weights" / "compression_resilient" / "v2", weights / "compression_resilient" / "v2")
     bench = tmp_path / "bench"
@@ -42,12 +50,11 @@ def test_update_on_a_two_node_cluster_matches_local_mode(tmp_path: Path) -> None
               "--serve-config", str(REPO / "cluster" / "serve.cpu.yaml")]
     assert update_main([*common, "--version", "local", "--out-config", str(tmp_path / "local.yaml")]) == 0
 
-    with running_cluster(NodeSpec(num_cpus=2), [NodeSpec(num_cpus=2)]) as cluster:
-        done = subprocess.run(
-            [sys.executable, "-m", "training.cli", "update", *common, "--version", "onray", "--out-config",
-             str(tmp_path / "onray.yaml"), "--ray-address", cluster.gcs_address, "--ray-workers", "2"],
-            cwd=REPO, env=cluster.client_env(), capture_output=True, text=True, timeout=600, check=False,
-        )
+    done = subprocess.run(
+        [sys.executable, "-m", "training.cli", "update", *common, "--version", "onray", "--out-config",
+         str(tmp_path / "onray.yaml"), "--ray-address", cluster.gcs_address, "--ray-workers", "2"],
+        cwd=REPO, env=cluster.client_env(), capture_output=True, text=True, timeout=600, check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "published" in done.stdout
     local, onray = (load_file(str(weights / "compression_resilient" / v / "model.safetensors")) for v in ("local", "onray"))
@@ -59,7 +66,7 @@ def test_update_on_a_two_node_cluster_matches_local_mode(tmp_path: Path) -> None
     assert not list((weights / "compression_resilient").glob(".*.work"))  # nothing left behind
 
 
-def test_train_on_a_two_node_cluster_matches_local_mode(tmp_path: Path) -> None:
+def test_train_on_a_two_node_cluster_matches_local_mode(tmp_path: Path, cluster: LocalCluster) -> None:
     weights = tmp_path / "weights"
     branches = {"fast_triage": "v2", "compression_resilient": "v2", "av_alignment": "v3"}
     for name, version in branches.items():
@@ -79,13 +86,12 @@ def test_train_on_a_two_node_cluster_matches_local_mode(tmp_path: Path) -> None:
     # Local mode with one thread, as each Ray Train worker runs: the thread count alone moves these weights by
     # about 1e-3 (Adam turns float-order noise in near-zero gradients into steps; measured 1.1e-3 for 1 vs 2).
     train("fusion", "--version", "local", "--branch-version", pinned, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    with running_cluster(NodeSpec(num_cpus=2), [NodeSpec(num_cpus=2)]) as cluster:
-        on_ray = ["--ray-address", cluster.gcs_address, "--ray-workers", "2"]
-        train("fusion", "--version", "onray", "--branch-version", pinned, *on_ray, env=cluster.client_env())
-        train("fast_triage", "--version", "onray", *on_ray, env=cluster.client_env())
+    on_ray = ["--ray-address", cluster.gcs_address, "--ray-workers", "2"]
+    train("fusion", "--version", "onray", "--branch-version", pinned, *on_ray, env=cluster.client_env())
+    train("fast_triage", "--version", "onray", *on_ray, env=cluster.client_env())
     local, onray = (load_file(str(weights / "fusion" / v / "model.safetensors")) for v in ("local", "onray"))
-    moved = max((local[k] - onray[k]).abs().max().item() for k in local)
-    assert moved < 2e-3, moved  # seen: 3e-4, with weights up to 20 in size
+    apart = max((local[k] - onray[k]).abs().max().item() for k in local)
+    assert apart < 2e-3, apart  # seen: 3e-4, with weights up to 20 in size
     for name in ("fusion", "fast_triage"):  # loads strictly, checksums verified, and says how it was made
         bundle = load_bundle(weights / name / "onray")
         assert bundle.trained
