@@ -111,6 +111,16 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What real uploads do to speech, applied to both classes alike: level, noise, a room,
     8-bit mu-law telephony, and silence of any length around it."""
     x = x.astype(np.float32)
+    if rng.random() < 0.5:  # another voice: tape-speed change (pitch and formants move together, no vocoder)
+        import torchaudio.functional as AF
+
+        factor = rng.uniform(0.85, 1.15)
+        x = AF.resample(torch.from_numpy(x), RATE, int(round(RATE * factor / 50)) * 50).numpy()
+    if rng.random() < 0.5:  # another microphone / line: a smooth random EQ of +-6 dB over log frequency
+        spec = np.fft.rfft(x)
+        logf = np.log2(np.maximum(np.fft.rfftfreq(x.size, 1 / RATE), 50.0) / 50.0) / np.log2(RATE / 100)
+        curve = sum(rng.uniform(-3, 3) * np.cos(np.pi * k * logf + rng.uniform(0, np.pi)) for k in range(1, 5))
+        x = np.fft.irfft(spec * 10 ** (curve / 20), n=x.size).astype(np.float32)
     if rng.random() < 0.2:  # a room: exponentially decaying noise as the impulse response
         rt60 = rng.uniform(0.15, 0.6)
         n = int(rt60 * RATE)
@@ -118,6 +128,8 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         rir[0] = 1.0 / max(rng.uniform(0.3, 1.0), 1e-3)
         wet = fftconvolve(x, rir)[: x.size]
         x = wet / (np.abs(wet).max() + 1e-6) * (np.abs(x).max() + 1e-6)
+    if rng.random() < 0.4:  # a lossy codec at a low bit rate, as uploads and calls carry speech
+        x = codec_roundtrip(x, rng)
     if rng.random() < 0.2:  # telephone: 8 kHz mu-law
         t = torch.from_numpy(x)
         import torchaudio.functional as AF
@@ -138,6 +150,31 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ])
     gain = 10 ** (rng.uniform(-20, 6) / 20)
     return np.clip(x * gain, -1, 1).astype(np.float32)
+
+
+_CODECS = (("mp3", "libmp3lame", (24_000, 64_000)), ("ogg", "libopus", (12_000, 32_000)), ("adts", "aac", (24_000, 64_000)))
+
+
+def codec_roundtrip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`x` encoded with MP3, Opus or AAC at a random low bit rate and decoded back (PyAV), same length."""
+    import io
+
+    import av
+
+    from training.synth_audio import encode_audio_packets
+
+    container, encoder, (low, high) = _CODECS[int(rng.integers(len(_CODECS)))]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(encoder, rate=RATE)
+        stream.layout, stream.bit_rate = "mono", int(rng.uniform(low, high))
+        for packet in encode_audio_packets(stream, x, RATE):
+            out.mux(packet)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    with av.open(io.BytesIO(buf.getvalue())) as source:
+        frames = [f for frame in source.decode(audio=0) for f in resampler.resample(frame)] + resampler.resample(None)
+    y = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]) if frames else np.zeros(0, np.float32)
+    return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
 
 
 def crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
