@@ -175,11 +175,9 @@ def update_on_ray(
 # ---- `spectrashield train --ray-address`: decoding as Ray Data, each model's training as Ray Train -------------
 
 
-def _decode_batch(batch: dict[str, np.ndarray], jobs: list[Any]) -> dict[str, list[str]]:
+def _decode_batch(batch: dict[str, np.ndarray], fn: Any, jobs: list[Any]) -> dict[str, list[str]]:
     """Ray Data: decode the jobs whose numbers are in this batch into their cache entries."""
-    from training.features import _decode_one
-
-    out = [_decode_one(jobs[int(i)]) for i in batch["id"]]
+    out = [fn(jobs[int(i)]) for i in batch["id"]]
     return {"file": [f for f, _ in out], "error": [e or "" for _, e in out]}
 
 
@@ -188,7 +186,8 @@ def decode_on_ray(fn: Any, jobs: list[Any]) -> list[tuple[str, str | None]]:
     on the cluster's CPUs. Every node writes into the same cache folder: one machine, or shared storage."""
     import ray.data
 
-    dataset = ray.data.range(len(jobs)).map_batches(_decode_batch, fn_kwargs={"jobs": jobs}, batch_size=1, num_cpus=1)
+    dataset = ray.data.range(len(jobs)).map_batches(_decode_batch, fn_kwargs={"fn": fn, "jobs": jobs}, batch_size=1,
+                                                      num_cpus=1)
     return [(row["file"], row["error"] or None) for row in dataset.take_all()]
 
 
