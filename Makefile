@@ -81,7 +81,8 @@ bench: $(DEV_STAMP)
 # pip: the WORLD vocoder (pyworld builds against setuptools<81 without isolation) and piper with its joe
 # voice. GPL tools (espeak-ng, piper) only generate training data; nothing of them ships.
 DATA_APT := festvox-ru asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-it-wav \
-	asterisk-core-sounds-en asterisk-prompt-it-menardi-wav codec2-examples pocketsphinx-testdata alsa-utils \
+	asterisk-core-sounds-en asterisk-prompt-it-menardi-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-ru-wav \
+	codec2-examples pocketsphinx-testdata alsa-utils \
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-ca-ona-hts \
 	festvox-italp16k festvox-itapc16k sox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

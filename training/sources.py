@@ -174,6 +174,8 @@ ASTERISK_LAYOUT = """\
   es_MX_f_Allison/**/*.wav   asterisk-core-sounds-es-wav
   it_IT_m_Carlo/**/*.wav     asterisk-core-sounds-it-wav
   it_IT_f_Menardi/**/*.wav   asterisk-prompt-it-menardi-wav
+  fr_CA_f_June/**/*.wav      asterisk-core-sounds-fr-wav
+  ru_RU_f_IvrvoiceRU/**/*.wav  asterisk-core-sounds-ru-wav
   (at least one of them; transcripts: core-sounds-en.txt.gz, `name: text` lines)"""
 
 # voice folder -> (speaker, language, package). Allison recorded both the English and the Spanish set.
@@ -182,6 +184,9 @@ ASTERISK_VOICES: dict[str, tuple[str, str, str]] = {
     "es_MX_f_Allison": ("allison", "es", "asterisk-core-sounds-es-wav"),
     "it_IT_m_Carlo": ("carlo", "it", "asterisk-core-sounds-it-wav"),
     "it_IT_f_Menardi": ("menardi", "it", "asterisk-prompt-it-menardi-wav"),
+    # Two more speakers (not in ../shared/DATA.md; same Debian source, CC-BY-SA-3.0): Canadian French, Russian.
+    "fr_CA_f_June": ("june", "fr", "asterisk-core-sounds-fr-wav"),
+    "ru_RU_f_IvrvoiceRU": ("ivrvoice_ru", "ru", "asterisk-core-sounds-ru-wav"),
 }
 # Tones and effects, also when no transcript is installed (the transcript marks them in brackets).
 ASTERISK_NON_SPEECH = frozenset(

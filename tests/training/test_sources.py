@@ -99,6 +99,8 @@ def _asterisk_tree(root: Path) -> tuple[Path, Path]:
     _wav(root / "it_IT_m_Carlo" / "ciao.wav", 1.1)
     _wav(root / "it_IT_f_Menardi" / "ciao.wav", 1.3)
     _wav(root / "it_IT_f_Menardi" / "phonetic" / "ICAO" / "a_p.wav", 0.9)
+    _wav(root / "fr_CA_f_June" / "bonjour.wav", 1.0)
+    _wav(root / "ru_RU_f_IvrvoiceRU" / "digits" / "1.wav", 0.8)
     transcripts = root.parent / "core-sounds-en.txt.gz"
     with gzip.open(transcripts, "wt", encoding="utf-8") as f:
         f.write(
@@ -121,10 +123,14 @@ def test_asterisk_voices_texts_and_exclusions(tmp_path: Path) -> None:
         ("it_IT_m_Carlo/ciao.wav", "carlo", "it", None),
         ("it_IT_f_Menardi/ciao.wav", "menardi", "it", None),
         ("it_IT_f_Menardi/phonetic/ICAO/a_p.wav", "menardi", "it", None),
+        ("fr_CA_f_June/bonjour.wav", "june", "fr", None),
+        ("ru_RU_f_IvrvoiceRU/digits/1.wav", "ivrvoice_ru", "ru", None),
     }
     by_package = {i.speaker + i.language: i.package for i in items}
     assert by_package["menardiit"] == "asterisk-prompt-it-menardi-wav"
     assert by_package["allisones"] == "asterisk-core-sounds-es-wav"
+    assert by_package["junefr"] == "asterisk-core-sounds-fr-wav"
+    assert by_package["ivrvoice_ruru"] == "asterisk-core-sounds-ru-wav"
     assert {i.licence for i in items} == {"CC-BY-SA-3.0"}
 
 
@@ -298,7 +304,8 @@ def test_build_corpus_rows(tmp_path: Path) -> None:
     bona = [e for e in entries if e.label == 0]
     tts = [e for e in entries if e.source == "tts:fake-tts"]
     vocoded = [e for e in entries if e.source == "vocoder:fake-vocoder"]
-    assert len(bona) == 3 + 7 + 1 and len(tts) == 12 and len(vocoded) == 11  # every bona fide file once
+    assert len(bona) == 3 + 9 + 1 and len(tts) == 12  # every bona fide file once
+    assert len(vocoded) == min(12, len(bona))  # one re-synthesis per recording, at most per_engine
     assert len(entries) == len(bona) + len(tts) + len(vocoded)
     for e in entries:
         assert e.kind == "audio" and e.modality_labels.audio == e.label
@@ -387,7 +394,7 @@ def test_cap_per_speaker(tmp_path: Path) -> None:
     )
     speakers = [e.meta["speaker"] for e in read_manifest(manifest)]
     assert {s: speakers.count(s) for s in set(speakers)} == {"msu_ru_nsh": 2, "allison": 2, "carlo": 1,
-                                                             "menardi": 2, "alsa": 1}
+                                                             "menardi": 2, "june": 1, "ivrvoice_ru": 1, "alsa": 1}
 
 
 def test_cli_rejects_unknown_engines(tmp_path: Path) -> None:
