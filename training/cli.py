@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "branch_version": args.branch_version, "exclude_families": args.exclude_family,
                 "loader_workers": args.loader_workers, "command": command_line, "overwrite": args.force,
                 "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
-            }, workers=args.ray_workers)
+            }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
                 args.manifest, args.version, preset=args.preset, seed=args.seed, epochs=args.epochs,

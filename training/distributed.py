@@ -25,14 +25,18 @@ machine, or a cluster sharing this checkout, the driver puts the checkout's root
 from __future__ import annotations
 
 import io
+import json
 import logging
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from models import weights_root
 from training.continual import (
     Features,
     UpdateParams,
@@ -43,8 +47,9 @@ from training.continual import (
     stratum,
     update_problem,
 )
+from training.features import load_manifest_data
 from training.manifest import read_manifest
-from training.train import visual_target
+from training.train import TrainResult, check_new_version, train_model, visual_target
 from training.visual_v2 import VISUAL_KINDS
 
 logger = logging.getLogger(__name__)
@@ -181,24 +186,22 @@ def _decode_batch(batch: dict[str, np.ndarray], fn: Any, jobs: list[Any]) -> dic
     return {"file": [f for f, _ in out], "error": [e or "" for _, e in out]}
 
 
-def decode_on_ray(fn: Any, jobs: list[Any]) -> list[tuple[str, str | None]]:
+def decode_on_ray(fn: Any, jobs: list[Any]) -> Iterator[tuple[str, str | None]]:
     """A `FeatureCache.build` mapper: the manifest's undecoded files as a Ray Dataset, decoded by `map_batches`
-    on the cluster's CPUs. Every node writes into the same cache folder: one machine, or shared storage."""
+    on the cluster's CPUs, each result as it arrives (the progress bar moves). Every node writes into the same
+    cache folder: one machine, or shared storage."""
     import ray.data
 
     dataset = ray.data.range(len(jobs)).map_batches(_decode_batch, fn_kwargs={"fn": fn, "jobs": jobs}, batch_size=1,
                                                       num_cpus=1)
-    return [(row["file"], row["error"] or None) for row in dataset.take_all()]
+    for row in dataset.iter_rows():
+        yield row["file"], row["error"] or None
 
 
 def _train_model_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: `train_model` on its shard of every batch (`training.train.loader`, `_step`);
     rank 0 reports the bundle it wrote (every rank holds the same weights)."""
-    import json
-
     import ray.train
-
-    from training.train import train_model
 
     torch.set_num_threads(config["threads"])
     rank = ray.train.get_context().get_world_rank()
@@ -209,17 +212,11 @@ def _train_model_loop(config: dict[str, Any]) -> None:
                          checkpoint=checkpoint)
 
 
-def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: int = 1) -> Any:
+def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: int = 1) -> TrainResult:
     """`training.train.train_model(**kwargs)` as a `TorchTrainer` of `workers` CPU workers (gloo); the bundle
     lands in `kwargs["weights_dir"]`, as in local mode. Returns its `TrainResult`."""
-    import json
-    import shutil
-
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from training.train import TrainResult, check_new_version
-    from models import weights_root
 
     root = Path(kwargs.get("weights_dir") or weights_root())
     name, version = kwargs["name"], kwargs["version"]
@@ -242,11 +239,11 @@ def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: i
                        wall_s=float(result.metrics["wall_s"]), command=kwargs.get("command") or "")
 
 
-def train_models_on_ray(names: list[str], kwargs: dict[str, Any], workers: int) -> dict[str, Any]:
+def train_models_on_ray(
+    names: list[str], kwargs: dict[str, Any], workers: int, progress: bool = True,
+) -> dict[str, TrainResult]:
     """`spectrashield train NAME|all --ray-address`: the manifest decoded once by Ray Data into the feature
     cache, then each model (branches before fusion) trained by a `TorchTrainer` of `workers` workers."""
-    from training.features import load_manifest_data
-
     kwargs = {**kwargs, "manifest": Path(kwargs["manifest"]).resolve()}
     for key in ("weights_dir", "cache_dir"):
         if kwargs.get(key) is not None:
@@ -255,7 +252,7 @@ def train_models_on_ray(names: list[str], kwargs: dict[str, Any], workers: int) 
     load_manifest_data(
         kwargs["manifest"], splits=("train", "val", "fusion"), cache_dir=kwargs.get("cache_dir"),
         decode_config=settings.decode, exclude_families=kwargs.get("exclude_families", ()), mapper=decode_on_ray,
-        progress=False,
+        progress=progress,
     )
     results = {}
     with tempfile.TemporaryDirectory(prefix="spectrashield-train-") as scratch:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 from scipy.signal import fftconvolve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -72,11 +73,11 @@ class Corpus:
         ]
 
 
-def decode_audio(path: Path) -> np.ndarray:
-    """The served decode of an audio upload: PyAV -> 16 kHz mono float32."""
+def decode_audio(path: Path | bytes) -> np.ndarray:
+    """The served decode of an audio upload (a file, or its bytes): PyAV -> 16 kHz mono float32."""
     from media import DecodeConfig, decode_media
 
-    clip = decode_media(path.read_bytes(), DecodeConfig(analyze_faces=False))
+    clip = decode_media(path if isinstance(path, bytes) else path.read_bytes(), DecodeConfig(analyze_faces=False))
     return np.asarray(clip.audio, np.float32)
 
 
@@ -112,10 +113,8 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     8-bit mu-law telephony, and silence of any length around it."""
     x = x.astype(np.float32)
     if rng.random() < 0.5:  # another voice: tape-speed change (pitch and formants move together, no vocoder)
-        import torchaudio.functional as AF
-
         factor = rng.uniform(0.85, 1.15)
-        x = AF.resample(torch.from_numpy(x), RATE, int(round(RATE * factor / 50)) * 50).numpy()
+        x = AF.resample(torch.from_numpy(x), RATE, round(RATE * factor / 50) * 50).numpy()
     if rng.random() < 0.5:  # another microphone / line: a smooth random EQ of +-6 dB over log frequency
         spec = np.fft.rfft(x)
         logf = np.log2(np.maximum(np.fft.rfftfreq(x.size, 1 / RATE), 50.0) / 50.0) / np.log2(RATE / 100)
@@ -132,8 +131,6 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = codec_roundtrip(x, rng)
     if rng.random() < 0.2:  # telephone: 8 kHz mu-law
         t = torch.from_numpy(x)
-        import torchaudio.functional as AF
-
         low = AF.resample(t, RATE, 8000)
         low = AF.mu_law_decoding(AF.mu_law_encoding(low.clamp(-1, 1), 256), 256)
         x = AF.resample(low, 8000, RATE).numpy()[: x.size]
@@ -156,7 +153,7 @@ _CODECS = (("mp3", "libmp3lame", (24_000, 64_000)), ("ogg", "libopus", (12_000, 
 
 
 def codec_roundtrip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`x` encoded with MP3, Opus or AAC at a random low bit rate and decoded back (PyAV), same length."""
+    """`x` encoded with MP3, Opus or AAC at a random low bit rate (PyAV) and decoded back as the service decodes, same length."""
     import io
 
     import av
@@ -170,10 +167,7 @@ def codec_roundtrip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         stream.layout, stream.bit_rate = "mono", int(rng.uniform(low, high))
         for packet in encode_audio_packets(stream, x, RATE):
             out.mux(packet)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-    with av.open(io.BytesIO(buf.getvalue())) as source:
-        frames = [f for frame in source.decode(audio=0) for f in resampler.resample(frame)] + resampler.resample(None)
-    y = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]) if frames else np.zeros(0, np.float32)
+    y = decode_audio(buf.getvalue())
     return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
 
 
@@ -353,8 +347,6 @@ def nuisance_features(x: np.ndarray, config: SpectralSpoofConfig = DEFAULT_SPOOF
     net = _feature_net(config)
     with torch.inference_mode():
         audio = torch.from_numpy(x[None].astype(np.float32))
-        import torchaudio.functional as AF
-
         low = AF.resample(audio, config.input_rate, config.band_rate)
         power = net.mel(low if low.shape[-1] >= config.n_fft else F.pad(low, (0, config.n_fft - low.shape[-1])))[0]
         _, mask = net.features(audio)
