@@ -37,6 +37,7 @@ class AVAlignmentDeployment:
         clip = await resolve(clip)
         return await asyncio.to_thread(
             run_av, bundle.model, clip, self.config, self.weights.device, self.weights.info(bundle), bundle.ood,
+            bundle.channel_ood,
         )
 
     def info(self):

@@ -40,7 +40,8 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "card.md"
 MANIFEST_FILE = "manifest.json"
-OOD_FILE = "ood.safetensors"  # optional: `models.ood.OODStats` fitted after training
+OOD_FILE = "ood.safetensors"  # optional: `models.ood.OODStats` of the model's embedding, fitted after training
+CHANNEL_OOD_FILE = "channel_ood.safetensors"  # optional: `models.ood.OODStats` of `models.channel.channel_profile`
 CHECKED_FILES = (MODEL_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT_VERSION = 1
 
@@ -63,6 +64,7 @@ class LoadedBundle:
     name: str  # the model directory's name, e.g. "fast_triage"
     path: Path
     ood: OODStats | None = None  # authentic-data statistics of the model's embedding, when fitted
+    channel_ood: OODStats | None = None  # statistics of its training speech's recording channels, when fitted
 
 
 def weights_root() -> Path:
@@ -156,15 +158,18 @@ def update_card(directory: str | Path, card_text: str) -> Path:
     return directory
 
 
-def attach_ood(directory: str | Path, stats: OODStats) -> Path:
-    """Add (or replace) a bundle's out-of-distribution statistics, after verifying the bundle as it stands.
+def attach_ood(directory: str | Path, stats: OODStats, file: str = OOD_FILE) -> Path:
+    """Add (or replace) a bundle's out-of-distribution statistics (`OOD_FILE` or `CHANNEL_OOD_FILE`).
 
-    Like the card, they arrive after training; the weights and config stay byte-for-byte what they were.
+    Verifies the bundle as it stands first. Like the card, they arrive after training; the weights and
+    config stay byte-for-byte what they were.
     """
+    if file not in (OOD_FILE, CHANNEL_OOD_FILE):
+        raise ValueError(f"statistics go in {OOD_FILE} or {CHANNEL_OOD_FILE}, not {file!r}")
     directory = Path(directory)
     verify_manifest(directory)
-    save_file({k: v.contiguous() for k, v in stats.to_tensors().items()}, str(directory / OOD_FILE))
-    return add_to_manifest(directory, OOD_FILE)
+    save_file({k: v.contiguous() for k, v in stats.to_tensors().items()}, str(directory / file))
+    return add_to_manifest(directory, file)
 
 
 def add_to_manifest(directory: str | Path, name: str) -> Path:
@@ -254,12 +259,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Lo
     except RuntimeError as exc:  # anything the key/shape check above did not anticipate
         raise WeightsError(f"{directory}: {exc}") from exc
     model.to(device).eval()
-    ood = None
-    if OOD_FILE in manifest:  # checksummed with the rest by verify_manifest
-        try:
-            ood = OODStats.from_tensors(load_file(str(directory / OOD_FILE), device="cpu"))
-        except Exception as exc:
-            raise WeightsError(f"{directory / OOD_FILE}: {exc}") from exc
+    ood, channel_ood = (_load_stats(directory, manifest, name) for name in (OOD_FILE, CHANNEL_OOD_FILE))
     return LoadedBundle(
         model=model,
         arch=arch,
@@ -270,7 +270,18 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Lo
         name=directory.parent.name,
         path=directory,
         ood=ood,
+        channel_ood=channel_ood,
     )
+
+
+def _load_stats(directory: Path, manifest: dict[str, str], name: str) -> OODStats | None:
+    """Optional statistics the manifest lists (and verify_manifest has checksummed with the rest)."""
+    if name not in manifest:
+        return None
+    try:
+        return OODStats.from_tensors(load_file(str(directory / name), device="cpu"))
+    except Exception as exc:
+        raise WeightsError(f"{directory / name}: {exc}") from exc
 
 
 def load_version(

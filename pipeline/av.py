@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from models import AVAlignmentModel, audio_features, av_features
+from models.channel import channel_profile
 from models.ood import OODStats
 from models.vad import speech_seconds
 from pipeline.config import AVConfig
@@ -32,30 +33,50 @@ def has_audio(clip: StageInput) -> bool:
     return bool(clip.has_audio) and clip.audio.size > 0
 
 
-def judge_voice(branch: BranchResult, embedding: np.ndarray, ood: OODStats | None) -> BranchResult:
-    """The audio branch abstains (code `out_of_distribution`) on a voice far from every class it was trained on.
+def judge_voice(
+    branch: BranchResult, embedding: np.ndarray, ood: OODStats | None,
+    heard: np.ndarray | None = None, channel_ood: OODStats | None = None,
+) -> BranchResult:
+    """The audio branch abstains (code `out_of_distribution`) on a voice the spoof head never learned either way.
 
-    Its score stays in the answer for the analyst, but fusion reads only branches that are `ok`.
+    Two tests, each against statistics of the speech the head was trained on, thresholds fitted on its
+    validation speech: the head's embedding far from both classes (`ood`), and the recording itself,
+    summarised without the head (`models.channel.channel_profile` of `heard`), unlike every recording
+    it learned from (`channel_ood`). The second catches what the first cannot: a recording chain the head
+    never heard can land inside its spoof region. The score stays in the answer for the analyst, but
+    fusion reads only branches that are `ok`.
     """
-    if ood is None or branch.status != "ok":
+    if branch.status != "ok":
         return branch
-    distance = ood.distance(embedding)
-    branch.details.update(ood_distance=round(distance, 3), ood_threshold=round(ood.threshold, 3))
-    branch.out_of_distribution = distance > ood.threshold
-    if branch.out_of_distribution:
+    why = []
+    if ood is not None:
+        distance = ood.distance(embedding)
+        branch.details.update(ood_distance=round(distance, 3), ood_threshold=round(ood.threshold, 3))
+        if distance > ood.threshold:
+            why.append(
+                f"a voice unlike the authentic and the spoofed speech the audio model learned (distance {distance:.1f}, "
+                f"threshold {ood.threshold:.1f})"
+            )
+    if channel_ood is not None and heard is not None:
+        distance = channel_ood.distance(channel_profile(heard))
+        branch.details.update(channel_distance=round(distance, 3), channel_threshold=round(channel_ood.threshold, 3))
+        if distance > channel_ood.threshold:
+            why.append(
+                f"a recording unlike every one the audio model learned from (spectrum and noise floor: distance "
+                f"{distance:.1f}, threshold {channel_ood.threshold:.1f})"
+            )
+    branch.out_of_distribution = bool(why)
+    if why:
         branch.status, branch.code = "skipped", "out_of_distribution"
-        branch.reason = (
-            f"a voice unlike the authentic and the spoofed speech the audio model learned (distance {distance:.1f}, "
-            f"threshold {ood.threshold:.1f}): its score is a guess and is not used"
-        )
+        branch.reason = "; ".join(why) + ": its score is a guess and is not used"
     return branch
 
 
 def run_av(
     model: AVAlignmentModel, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None,
-    ood: OODStats | None = None,
+    ood: OODStats | None = None, channel_ood: OODStats | None = None,
 ) -> AVResult:
-    """With `ood` (the bundle's statistics of the spoof head's embedding) the audio branch abstains on strange voices."""
+    """With a bundle's statistics (`ood`, `channel_ood`) the audio branch abstains on voices it never learned."""
     if not has_audio(clip):
         return AVResult(
             BranchResult("av", "skipped", info, reason="no audio", code="no_audio"),
@@ -90,7 +111,7 @@ def run_av(
         details={"audio_s": round(audio.shape[1] / clip.sample_rate, 3)},
         timing_ms=timer.ms,
     )
-    audio_branch = judge_voice(audio_branch, embedding, ood)
+    audio_branch = judge_voice(audio_branch, embedding, ood, heard, channel_ood)
     if not usable:
         if clip.n_frames <= 1:
             skipped = BranchResult("av", "skipped", info, reason="no video", code="no_video")

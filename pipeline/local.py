@@ -105,7 +105,8 @@ class LocalPipeline:
 
     def av(self, clip: StageInput) -> AVResult:
         bundle = self.bundles["av_alignment"]
-        return run_av(bundle.model, clip, self.config.av, self.device, self.infos["AVAlignment"], bundle.ood)
+        return run_av(bundle.model, clip, self.config.av, self.device, self.infos["AVAlignment"], bundle.ood,
+                      bundle.channel_ood)
 
     def fuse(self, branches: list[BranchResult]) -> FusionResult:
         return run_fusion(self.model("fusion"), [branches], self.device, self.infos.get("Fusion"))[0]

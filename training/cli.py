@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(ood)
     ood.add_argument(
-        "--branch", choices=("visual", "audio"), default="visual",
-        help="visual: compression_resilient, authentic clips; audio: av_alignment's spoof head, one region per class",
+        "--branch", choices=("visual", "audio", "channel"), default="visual",
+        help="visual: compression_resilient, authentic clips; audio: av_alignment's spoof head, one region per "
+        "class; channel: av_alignment's training speech as recorded (models.channel), one region per class",
     )
     ood.add_argument("--version", required=True, help="the branch's bundle version to attach them to")
     ood.add_argument("--quantile", type=float, default=0.99, help="of the val distances: the threshold")

@@ -11,8 +11,13 @@ with speech: a fake is *supposed* to lie away from the authentic voices, so an a
 region would flag the fakes the head was trained to catch; a voice far from both classes is one
 it never learned either way, and there the branch abstains.
 
+Channel (`av_alignment` too, `channel_ood.safetensors`): the same files' `models.channel.channel_profile`
+(spectrum and noise floor of what the stage heard, no model involved), one Gaussian per class. The
+spoof head's embedding can place a recording chain it never heard deep inside one class; the input's
+own profile cannot be fooled that way.
+
 The threshold is a quantile of the `val` files' distances (authentic only for visual, both classes
-for audio), so in-distribution media is flagged about 1 - quantile of the time. Nothing here looks
+for audio and channel), so in-distribution media is flagged about 1 - quantile of the time. Nothing here looks
 at a cross-generator set.
 """
 
@@ -26,9 +31,10 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from tqdm.auto import tqdm
 
-from models.bundle import attach_ood, load_version
+from models.bundle import CHANNEL_OOD_FILE, OOD_FILE, attach_ood, load_version
+from models.channel import channel_profile
 from models.ood import OODStats
-from pipeline.av import run_av
+from pipeline.av import run_av, served_audio
 from pipeline.config import PipelineConfig
 from pipeline.local import LocalPipeline
 from pipeline.visual import run_visual
@@ -36,7 +42,7 @@ from training.features import ManifestData, load_manifest_data
 
 logger = logging.getLogger(__name__)
 
-BRANCH_BUNDLES = {"visual": "compression_resilient", "audio": "av_alignment"}
+BRANCH_BUNDLES = {"visual": "compression_resilient", "audio": "av_alignment", "channel": "av_alignment"}
 
 
 def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True) -> np.ndarray:
@@ -51,15 +57,19 @@ def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progr
 
 
 def speech_embeddings(
-    pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True,
+    pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True, channel: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, E) spoof-head embeddings and (N,) labels of the files whose audio branch ran (speech heard)."""
+    """(N, E) spoof-head embeddings (or, with `channel`, channel profiles) and (N,) labels of the files whose
+    audio branch ran (speech heard)."""
     model = pipeline.bundles["av_alignment"].model
+    config = pipeline.config.av
     rows, labels = [], []
     for i in tqdm(indices, desc="voices", unit="file", disable=not progress):
-        audio = run_av(model, data.arrays(i), pipeline.config.av, pipeline.device).audio
+        arrays = data.arrays(i)
+        audio = run_av(model, arrays, config, pipeline.device).audio
         if audio.status == "ok":
-            rows.append(audio.features[1:])  # audio_features: [spoof logit, embedding]
+            # audio_features: [spoof logit, embedding]; the profile reads what the stage heard
+            rows.append(channel_profile(served_audio(arrays, config)) if channel else audio.features[1:])
             labels.append(data.entries[i].label)
     return np.asarray(rows, np.float64), np.asarray(labels, np.int64)
 
@@ -125,10 +135,11 @@ def fit_ood(
         def voiced(split: str) -> list[int]:
             return [i for i in data.indices(split) if data.entries[i].kind != "image"]
 
-        train, labels = speech_embeddings(pipeline, data, voiced("train"), progress)
-        val, _ = speech_embeddings(pipeline, data, voiced("val"), progress)
+        channel = branch == "channel"
+        train, labels = speech_embeddings(pipeline, data, voiced("train"), progress, channel)
+        val, _ = speech_embeddings(pipeline, data, voiced("val"), progress, channel)
         stats, report = fit_stats(train, val, quantile, train_labels=labels)
     if attach:
-        attach_ood(bundle.path, stats)
+        attach_ood(bundle.path, stats, CHANNEL_OOD_FILE if branch == "channel" else OOD_FILE)
         logger.info("attached %s OOD statistics to %s (threshold %.3f)", branch, bundle.path, stats.threshold)
     return {"branch": branch, "bundle": str(bundle.path), "manifest": str(manifest), **report}

@@ -110,3 +110,45 @@ def test_a_strange_voice_abstains_and_the_verdict_rests_on_the_rest() -> None:
     (reason,) = [r for r in answer.reasons if r.code == "out_of_distribution"]
     assert not reason.decisive and reason.modalities == ["audio"]
     assert answer.modalities["audio"].status == "skipped" and answer.modalities["audio"].score == 0.9
+
+
+def test_a_recording_chain_the_head_never_heard_abstains_even_where_its_embedding_looks_familiar(
+    tmp_path: Path,
+) -> None:
+    """The embedding test passes (distance 0), the input's channel profile does not: the branch abstains."""
+    from models.bundle import CHANNEL_OOD_FILE
+    from pipeline.av import judge_voice
+    from pipeline.results import BranchResult
+    from tests.models.test_channel import _lowpass, _voice
+    from models.channel import channel_profile
+
+    rng = np.random.default_rng(0)
+    takes = [_voice(seed=s) * rng.uniform(0.2, 1.0) for s in range(40)]
+    profiles = np.stack([channel_profile(t) for t in takes])
+    channel, _ = fit_stats(profiles[:30], profiles[30:], quantile=1.0)
+    embedding = _stats(dim=4, threshold=3.0)
+
+    familiar = judge_voice(BranchResult("audio", "ok", score=0.9), np.zeros(4), embedding, _voice(seed=99), channel)
+    assert (familiar.status, familiar.out_of_distribution) == ("ok", False)
+    assert familiar.details["channel_distance"] <= familiar.details["channel_threshold"]
+
+    phone = _lowpass(_voice(seed=99), 3400.0) + 0.01 * rng.standard_normal(32_000).astype(np.float32)
+    strange = judge_voice(BranchResult("audio", "ok", score=0.9), np.zeros(4), embedding, phone, channel)
+    assert (strange.status, strange.code, strange.out_of_distribution) == ("skipped", "out_of_distribution", True)
+    assert strange.details["ood_distance"] == 0.0  # the embedding alone would have let it through
+    assert strange.details["channel_distance"] > strange.details["channel_threshold"]
+    assert "recording unlike" in strange.reason and "voice unlike" not in strange.reason
+
+    bundle = tmp_path / "av_alignment" / "v3"
+    shutil.copytree(REPO / "weights" / "av_alignment" / "v3", bundle)
+    attach_ood(bundle, channel, CHANNEL_OOD_FILE)
+    loaded = load_bundle(bundle)
+    assert loaded.ood is not None and loaded.channel_ood is not None
+    assert loaded.channel_ood.threshold == pytest.approx(channel.threshold)
+    with pytest.raises(ValueError, match="statistics go in"):
+        attach_ood(bundle, channel, "model.safetensors")
+    blob = bytearray((bundle / CHANNEL_OOD_FILE).read_bytes())
+    blob[-1] ^= 1
+    (bundle / CHANNEL_OOD_FILE).write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        load_bundle(bundle)

@@ -258,7 +258,7 @@ def test_prometheus_metrics_are_exported(service, talking_face):
         'ray_spectrashield_errors_total{',
         'kind="not_media"',
         'ray_spectrashield_weights_version_info{',
-        'version="v3"',  # Fusion's, as the Serve config names it
+        'version="v4"',  # AVAlignment's and Fusion's, as the Serve config names them
         'ray_spectrashield_model_requests_total{',
     )
     deadline, text = time.monotonic() + 90, ""

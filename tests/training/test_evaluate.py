@@ -291,6 +291,30 @@ def test_cli_fit_ood_audio_fits_one_region_per_class_that_the_av_stage_then_read
     assert judged and all("ood_distance" in b.details and b.out_of_distribution is not None for b in judged)
 
 
+def test_cli_fit_ood_channel_attaches_recording_statistics_the_av_stage_then_reads(
+    tiny_manifest: Path, tmp_path: Path,
+) -> None:
+    from models.bundle import CHANNEL_OOD_FILE, OOD_FILE
+    from training.features import load_manifest_data, load_pipeline
+
+    weights = tmp_path / "weights"
+    save_untrained(weights, "u0")
+    assert cli_main([
+        "fit-ood", "--branch", "channel", "--manifest", str(tiny_manifest), "--version", "u0",
+        "--weights-dir", str(weights), "--quantile", "0.9", "--no-progress",
+    ]) == 0
+    bundle = weights / "av_alignment" / "u0"
+    assert (bundle / CHANNEL_OOD_FILE).is_file() and not (bundle / OOD_FILE).exists()
+    pipeline = load_pipeline("u0", weights_dir=weights)
+    stats = pipeline.bundles["av_alignment"].channel_ood
+    assert stats is not None and stats.components == 2 and pipeline.bundles["av_alignment"].ood is None
+    data = load_manifest_data(tiny_manifest, splits=("test",), progress=False)
+    heard = [pipeline.av(data.arrays(i)).audio for i in data.indices("test") if data.entries[i].kind != "image"]
+    judged = [b for b in heard if b.status == "ok" or b.code == "out_of_distribution"]
+    assert judged and all("channel_distance" in b.details and "ood_distance" not in b.details for b in judged)
+    assert all((b.details["channel_distance"] > b.details["channel_threshold"]) == b.out_of_distribution for b in judged)
+
+
 def test_url_mode_counts_a_no_verdict_answer_as_unanswered_not_fake(tiny_manifest: Path) -> None:
     """The service answers a faceless photo 200 `uncertain` with p 0.5 and `no_usable_modality`: that 0.5
     is no probability, so it is unanswered (as in process), and a faceless photo never counts as fake."""
