@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ood.add_argument("--version", required=True, help="the branch's bundle version to attach them to")
     ood.add_argument("--quantile", type=float, default=0.99, help="of the val distances: the threshold")
+    ood.add_argument("--hold-out-source", action="append", default=[],
+                     help="leave this manifest source out (repeatable), as train-spoof --hold-out-source does")
     return parser
 
 
@@ -241,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "fit-ood":
         report = fit_ood(
-            args.manifest, args.version, branch=args.branch, quantile=args.quantile, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+            args.manifest, args.version, branch=args.branch, quantile=args.quantile, weights_dir=args.weights_dir,
+            cache_dir=args.cache_dir, hold_out_sources=tuple(args.hold_out_source),
             settings=settings, device=device, workers=args.workers, progress=progress,
         )
         print(json.dumps(report, indent=2))

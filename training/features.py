@@ -443,6 +443,7 @@ def load_manifest_data(
     cache_dir: Path | None = None,
     decode_config: DecodeConfig | None = None,
     exclude_families: Sequence[str] = (),
+    exclude_sources: Sequence[str] = (),
     workers: int = 1,
     progress: bool = True,
     mapper: Mapper | None = None,
@@ -450,11 +451,12 @@ def load_manifest_data(
     """Read `manifest`, drop excluded families outside `test`, and make sure every file of `splits` is cached.
 
     Excluded families are dropped from training splits only: leave-one-family-out tests on them.
+    Excluded sources are dropped from every split (kept for another benchmark, e.g. its held-out voices).
     """
     manifest = Path(manifest)
     entries, excluded = [], 0
     for entry in read_manifest(manifest):
-        if entry.split != "test" and set(entry.families) & set(exclude_families):
+        if (entry.split != "test" and set(entry.families) & set(exclude_families)) or entry.source in exclude_sources:
             excluded += 1
             continue
         entries.append(entry)

@@ -107,18 +107,22 @@ def fit_ood(
     settings: PipelineConfig | None = None,
     cache_dir: Path | None = None,
     quantile: float = 0.99,
+    hold_out_sources: tuple[str, ...] = (),
     device: str = "cpu",
     workers: int = 1,
     progress: bool = True,
     attach: bool = True,
 ) -> dict[str, Any]:
-    """Fit `branch`'s statistics on the manifest's train/val files and (with `attach`) add them to its bundle."""
+    """Fit `branch`'s statistics on the manifest's train/val files and (with `attach`) add them to its bundle.
+
+    Files of `hold_out_sources` are left out (as `train-spoof --hold-out-source` leaves them out of training).
+    """
     if branch not in BRANCH_BUNDLES:
         raise ValueError(f"branch must be one of {', '.join(BRANCH_BUNDLES)}, got {branch!r}")
     settings = settings or PipelineConfig()
     data = load_manifest_data(
         manifest, splits=("train", "val"), cache_dir=cache_dir, decode_config=settings.decode,
-        workers=workers, progress=progress,
+        exclude_sources=hold_out_sources, workers=workers, progress=progress,
     )
     name = BRANCH_BUNDLES[branch]
     bundle = load_version(name, version, root=weights_dir, device=device)  # only this branch's bundle
@@ -142,4 +146,5 @@ def fit_ood(
     if attach:
         attach_ood(bundle.path, stats, CHANNEL_OOD_FILE if branch == "channel" else OOD_FILE)
         logger.info("attached %s OOD statistics to %s (threshold %.3f)", branch, bundle.path, stats.threshold)
-    return {"branch": branch, "bundle": str(bundle.path), "manifest": str(manifest), **report}
+    return {"branch": branch, "bundle": str(bundle.path), "manifest": str(manifest),
+            "held_out_sources": list(hold_out_sources), **report}

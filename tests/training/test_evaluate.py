@@ -292,17 +292,20 @@ def test_cli_fit_ood_audio_fits_one_region_per_class_that_the_av_stage_then_read
 
 
 def test_cli_fit_ood_channel_attaches_recording_statistics_the_av_stage_then_reads(
-    tiny_manifest: Path, tmp_path: Path,
+    tiny_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     from models.bundle import CHANNEL_OOD_FILE, OOD_FILE
     from training.features import load_manifest_data, load_pipeline
 
     weights = tmp_path / "weights"
     save_untrained(weights, "u0")
+    capsys.readouterr()
     assert cli_main([
         "fit-ood", "--branch", "channel", "--manifest", str(tiny_manifest), "--version", "u0",
-        "--weights-dir", str(weights), "--quantile", "0.9", "--no-progress",
+        "--weights-dir", str(weights), "--quantile", "0.9", "--hold-out-source", "elsewhere", "--no-progress",
     ]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["held_out_sources"] == ["elsewhere"] and report["train_files"] >= 2
     bundle = weights / "av_alignment" / "u0"
     assert (bundle / CHANNEL_OOD_FILE).is_file() and not (bundle / OOD_FILE).exists()
     pipeline = load_pipeline("u0", weights_dir=weights)

@@ -339,3 +339,14 @@ def test_excluded_family_leaves_training_splits_only(tiny_manifest: Path) -> Non
     kept = {(e.split, tuple(e.families)) for e in data.entries}
     assert ("train", ("av_shift",)) not in kept and ("test", ("av_shift",)) in kept
     assert data.excluded == 3
+
+
+def test_an_excluded_source_leaves_every_split(tiny_manifest: Path) -> None:
+    """`fit-ood --hold-out-source` keeps another benchmark's voices out of the statistics, test split included."""
+    entries = list(read_manifest(tiny_manifest))
+    held = {e.path for e in entries[::3]}
+    relabelled = tiny_manifest.parent / "held_sources.jsonl"
+    write_manifest((e.model_copy(update={"source": "held"}) if e.path in held else e for e in entries), relabelled)
+    data = load_manifest_data(relabelled, splits=("train", "val", "test"), exclude_sources=["held"], progress=False)
+    assert {e.path for e in data.entries} == {e.path for e in entries} - held
+    assert {e.split for e in entries if e.path in held} >= {"train", "test"}  # the check covers both kinds of split
