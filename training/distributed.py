@@ -208,8 +208,8 @@ def _train_model_loop(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         result = train_model(**config["kwargs"], save_root=Path(folder), progress=False)
         checkpoint = ray.train.Checkpoint.from_directory(str(result.path)) if rank == 0 else None
-        ray.train.report({"wall_s": result.wall_s, "metrics": json.dumps(result.metrics, default=str)},
-                         checkpoint=checkpoint)
+        ray.train.report({"wall_s": result.wall_s, "metrics": json.dumps(result.metrics, default=str),
+                          "world_size": ray.train.get_context().get_world_size()}, checkpoint=checkpoint)
 
 
 def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: int = 1) -> TrainResult:
@@ -230,6 +230,9 @@ def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: i
         run_config=RunConfig(storage_path=str(scratch / "ray_train"), name=f"train-{name}-{version}"),
     )
     result = trainer.fit()
+    ran = int(result.metrics["world_size"])
+    if ran != workers:  # Ray Train starts all workers or fails; a silent fallback would make this local mode
+        raise RuntimeError(f"{name}: asked for {workers} Ray Train workers, {ran} trained")
     out = root / name / version
     if out.exists():
         shutil.rmtree(out)  # only reached with overwrite (checked above)

@@ -87,8 +87,11 @@ def test_train_on_a_two_node_cluster_matches_local_mode(tmp_path: Path, cluster:
     # about 1e-3 (Adam turns float-order noise in near-zero gradients into steps; measured 1.1e-3 for 1 vs 2).
     train("fusion", "--version", "local", "--branch-version", pinned, env={**os.environ, "OMP_NUM_THREADS": "1"})
     on_ray = ["--ray-address", cluster.gcs_address, "--ray-workers", "2"]
-    train("fusion", "--version", "onray", "--branch-version", pinned, *on_ray, env=cluster.client_env())
-    train("fast_triage", "--version", "onray", *on_ray, env=cluster.client_env())
+    for done in (
+        train("fusion", "--version", "onray", "--branch-version", pinned, *on_ray, env=cluster.client_env()),
+        train("fast_triage", "--version", "onray", *on_ray, env=cluster.client_env()),
+    ):  # train_on_ray checks the world size its workers report against --ray-workers
+        assert "on 2 Ray Train workers" in done.stderr, done.stderr[-3000:]
     local, onray = (load_file(str(weights / "fusion" / v / "model.safetensors")) for v in ("local", "onray"))
     apart = max((local[k] - onray[k]).abs().max().item() for k in local)
     assert apart < 2e-3, apart  # seen: 3e-4, with weights up to 20 in size
