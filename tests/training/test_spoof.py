@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchaudio
 
 from models import MODELS, load_bundle, save_bundle
 from models.spoof import SpectralSpoofConfig, SpectralSpoofNet
@@ -138,12 +139,26 @@ def test_leave_one_engine_and_speaker_out_hold_the_fold_out_of_training() -> Non
 def test_shortcut_baseline_sees_a_duration_shortcut_when_there_is_one() -> None:
     corpus = _corpus(40)
     fair = shortcut_baseline(corpus)
-    assert set(fair) == {"all", "speech_s", "file_s", "level_db", "rolloff"}
+    assert set(fair) == {"all", "speech_s", "file_s", "level_db", "rolloff", "channel_profile"}
     rng = np.random.default_rng(3)
     long_fakes = Corpus(corpus.entries, [
         np.concatenate([a, _voice(rng, 1.5, True)]) if e.label else a for e, a in zip(corpus.entries, corpus.audio)
     ])
     assert shortcut_baseline(long_fakes)["file_s"] >= 0.9
+
+
+def test_shortcut_baseline_sees_a_recording_chain_shortcut_when_there_is_one() -> None:
+    """Spoofs that all came through one telephone-like chain (band-limited, hissing) are separable by the
+    channel profile alone, whatever was said."""
+    corpus = _corpus(40)
+    rng = np.random.default_rng(4)
+
+    def phone(a: np.ndarray) -> np.ndarray:
+        low = torchaudio.functional.lowpass_biquad(torch.from_numpy(a.astype(np.float32)), 16_000, 3000.0).numpy()
+        return low + 0.01 * rng.standard_normal(a.size).astype(np.float32)
+
+    chained = Corpus(corpus.entries, [phone(a) if e.label else a for e, a in zip(corpus.entries, corpus.audio)])
+    assert shortcut_baseline(chained)["channel_profile"] >= 0.9
 
 
 def test_a_bundle_with_the_new_spoof_head_loads_strictly_and_keeps_the_sync_weights(tmp_path: Path) -> None:
