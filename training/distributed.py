@@ -233,6 +233,7 @@ def train_on_ray(kwargs: dict[str, Any], workers: int, scratch: Path, threads: i
     ran = int(result.metrics["world_size"])
     if ran != workers:  # Ray Train starts all workers or fails; a silent fallback would make this local mode
         raise RuntimeError(f"{name}: asked for {workers} Ray Train workers, {ran} trained")
+    logger.info("trained %s on %d Ray Train workers", name, ran)  # the world size the workers reported
     out = root / name / version
     if out.exists():
         shutil.rmtree(out)  # only reached with overwrite (checked above)
@@ -265,5 +266,4 @@ def train_models_on_ray(
                 step["branch_version"] = kwargs["version"]
                 step["command"] = f"{kwargs['command']} (step {name})" if kwargs.get("command") else None
             results[name] = train_on_ray(step, workers, Path(scratch))
-            logger.info("trained %s on %d Ray Train workers: %s", name, workers, results[name].path)
     return results

@@ -387,7 +387,7 @@ def shortcut_baseline(corpus: Corpus) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for table, cols, label in [
         (feats, list(range(4)), "all"), *[(feats, [k], names[k]) for k in range(4)],
-        (channels, list(range(channels.shape[1])), "channel_profile"),
+        (channels, slice(None), "channel_profile"),
     ]:
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
         clf.fit(table[tr][:, cols], corpus.labels(tr))
