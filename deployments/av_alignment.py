@@ -15,7 +15,7 @@ from ray import serve
 
 from deployments.batching import resolve
 from deployments.weights import VersionedModel
-from pipeline.av import run_av
+from pipeline.av import run_av_bundle
 from pipeline.config import AVConfig, AVDeploymentConfig, stage_part
 from pipeline.results import AVResult
 
@@ -36,8 +36,7 @@ class AVAlignmentDeployment:
         bundle = self.weights.choose(pin)
         clip = await resolve(clip)
         return await asyncio.to_thread(
-            run_av, bundle.model, clip, self.config, self.weights.device, self.weights.info(bundle), bundle.ood,
-            bundle.channel_ood,
+            run_av_bundle, bundle, clip, self.config, self.weights.device, self.weights.info(bundle),
         )
 
     def info(self):

@@ -75,6 +75,9 @@ class AVAlignmentConfig:
     # The spoof head: None = statistics pooling over the Wav2Vec2 frames (v1); a SpectralSpoofConfig =
     # a separate band-limited log-mel CNN (models.spoof) trained on real speech and real TTS (v2).
     spoof_net: SpectralSpoofConfig | None = None
+    # A second spoof head for another kind of speech (v5: real speakers and real TTS), consulted only where
+    # the first abstains as out of distribution and this one's own tests pass (`pipeline.av.run_av`).
+    speech_expert: SpectralSpoofConfig | None = None
 
 
 class AVOutput(NamedTuple):
@@ -277,6 +280,8 @@ class AVAlignmentModel(nn.Module):
             self.spoof_head = nn.Linear(d, 1)
         else:
             self.spoof_net = SpectralSpoofNet(config.spoof_net)
+        if config.speech_expert is not None:
+            self.speech_expert = SpectralSpoofNet(config.speech_expert)
 
         lip_in = 2 * config.n_lip_points * 2  # positions and velocities
         self.lip_mlp = nn.Sequential(nn.Linear(lip_in, d), nn.GELU(), nn.Linear(d, d))
@@ -339,6 +344,13 @@ class AVAlignmentModel(nn.Module):
             return SpoofOutput(spoof_logit=out.spoof_logit, embedding=out.embedding)
         hidden, _ = self.encode_audio(audio)
         return self.spoof_from_hidden(hidden)
+
+    def expert_spoof(self, audio: Tensor) -> SpoofOutput | None:
+        """The speech expert's synthetic-voice logit and embedding, or None without one."""
+        if self.config.speech_expert is None:
+            return None
+        out = self.speech_expert(audio)
+        return SpoofOutput(spoof_logit=out.spoof_logit, embedding=out.embedding)
 
     def encode_visual(self, lips: Tensor, mouths: Tensor) -> Tensor:
         """lips (B, T, P, 2), mouths (B, T, h, w) in [0, 1] -> visual tokens (B, T, d)."""

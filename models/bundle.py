@@ -42,6 +42,10 @@ CARD_FILE = "card.md"
 MANIFEST_FILE = "manifest.json"
 OOD_FILE = "ood.safetensors"  # optional: `models.ood.OODStats` of the model's embedding, fitted after training
 CHANNEL_OOD_FILE = "channel_ood.safetensors"  # optional: `models.ood.OODStats` of `models.channel.channel_profile`
+# optional, av_alignment with a speech expert: the same two tests for the expert's own training speech
+EXPERT_OOD_FILE = "expert_ood.safetensors"
+EXPERT_CHANNEL_OOD_FILE = "expert_channel_ood.safetensors"
+STATS_FILES = (OOD_FILE, CHANNEL_OOD_FILE, EXPERT_OOD_FILE, EXPERT_CHANNEL_OOD_FILE)
 CHECKED_FILES = (MODEL_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT_VERSION = 1
 
@@ -65,6 +69,8 @@ class LoadedBundle:
     path: Path
     ood: OODStats | None = None  # authentic-data statistics of the model's embedding, when fitted
     channel_ood: OODStats | None = None  # statistics of its training speech's recording channels, when fitted
+    expert_ood: OODStats | None = None  # the speech expert's embedding statistics (av_alignment v5 on)
+    expert_channel_ood: OODStats | None = None  # the recording channels of the speech expert's training speech
 
 
 def weights_root() -> Path:
@@ -159,13 +165,13 @@ def update_card(directory: str | Path, card_text: str) -> Path:
 
 
 def attach_ood(directory: str | Path, stats: OODStats, file: str = OOD_FILE) -> Path:
-    """Add (or replace) a bundle's out-of-distribution statistics (`OOD_FILE` or `CHANNEL_OOD_FILE`).
+    """Add (or replace) a bundle's out-of-distribution statistics (one of `STATS_FILES`).
 
     Verifies the bundle as it stands first. Like the card, they arrive after training; the weights and
     config stay byte-for-byte what they were.
     """
-    if file not in (OOD_FILE, CHANNEL_OOD_FILE):
-        raise ValueError(f"statistics go in {OOD_FILE} or {CHANNEL_OOD_FILE}, not {file!r}")
+    if file not in STATS_FILES:
+        raise ValueError(f"statistics go in one of {', '.join(STATS_FILES)}, not {file!r}")
     directory = Path(directory)
     verify_manifest(directory)
     save_file({k: v.contiguous() for k, v in stats.to_tensors().items()}, str(directory / file))
@@ -259,7 +265,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Lo
     except RuntimeError as exc:  # anything the key/shape check above did not anticipate
         raise WeightsError(f"{directory}: {exc}") from exc
     model.to(device).eval()
-    ood, channel_ood = (_load_stats(directory, manifest, name) for name in (OOD_FILE, CHANNEL_OOD_FILE))
+    ood, channel_ood, expert_ood, expert_channel_ood = (_load_stats(directory, manifest, name) for name in STATS_FILES)
     return LoadedBundle(
         model=model,
         arch=arch,
@@ -271,6 +277,8 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Lo
         path=directory,
         ood=ood,
         channel_ood=channel_ood,
+        expert_ood=expert_ood,
+        expert_channel_ood=expert_channel_ood,
     )
 
 

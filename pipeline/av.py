@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -72,11 +74,40 @@ def judge_voice(
     return branch
 
 
+def consult_expert(
+    model: AVAlignmentModel, audio: torch.Tensor, heard: np.ndarray, first: BranchResult,
+    ood: OODStats, channel_ood: OODStats,
+) -> BranchResult:
+    """Where the first spoof head abstained as out of distribution, the speech expert answers if its own two
+    tests (against the speech *it* learned) pass; otherwise the branch stays abstained, with both heads' reasons."""
+    with Timer() as timer, torch.inference_mode():
+        out = model.expert_spoof(audio)
+    if out is None:
+        return first
+    logit, embedding = float(out.spoof_logit[0]), out.embedding[0].float().cpu().numpy()
+    expert = BranchResult(
+        "audio", "ok", first.model, score=sigmoid(logit), features=audio_features(logit, embedding),
+        details={"audio_s": first.details.get("audio_s"), "head": "speech_expert",
+                 "first_head_score": first.score, "first_head_reason": first.reason},
+        timing_ms=(first.timing_ms or 0.0) + timer.ms,
+    )
+    expert = judge_voice(expert, embedding, ood, heard, channel_ood)
+    if expert.status == "ok":
+        return expert
+    first.details.update({f"expert_{k}": v for k, v in expert.details.items() if k.endswith(("distance", "threshold"))})
+    first.reason = f"{first.reason}; the speech expert abstains too: {expert.reason}"
+    first.timing_ms = expert.timing_ms
+    return first
+
+
 def run_av(
     model: AVAlignmentModel, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None,
     ood: OODStats | None = None, channel_ood: OODStats | None = None,
+    expert_ood: OODStats | None = None, expert_channel_ood: OODStats | None = None,
 ) -> AVResult:
-    """With a bundle's statistics (`ood`, `channel_ood`) the audio branch abstains on voices it never learned."""
+    """With a bundle's statistics (`ood`, `channel_ood`) the audio branch abstains on voices it never learned;
+    with a speech expert and its statistics (`expert_ood`, `expert_channel_ood`) the expert answers for those
+    it learned instead (`consult_expert`)."""
     if not has_audio(clip):
         return AVResult(
             BranchResult("av", "skipped", info, reason="no audio", code="no_audio"),
@@ -112,6 +143,8 @@ def run_av(
         timing_ms=timer.ms,
     )
     audio_branch = judge_voice(audio_branch, embedding, ood, heard, channel_ood)
+    if audio_branch.code == "out_of_distribution" and expert_ood is not None and expert_channel_ood is not None:
+        audio_branch = consult_expert(model, audio, heard, audio_branch, expert_ood, expert_channel_ood)
     if not usable:
         if clip.n_frames <= 1:
             skipped = BranchResult("av", "skipped", info, reason="no video", code="no_video")
@@ -130,3 +163,11 @@ def run_av(
         timing_ms=timer.ms,
     )
     return AVResult(av_branch, audio_branch)
+
+
+def run_av_bundle(bundle: Any, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None) -> AVResult:
+    """`run_av` with a loaded av_alignment bundle's model and every statistics file it carries."""
+    return run_av(
+        bundle.model, clip, config, device, info, bundle.ood, bundle.channel_ood, bundle.expert_ood,
+        bundle.expert_channel_ood,
+    )

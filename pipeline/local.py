@@ -17,7 +17,7 @@ import numpy as np
 from media.clip import ClipMeta
 from models.bundle import LoadedBundle, load_version
 from pipeline.analyze import Analysis, StageCalls, analyze
-from pipeline.av import run_av
+from pipeline.av import run_av_bundle
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode
 from pipeline.fuse import run_fusion
@@ -105,8 +105,7 @@ class LocalPipeline:
 
     def av(self, clip: StageInput) -> AVResult:
         bundle = self.bundles["av_alignment"]
-        return run_av(bundle.model, clip, self.config.av, self.device, self.infos["AVAlignment"], bundle.ood,
-                      bundle.channel_ood)
+        return run_av_bundle(bundle, clip, self.config.av, self.device, self.infos["AVAlignment"])
 
     def fuse(self, branches: list[BranchResult]) -> FusionResult:
         return run_fusion(self.model("fusion"), [branches], self.device, self.infos.get("Fusion"))[0]

@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(ood)
     ood.add_argument(
-        "--branch", choices=("visual", "audio", "channel"), default="visual",
+        "--branch", choices=("visual", "audio", "channel", "expert", "expert_channel"), default="visual",
         help="visual: compression_resilient, authentic clips; audio: av_alignment's spoof head, one region per "
-        "class; channel: av_alignment's training speech as recorded (models.channel), one region per class",
+        "class; channel: av_alignment's training speech as recorded (models.channel), one region per class; "
+        "expert, expert_channel: the same two for av_alignment's speech expert (fit on the expert's own corpus)",
     )
     ood.add_argument("--version", required=True, help="the branch's bundle version to attach them to")
     ood.add_argument("--quantile", type=float, default=0.99, help="of the val distances: the threshold")

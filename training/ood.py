@@ -28,21 +28,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.covariance import LedoitWolf
 from tqdm.auto import tqdm
 
-from models.bundle import CHANNEL_OOD_FILE, OOD_FILE, attach_ood, load_version
+from models.bundle import CHANNEL_OOD_FILE, EXPERT_CHANNEL_OOD_FILE, EXPERT_OOD_FILE, OOD_FILE, attach_ood, load_version
 from models.channel import channel_profile
 from models.ood import OODStats
 from pipeline.av import run_av, served_audio
 from pipeline.config import PipelineConfig
 from pipeline.local import LocalPipeline
+from pipeline.tensors import audio_to_tensor
 from pipeline.visual import run_visual
 from training.features import ManifestData, load_manifest_data
 
 logger = logging.getLogger(__name__)
 
-BRANCH_BUNDLES = {"visual": "compression_resilient", "audio": "av_alignment", "channel": "av_alignment"}
+BRANCH_BUNDLES = {
+    "visual": "compression_resilient", "audio": "av_alignment", "channel": "av_alignment",
+    "expert": "av_alignment", "expert_channel": "av_alignment",
+}
+STATS_FILE = {"visual": OOD_FILE, "audio": OOD_FILE, "channel": CHANNEL_OOD_FILE, "expert": EXPERT_OOD_FILE,
+              "expert_channel": EXPERT_CHANNEL_OOD_FILE}
 
 
 def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True) -> np.ndarray:
@@ -58,18 +65,28 @@ def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progr
 
 def speech_embeddings(
     pipeline: Any, data: ManifestData, indices: list[int], progress: bool = True, channel: bool = False,
+    expert: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, E) spoof-head embeddings (or, with `channel`, channel profiles) and (N,) labels of the files whose
-    audio branch ran (speech heard)."""
+    """(N, E) spoof-head embeddings (`expert`: the speech expert's; `channel`: channel profiles instead) and
+    (N,) labels of the files whose audio branch ran (speech heard)."""
     model = pipeline.bundles["av_alignment"].model
     config = pipeline.config.av
     rows, labels = [], []
     for i in tqdm(indices, desc="voices", unit="file", disable=not progress):
         arrays = data.arrays(i)
-        audio = run_av(model, arrays, config, pipeline.device).audio
+        audio = run_av(model, arrays, config, pipeline.device).audio  # no statistics: every voiced file is "ok"
         if audio.status == "ok":
-            # audio_features: [spoof logit, embedding]; the profile reads what the stage heard
-            rows.append(channel_profile(served_audio(arrays, config)) if channel else audio.features[1:])
+            heard = served_audio(arrays, config)
+            if channel:  # the profile reads what the stage heard
+                rows.append(channel_profile(heard))
+            elif expert:
+                with torch.inference_mode():
+                    out = model.expert_spoof(audio_to_tensor(heard, pipeline.device).unsqueeze(0))
+                if out is None:
+                    raise ValueError("this av_alignment bundle has no speech expert")
+                rows.append(out.embedding[0].float().cpu().numpy())
+            else:  # audio_features: [spoof logit, embedding]
+                rows.append(audio.features[1:])
             labels.append(data.entries[i].label)
     return np.asarray(rows, np.float64), np.asarray(labels, np.int64)
 
@@ -139,12 +156,12 @@ def fit_ood(
         def voiced(split: str) -> list[int]:
             return [i for i in data.indices(split) if data.entries[i].kind != "image"]
 
-        channel = branch == "channel"
-        train, labels = speech_embeddings(pipeline, data, voiced("train"), progress, channel)
-        val, _ = speech_embeddings(pipeline, data, voiced("val"), progress, channel)
+        channel, expert = branch in ("channel", "expert_channel"), branch.startswith("expert")
+        train, labels = speech_embeddings(pipeline, data, voiced("train"), progress, channel, expert)
+        val, _ = speech_embeddings(pipeline, data, voiced("val"), progress, channel, expert)
         stats, report = fit_stats(train, val, quantile, train_labels=labels)
     if attach:
-        attach_ood(bundle.path, stats, CHANNEL_OOD_FILE if branch == "channel" else OOD_FILE)
+        attach_ood(bundle.path, stats, STATS_FILE[branch])
         logger.info("attached %s OOD statistics to %s (threshold %.3f)", branch, bundle.path, stats.threshold)
     return {"branch": branch, "bundle": str(bundle.path), "manifest": str(manifest),
             "held_out_sources": list(hold_out_sources), **report}

@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from models.bundle import bundle_dir, load_bundle, save_bundle, weights_root
+from models.bundle import CHANNEL_OOD_FILE, OOD_FILE, attach_ood, bundle_dir, load_bundle, save_bundle, weights_root
 from models.channel import channel_profile
 from models.spoof import SpectralSpoofConfig, SpectralSpoofNet
 from training.manifest import ManifestEntry, read_manifest
@@ -397,17 +397,27 @@ def shortcut_baseline(corpus: Corpus) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- bundle
-def attach_spoof_net(base: Path, net: SpectralSpoofNet, out: Path, card_text: str, extra: dict[str, Any]) -> Path:
-    """A new av_alignment bundle: `base`'s weights with `net` as its spoof head."""
+def attach_spoof_net(
+    base: Path, net: SpectralSpoofNet, out: Path, card_text: str, extra: dict[str, Any], as_expert: bool = False,
+) -> Path:
+    """A new av_alignment bundle: `base`'s weights with `net` as its spoof head, or (`as_expert`) beside its
+    spoof head as the speech expert, `base`'s statistics files kept for its own head."""
     loaded = load_bundle(base)
-    config = replace(loaded.config, spoof_net=net.config)
+    part = "speech_expert" if as_expert else "spoof_net"
+    config = replace(loaded.config, **{part: net.config})
     from models.av_alignment import build_av_alignment
 
     model = build_av_alignment(config)
-    state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith(("spoof_pool.", "spoof_head."))}
-    state.update({f"spoof_net.{k}": v for k, v in net.state_dict().items()})
+    replaced = () if as_expert else ("spoof_pool.", "spoof_head.")
+    state = {k: v for k, v in loaded.model.state_dict().items() if not (replaced and k.startswith(replaced))}
+    state.update({f"{part}.{k}": v for k, v in net.state_dict().items()})
     model.load_state_dict(state, strict=True)
-    return save_bundle(model, out, arch=loaded.arch, config=config, trained=True, card_text=card_text, extra=extra)
+    path = save_bundle(model, out, arch=loaded.arch, config=config, trained=True, card_text=card_text, extra=extra)
+    if as_expert:
+        for name, stats in ((OOD_FILE, loaded.ood), (CHANNEL_OOD_FILE, loaded.channel_ood)):
+            if stats is not None:
+                attach_ood(path, stats, name)
+    return path
 
 
 def corpus_line(corpus: Corpus) -> dict[str, Any]:
@@ -485,6 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--manifest", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="report directory (scores, folds)")
     ap.add_argument("--base", default="v1", help="av_alignment version whose other weights are kept")
+    ap.add_argument(
+        "--as-expert", action="store_true",
+        help="keep the base's spoof head (and its statistics) and add the new head beside it as the speech expert",
+    )
     ap.add_argument("--version", default=None, help="write weights/av_alignment/VERSION (omit: report only)")
     ap.add_argument("--weights-dir", type=Path, default=None)
     ap.add_argument("--epochs", type=int, default=SpoofHParams.epochs)
@@ -538,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         attach_spoof_net(
             bundle_dir("av_alignment", args.base, root), net, out,
             spoof_card(report, "spectrashield train-spoof " + " ".join(argv if argv is not None else sys.argv[1:])),
-            {"spoof_training": report},
+            {"spoof_training": report}, as_expert=args.as_expert,
         )
         logger.info("wrote %s", out)
     print(json.dumps({k: report[k] for k in report if k not in ("corpus", "hparams")}, indent=2)[:6000])

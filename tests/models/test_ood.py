@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,81 @@ def test_a_recording_chain_the_head_never_heard_abstains_even_where_its_embeddin
     (bundle / CHANNEL_OOD_FILE).write_bytes(bytes(blob))
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         load_bundle(bundle)
+
+
+@dataclass
+class _Heard:
+    """An audio-only upload as the AV stage reads it."""
+
+    audio: np.ndarray
+    kind: str = "audio"
+    has_audio: bool = True
+    face_coverage: float = 0.0
+    sample_rate: int = 16_000
+    n_frames: int = 0
+
+
+def test_the_speech_expert_answers_where_the_first_head_abstains_and_only_on_speech_it_learned(tmp_path: Path) -> None:
+    """AV v5: a second spoof head, consulted where the first one's tests fail, answers only if its own pass."""
+    import torch
+
+    from models.av_alignment import TEST_CONFIG, build_av_alignment
+    from models.bundle import CHANNEL_OOD_FILE, EXPERT_CHANNEL_OOD_FILE, EXPERT_OOD_FILE, save_bundle
+    from models.channel import PROFILE_SIZE
+    from models.spoof import SpectralSpoofConfig, SpectralSpoofNet
+    from pipeline.av import run_av, run_av_bundle
+    from pipeline.config import AVConfig
+    from pipeline.results import sigmoid
+    from tests.models.test_channel import _voice
+    from training.spoof import attach_spoof_net
+
+    torch.manual_seed(0)
+    expert_config = SpectralSpoofConfig(channels=(4, 8), embed_dim=8)
+    config = AVConfig(min_speech_s=0.0)
+    clip = _Heard(_voice(seconds=2.0, seed=5))
+    d, e = TEST_CONFIG.d_model, expert_config.embed_dim
+    passes, fails = (lambda dim: _stats(dim, float("inf"))), (lambda dim: _stats(dim, -1.0))
+
+    # The base bundle (v4's shape): one spoof head with both of its tests.
+    base = tmp_path / "av_alignment" / "v4"
+    save_bundle(build_av_alignment(TEST_CONFIG).eval(), base, arch="av_alignment", config=TEST_CONFIG, trained=True,
+                card_text="base")
+    attach_ood(base, fails(d))
+    attach_ood(base, passes(PROFILE_SIZE), CHANNEL_OOD_FILE)
+    out = attach_spoof_net(base, SpectralSpoofNet(expert_config).eval(), tmp_path / "av_alignment" / "v5", "v5", {},
+                           as_expert=True)
+    loaded = load_bundle(out)
+    assert loaded.config.speech_expert == expert_config and loaded.config.spoof_net is None
+    assert loaded.ood is not None and loaded.ood.threshold == -1.0 and loaded.channel_ood is not None  # kept
+    model = loaded.model
+    base_model = load_bundle(base).model
+    assert torch.equal(model.spoof_head.weight, base_model.spoof_head.weight)  # the first head is v4's, untouched
+    with torch.inference_mode():
+        expert_logit = float(model.expert_spoof(torch.from_numpy(clip.audio).unsqueeze(0)).spoof_logit[0])
+
+    # Without the expert's statistics the first head's abstention stands, exactly as in v4.
+    alone = run_av_bundle(loaded, clip, config).audio
+    assert (alone.status, alone.code) == ("skipped", "out_of_distribution") and "head" not in alone.details
+
+    # The expert's tests pass: it answers, and says so.
+    attach_ood(out, passes(e), EXPERT_OOD_FILE)
+    attach_ood(out, passes(PROFILE_SIZE), EXPERT_CHANNEL_OOD_FILE)
+    answered = run_av_bundle(load_bundle(out), clip, config).audio
+    assert (answered.status, answered.out_of_distribution, answered.details["head"]) == ("ok", False, "speech_expert")
+    assert answered.score == pytest.approx(sigmoid(expert_logit)) and answered.features[0] == pytest.approx(expert_logit)
+    assert "unlike" in answered.details["first_head_reason"] and answered.features.shape == (1 + e,)
+
+    # Its recording test fails: the branch stays abstained, with both heads' reasons and distances.
+    both = run_av(model, clip, config, ood=fails(d), channel_ood=passes(PROFILE_SIZE), expert_ood=passes(e),
+                  expert_channel_ood=fails(PROFILE_SIZE)).audio
+    assert (both.status, both.code, both.out_of_distribution) == ("skipped", "out_of_distribution", True)
+    assert "speech expert abstains too" in both.reason and "expert_channel_distance" in both.details
+
+    # The first head's tests pass: it answers and the expert is not consulted.
+    first = run_av(model, clip, config, ood=passes(d), channel_ood=passes(PROFILE_SIZE), expert_ood=passes(e),
+                   expert_channel_ood=passes(PROFILE_SIZE)).audio
+    assert first.status == "ok" and "head" not in first.details and first.score != pytest.approx(sigmoid(expert_logit))
+
+    # A bundle without an expert ignores expert statistics.
+    plain = run_av(base_model, clip, config, ood=fails(d), expert_ood=passes(e), expert_channel_ood=passes(PROFILE_SIZE))
+    assert plain.audio.code == "out_of_distribution" and "head" not in plain.audio.details

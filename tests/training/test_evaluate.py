@@ -318,6 +318,30 @@ def test_cli_fit_ood_channel_attaches_recording_statistics_the_av_stage_then_rea
     assert all((b.details["channel_distance"] > b.details["channel_threshold"]) == b.out_of_distribution for b in judged)
 
 
+def test_cli_fit_ood_expert_fits_the_speech_experts_two_tests_and_refuses_a_bundle_without_one(
+    tiny_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from models.bundle import EXPERT_CHANNEL_OOD_FILE, EXPERT_OOD_FILE, load_bundle
+    from models.spoof import SpectralSpoofConfig, SpectralSpoofNet
+    from training.spoof import attach_spoof_net
+
+    weights = tmp_path / "weights"
+    save_untrained(weights, "u0")
+    expert = SpectralSpoofNet(SpectralSpoofConfig(channels=(4, 8), embed_dim=8)).eval()
+    attach_spoof_net(weights / "av_alignment" / "u0", expert, weights / "av_alignment" / "u1", "u1", {}, as_expert=True)
+    common = ["--manifest", str(tiny_manifest), "--weights-dir", str(weights), "--quantile", "0.9", "--no-progress"]
+    for branch in ("expert", "expert_channel"):
+        capsys.readouterr()
+        assert cli_main(["fit-ood", "--branch", branch, "--version", "u1", *common]) == 0
+        assert json.loads(capsys.readouterr().out)["train_files"] >= 2
+    loaded = load_bundle(weights / "av_alignment" / "u1")
+    assert loaded.expert_ood is not None and loaded.expert_ood.mean.shape == (2, 8)  # one region per class
+    assert loaded.expert_channel_ood is not None and loaded.ood is None and loaded.channel_ood is None
+    assert (loaded.path / EXPERT_OOD_FILE).is_file() and (loaded.path / EXPERT_CHANNEL_OOD_FILE).is_file()
+    with pytest.raises(ValueError, match="no speech expert"):
+        cli_main(["fit-ood", "--branch", "expert", "--version", "u0", *common])
+
+
 def test_url_mode_counts_a_no_verdict_answer_as_unanswered_not_fake(tiny_manifest: Path) -> None:
     """The service answers a faceless photo 200 `uncertain` with p 0.5 and `no_usable_modality`: that 0.5
     is no probability, so it is unanswered (as in process), and a faceless photo never counts as fake."""
