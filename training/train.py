@@ -970,8 +970,10 @@ def train_model(
         template = _build("fusion", preset).config
         av_config = branches.bundles["av_alignment"].config
         dims = modality_dims(branches.bundles["compression_resilient"].config, av_config)
-        # A spoof head trained on real speech is not re-learned from the benchmark's synthetic speech.
-        independent = ("audio",) if av_config.spoof_net is not None else ()
+        # A spoof head trained on real speech (its own, or a speech expert answering where the first head
+        # abstains) is not re-learned from the benchmark's synthetic speech: its calibrated score is combined
+        # with the fused probability (noisy-OR).
+        independent = ("audio",) if av_config.spoof_net is not None or av_config.speech_expert is not None else ()
         unread = set(independent) | set(fusion_ignore)
         direct = tuple(d for d in template.direct if d[0] not in unread)
         if fusion_scalars_only:  # the av token's spoof logit is the audio token's: read it once, there

@@ -98,7 +98,12 @@ GOLDEN_V4: dict[str, dict[str, list[float]]] = {
 
 GOLDEN_V4["av_alignment"] = GOLDEN_V1["av_alignment"]  # v4 is v3 plus the recording-channel statistics
 
-GOLDEN = {"v0": GOLDEN_V0, "v1": GOLDEN_V1, "v2": GOLDEN_V2, "v3": GOLDEN_V3, "v4": GOLDEN_V4}
+# v5 is v4 (v1's weights, both of its statistics) plus the speech expert (real speech, real TTS) and its statistics
+GOLDEN_V5: dict[str, dict[str, list[float]]] = {
+    "av_alignment": {**GOLDEN_V1["av_alignment"], "expert_spoof_logit": [5.963834]},
+}
+
+GOLDEN = {"v0": GOLDEN_V0, "v1": GOLDEN_V1, "v2": GOLDEN_V2, "v3": GOLDEN_V3, "v4": GOLDEN_V4, "v5": GOLDEN_V5}
 
 
 def golden_outputs(name: str, model: torch.nn.Module) -> dict[str, list[float]]:
@@ -113,8 +118,9 @@ def golden_outputs(name: str, model: torch.nn.Module) -> dict[str, list[float]]:
             values = {"logit": out.logit, "recon_error": out.recon_error, "embedding": out.embedding[0, :3]}
         elif name == "av_alignment":
             t = 10
+            audio = torch.randn(1, 16000, generator=g) * 0.1
             out = model(
-                torch.randn(1, 16000, generator=g) * 0.1,
+                audio,
                 torch.randn(1, t, 20, 2, generator=g) * 0.3,
                 torch.rand(1, t, 48, 96, generator=g),
                 torch.arange(t, dtype=torch.float32).view(1, t) / 10,
@@ -125,6 +131,9 @@ def golden_outputs(name: str, model: torch.nn.Module) -> dict[str, list[float]]:
                 "spoof_logit": out.spoof_logit,
                 "embedding": out.embedding[0, :3],
             }
+            expert = model.expert_spoof(audio)
+            if expert is not None:  # v5 on: the speech expert, which the forward pass does not run
+                values["expert_spoof_logit"] = expert.spoof_logit
         elif name == "fusion":
             features = {k: torch.randn(2, d, generator=g) for k, d in model.config.modalities}
             m = len(model.config.modalities)
@@ -195,7 +204,8 @@ def test_fusion_bundle_fits_branch_bundles(version: str) -> None:
     fusion = load_bundle(WEIGHTS / "fusion" / version).config
     unread = set(fusion.independent) | set(fusion.ignored)
     assert fusion.modalities == tuple(d for d in modality_dims(compression, av) if d[0] not in unread)
-    assert fusion.independent == (("audio",) if av.spoof_net is not None else ())
+    own_speech_head = av.spoof_net is not None or av.speech_expert is not None
+    assert fusion.independent == (("audio",) if own_speech_head else ())
 
 
 @pytest.mark.parametrize("profile", ["serve.cpu.yaml", "serve.gpu.yaml"])
