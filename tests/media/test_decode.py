@@ -512,3 +512,49 @@ def test_decode_config_rejects_nonsense() -> None:
         DecodeConfig(analysis_fps=0)
     with pytest.raises(ValueError, match="max_frames"):
         DecodeConfig(max_frames=-1)
+
+
+def _gsm_frames(n: int, seed: int = 0) -> bytes:
+    """`n` raw GSM 06.10 frames (33 bytes, 0xD signature nibble, random parameters): 20 ms of 8 kHz audio each."""
+    rng = np.random.default_rng(seed)
+    body = rng.integers(0, 256, size=(n, 33), dtype=np.uint8)
+    body[:, 0] = 0xD0 | (body[:, 0] & 0x0F)
+    return body.tobytes()
+
+
+def _gsm_ms_wav(blocks: int, seed: int = 0) -> bytes:
+    """A WAV of Microsoft GSM 6.10 (format tag 0x31): 65-byte blocks of 320 samples at 8 kHz."""
+    import struct
+
+    data = np.random.default_rng(seed).integers(0, 256, size=65 * blocks, dtype=np.uint8).tobytes()
+    fmt = struct.pack("<HHIIHHHH", 0x31, 1, 8000, 1625, 65, 0, 2, 320)
+    fact = struct.pack("<I", 320 * blocks)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", 4) + fact
+    chunks += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def _wav_with(codec: str, audio: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="wav") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray((audio * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("make", "codec"), [
+    (lambda: _gsm_frames(50), "gsm"),  # Asterisk's native prompt format, as a raw .gsm file
+    (lambda: _gsm_ms_wav(25), "gsm_ms"),  # call recorders' GSM-in-WAV
+    (lambda: _wav_with("adpcm_ima_wav", speech_like_audio(1.0, 8000, seed=4), 8000), "adpcm_ima_wav"),
+    (lambda: _wav_with("g722", speech_like_audio(1.0, 16_000, seed=5), 16_000), "g722"),
+])
+def test_telephony_audio_decodes(make, codec: str) -> None:
+    """One second of telephone-coded speech: decoded to 16 kHz mono like any other audio upload."""
+    clip = decode_media(make())
+    assert clip.meta.kind == "audio" and clip.meta.audio_codec == codec and clip.meta.has_audio
+    assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(1.0, abs=0.05)
+    assert np.isfinite(clip.audio).all() and np.abs(clip.audio).max() > 0
