@@ -57,6 +57,10 @@ class SpoofHParams:
     seed: int = 0
     threads: int = 2
     max_steps_per_epoch: int | None = None  # folds: a cheaper schedule (each fold is a full retraining)
+    # Channel transfer (`ChannelBank`): the chance a spoofed / a bona fide training crop is given the recording
+    # chain (long-term spectrum and noise floor) of a random bona fide training file. 0 and 0: off (v2, v5).
+    transfer_spoof: float = 0.0
+    transfer_bona_fide: float = 0.0
 
 
 @dataclass
@@ -148,6 +152,65 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ])
     gain = 10 ** (rng.uniform(-20, 6) / 20)
     return np.clip(x * gain, -1, 1).astype(np.float32)
+
+
+class ChannelBank:
+    """The recording chains of a set of bona fide files, to give other speech the same chains.
+
+    A corpus's bona fide speech comes through a few studio chains and each spoof engine through its own,
+    so the chain alone separates the classes (`shortcut_baseline`'s `channel_profile`). `transfer` moves
+    a crop onto a random donor's chain: it equalizes the crop's smoothed long-term spectrum (louder half of
+    its frames) to the donor's, gains limited to +-20 dB, and adds the donor's own noise floor (its quietest
+    tenth of frames, tiled) at the donor's speech-to-noise ratio. Applied to spoofed and bona fide crops
+    alike, the chain stops telling them apart; what synthesis leaves in the speech itself still does.
+    """
+
+    n_fft, hop, smooth = 512, 256, 9
+
+    def __init__(self, audio: Sequence[np.ndarray]) -> None:
+        self.audio = list(audio)
+        self._chains: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def _stft(self, x: np.ndarray) -> torch.Tensor:
+        return torch.stft(torch.from_numpy(np.ascontiguousarray(x, np.float32)), self.n_fft, self.hop,
+                          window=torch.hann_window(self.n_fft), return_complex=True)
+
+    def _ltas(self, spec: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed log power spectrum of the louder half of the frames, and each frame's energy."""
+        power = spec.abs().pow(2).numpy()  # (F, T)
+        energy = power.sum(axis=0) + 1e-12
+        loud = power[:, energy >= np.median(energy)]
+        log = np.log(loud.mean(axis=1) + 1e-12)
+        kernel = np.ones(self.smooth) / self.smooth
+        return np.convolve(np.pad(log, self.smooth // 2, mode="edge"), kernel, mode="valid"), energy
+
+    def chain(self, i: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(smoothed log spectrum, noise-floor samples, noise-to-speech RMS ratio) of donor `i`, cached."""
+        if i not in self._chains:
+            x = self.audio[i].astype(np.float32)
+            if x.size < self.n_fft:
+                x = np.pad(x, (0, self.n_fft - x.size))
+            ltas, energy = self._ltas(self._stft(x))
+            quiet = np.argsort(energy)[: max(1, energy.size // 10)]
+            noise = np.concatenate([x[k * self.hop: k * self.hop + self.hop] for k in sorted(quiet)])
+            loud = np.sqrt(np.mean(energy[energy >= np.median(energy)]))
+            self._chains[i] = (ltas, noise, float(np.sqrt(np.mean(energy[quiet])) / (loud + 1e-12)))
+        return self._chains[i]
+
+    def transfer(self, x: np.ndarray, donor: int) -> np.ndarray:
+        if x.size < self.n_fft:
+            return x
+        target, noise, ratio = self.chain(donor)
+        spec = self._stft(x)
+        own, _ = self._ltas(spec)
+        gain = np.exp(np.clip((target - own) / 2, -np.log(10.0), np.log(10.0)))  # amplitude; +-20 dB
+        y = torch.istft(spec * torch.from_numpy(gain.astype(np.float32))[:, None], self.n_fft, self.hop,
+                        window=torch.hann_window(self.n_fft), length=x.size).numpy()
+        if noise.size and ratio > 0:
+            tiled = np.resize(noise, y.size)
+            y = y + tiled / (np.sqrt(np.mean(tiled**2)) + 1e-12) * ratio * np.sqrt(np.mean(y**2))
+        peak = np.abs(y).max()
+        return (y / peak * min(peak, 1.0)).astype(np.float32) if peak > 0 else y.astype(np.float32)
 
 
 _CODECS = (("mp3", "libmp3lame", (24_000, 64_000)), ("ogg", "libopus", (12_000, 32_000)), ("adts", "aac", (24_000, 64_000)))
@@ -246,6 +309,16 @@ def train_net(
     weights = np.where(labels == 1, 0.5 / max(labels.sum(), 1), 0.5 / max((labels == 0).sum(), 1))
     weights = weights / weights.sum()
     n_crop = int(hp.crop_s * RATE)
+    donors = [i for i in train_idx if corpus.entries[i].label == 0]
+    bank = ChannelBank(corpus.audio) if donors and (hp.transfer_spoof or hp.transfer_bona_fide) else None
+
+    def moved(i: int, x: np.ndarray) -> np.ndarray:
+        """`x` (a crop of file `i`) on a random bona fide training file's recording chain, with the hparams' chance."""
+        chance = hp.transfer_spoof if corpus.entries[i].label == 1 else hp.transfer_bona_fide
+        if bank is None or rng.random() >= chance:
+            return x
+        return bank.transfer(x, donors[int(rng.integers(len(donors)))])
+
     best: tuple[float, dict[str, torch.Tensor], int] | None = None
     history = []
     val_labels = corpus.labels(val_idx)
@@ -256,7 +329,7 @@ def train_net(
         losses = []
         for b in tqdm(range(0, picks.size, hp.batch_size), desc=f"{desc} epoch {epoch + 1}", leave=False):
             batch = [train_idx[j] for j in picks[b: b + hp.batch_size]]
-            x = pad_batch([augment(crop(corpus.audio[i], n_crop, rng), rng) for i in batch])
+            x = pad_batch([augment(moved(i, crop(corpus.audio[i], n_crop, rng)), rng) for i in batch])
             y = torch.tensor(corpus.labels(batch), dtype=torch.float32)
             loss = F.binary_cross_entropy_with_logits(net(x).spoof_logit, y)
             opt.zero_grad()
@@ -507,6 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", choices=["none", "engine", "speaker", "both"], default="both")
     ap.add_argument("--shortcut", action="store_true", help="also run the nuisance-feature baseline")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--transfer-spoof", type=float, default=0.0,
+                    help="chance a spoofed training crop gets a random bona fide file's recording chain (ChannelBank)")
+    ap.add_argument("--transfer-bona-fide", type=float, default=0.0, help="the same for bona fide crops")
     ap.add_argument(
         "--hold-out-source", action="append", default=[],
         help="leave this bona fide source's speakers out of everything (their real voices then serve "
@@ -517,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     corpus = load_corpus(args.manifest, hold_out_sources=args.hold_out_source)
-    hp = SpoofHParams(epochs=args.epochs, seed=args.seed)
+    hp = SpoofHParams(epochs=args.epochs, seed=args.seed, transfer_spoof=args.transfer_spoof,
+                      transfer_bona_fide=args.transfer_bona_fide)
     report: dict[str, Any] = {
         "manifest": str(args.manifest), "base": args.base, "hparams": asdict(hp), "corpus": corpus_line(corpus),
         "held_out_sources": args.hold_out_source,

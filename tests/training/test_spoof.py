@@ -212,3 +212,21 @@ def test_load_corpus_decodes_like_the_service_and_caches(tmp_path: Path) -> None
     again = load_corpus(tmp_path / "manifest.jsonl")
     assert (tmp_path / "decoded-16k.npz").exists()
     assert np.allclose(again.audio[0], corpus.audio[0], atol=1e-3)  # float16 cache
+
+
+def test_channel_transfer_puts_speech_on_the_donors_recording_chain() -> None:
+    """A clean voice moved onto a band-limited, noisy donor's chain takes its spectrum and noise floor."""
+    from models.channel import channel_profile
+    from tests.models.test_channel import _lowpass, _voice
+    from training.spoof import ChannelBank
+
+    rng = np.random.default_rng(0)
+    donor = _lowpass(_voice(seconds=3.0, seed=1), 2500.0) + 0.02 * rng.standard_normal(48_000).astype(np.float32)
+    clean = _voice(seconds=3.0, seed=2)
+    bank = ChannelBank([donor])
+    moved = bank.transfer(clean, 0)
+    assert moved.shape == clean.shape and moved.dtype == np.float32 and np.isfinite(moved).all()
+    assert np.abs(moved).max() <= 1.0
+    target, before, after = (channel_profile(a) for a in (donor, clean, moved))
+    assert np.linalg.norm(after - target) < 0.5 * np.linalg.norm(before - target)
+    assert bank.transfer(clean[:100], 0) is not None  # shorter than one frame: returned as is
