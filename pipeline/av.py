@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from models import AVAlignmentModel, audio_features, av_features
+from models.bundle import LoadedBundle
 from models.channel import channel_profile
 from models.ood import OODStats
 from models.vad import speech_seconds
@@ -89,7 +88,7 @@ def consult_expert(
         "audio", "ok", first.model, score=sigmoid(logit), features=audio_features(logit, embedding),
         details={"audio_s": first.details.get("audio_s"), "head": "speech_expert",
                  "first_head_score": first.score, "first_head_reason": first.reason},
-        timing_ms=(first.timing_ms or 0.0) + timer.ms,
+        timing_ms=first.timing_ms + timer.ms,
     )
     expert = judge_voice(expert, embedding, ood, heard, channel_ood)
     if expert.status == "ok":
@@ -165,7 +164,9 @@ def run_av(
     return AVResult(av_branch, audio_branch)
 
 
-def run_av_bundle(bundle: Any, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None) -> AVResult:
+def run_av_bundle(
+    bundle: LoadedBundle, clip: StageInput, config: AVConfig, device: str = "cpu", info: ModelInfo | None = None,
+) -> AVResult:
     """`run_av` with a loaded av_alignment bundle's model and every statistics file it carries."""
     return run_av(
         bundle.model, clip, config, device, info, bundle.ood, bundle.channel_ood, bundle.expert_ood,
