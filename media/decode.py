@@ -112,7 +112,8 @@ ALLOWED_AUDIO_CODECS = frozenset({
     "wmav1", "wmav2", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
     "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_u8", "pcm_mulaw", "pcm_alaw",
     # telephony: call recordings and IVR prompts arrive as GSM 06.10 (raw, or in WAV) and ADPCM/G.72x in WAV
-    "gsm", "gsm_ms", "adpcm_ms", "adpcm_ima_wav", "g722", "adpcm_g726", "adpcm_g726le",
+    # (FFmpeg's G.726 decoders are named g726 and g726le, its encoder adpcm_g726)
+    "gsm", "gsm_ms", "adpcm_ms", "adpcm_ima_wav", "g722", "g726", "g726le",
 })
 # Stills OpenCV may try when FFmpeg cannot open them, by magic bytes: JPEG, PNG, BMP, TIFF, WebP.
 _STILL_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*")

@@ -551,6 +551,7 @@ def _wav_with(codec: str, audio: np.ndarray, rate: int) -> bytes:
     (lambda: _gsm_ms_wav(25), "gsm_ms"),  # call recorders' GSM-in-WAV
     (lambda: _wav_with("adpcm_ima_wav", speech_like_audio(1.0, 8000, seed=4), 8000), "adpcm_ima_wav"),
     (lambda: _wav_with("g722", speech_like_audio(1.0, 16_000, seed=5), 16_000), "g722"),
+    (lambda: _wav_with("adpcm_g726", speech_like_audio(1.0, 8000, seed=6), 8000), "g726"),  # FFmpeg's decoder name
 ])
 def test_telephony_audio_decodes(make, codec: str) -> None:
     """One second of telephone-coded speech: decoded to 16 kHz mono like any other audio upload."""
