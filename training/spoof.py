@@ -61,6 +61,8 @@ class SpoofHParams:
     # chain (long-term spectrum and noise floor) of a random bona fide training file. 0 and 0: off (v2, v5).
     transfer_spoof: float = 0.0
     transfer_bona_fide: float = 0.0
+    # The chance a training crop goes through `telephone` (v5 and before: 0.2, G.711 mu-law only).
+    telephone: float = 0.3
 
 
 @dataclass
@@ -113,9 +115,9 @@ def load_corpus(manifest: Path, cache: Path | None = None, hold_out_sources: Seq
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
-def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What real uploads do to speech, applied to both classes alike: level, noise, a room,
-    8-bit mu-law telephony, and silence of any length around it."""
+def augment(x: np.ndarray, rng: np.random.Generator, telephone_chance: float = 0.3) -> np.ndarray:
+    """What real uploads do to speech, applied to both classes alike: level, noise, a room, a lossy
+    codec, a phone call (`telephone`, with chance `telephone_chance`), and silence of any length around it."""
     x = x.astype(np.float32)
     if rng.random() < 0.5:  # another voice: tape-speed change (pitch and formants move together, no vocoder)
         factor = rng.uniform(0.85, 1.15)
@@ -134,11 +136,8 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = wet / (np.abs(wet).max() + 1e-6) * (np.abs(x).max() + 1e-6)
     if rng.random() < 0.4:  # a lossy codec at a low bit rate, as uploads and calls carry speech
         x = codec_roundtrip(x, rng)
-    if rng.random() < 0.2:  # telephone: 8 kHz mu-law
-        t = torch.from_numpy(x)
-        low = AF.resample(t, RATE, 8000)
-        low = AF.mu_law_decoding(AF.mu_law_encoding(low.clamp(-1, 1), 256), 256)
-        x = AF.resample(low, 8000, RATE).numpy()[: x.size]
+    if rng.random() < telephone_chance:  # a phone call: 8 kHz narrowband speech through a telephone codec
+        x = telephone(x, rng)
     if rng.random() < 0.3:  # noise at 15-45 dB SNR
         power = float(np.mean(x**2)) + 1e-10
         snr = rng.uniform(15, 45)
@@ -230,6 +229,38 @@ def codec_roundtrip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         stream = out.add_stream(encoder, rate=RATE)
         stream.layout, stream.bit_rate = "mono", int(rng.uniform(low, high))
         for packet in encode_audio_packets(stream, x, RATE):
+            out.mux(packet)
+    y = decode_audio(buf.getvalue())
+    return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
+
+
+# Telephone codecs PyAV encodes, as (container, encoder, bit rates): G.711 mu-law and A-law, AMR-NB (mobile
+# calls, its eight modes) and G.726 ADPCM. GSM 06.10, the other common one, has no encoder in PyAV's FFmpeg:
+# it stays unseen in training, so that speech coded with it measures whether the net learnt "a phone codec"
+# rather than these four.
+_PHONE_CODECS = (
+    ("wav", "pcm_mulaw", (64_000,)), ("wav", "pcm_alaw", (64_000,)),
+    ("amr", "libopencore_amrnb", (4_750, 5_150, 5_900, 6_700, 7_400, 7_950, 10_200, 12_200)),
+    ("wav", "adpcm_g726", (16_000, 24_000, 32_000, 40_000)),
+)
+
+
+def telephone(x: np.ndarray, rng: np.random.Generator, codec: int | None = None) -> np.ndarray:
+    """`x` as a phone call carries it: down to 8 kHz, through a telephone codec (`_PHONE_CODECS[codec]`,
+    random when None) at a random one of its bit rates, decoded back as the service decodes, same length."""
+    import io
+
+    import av
+
+    from training.synth_audio import encode_audio_packets
+
+    container, encoder, rates = _PHONE_CODECS[int(rng.integers(len(_PHONE_CODECS))) if codec is None else codec]
+    low = AF.resample(torch.from_numpy(np.clip(x, -1, 1).astype(np.float32)), RATE, 8000).numpy()
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(encoder, rate=8000)
+        stream.layout, stream.bit_rate = "mono", int(rates[int(rng.integers(len(rates)))])
+        for packet in encode_audio_packets(stream, low, 8000):
             out.mux(packet)
     y = decode_audio(buf.getvalue())
     return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
@@ -329,7 +360,7 @@ def train_net(
         losses = []
         for b in tqdm(range(0, picks.size, hp.batch_size), desc=f"{desc} epoch {epoch + 1}", leave=False):
             batch = [train_idx[j] for j in picks[b: b + hp.batch_size]]
-            x = pad_batch([augment(moved(i, crop(corpus.audio[i], n_crop, rng)), rng) for i in batch])
+            x = pad_batch([augment(moved(i, crop(corpus.audio[i], n_crop, rng)), rng, hp.telephone) for i in batch])
             y = torch.tensor(corpus.labels(batch), dtype=torch.float32)
             loss = F.binary_cross_entropy_with_logits(net(x).spoof_logit, y)
             opt.zero_grad()
@@ -583,6 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--transfer-spoof", type=float, default=0.0,
                     help="chance a spoofed training crop gets a random bona fide file's recording chain (ChannelBank)")
     ap.add_argument("--transfer-bona-fide", type=float, default=0.0, help="the same for bona fide crops")
+    ap.add_argument("--telephone", type=float, default=SpoofHParams.telephone,
+                    help="chance a training crop goes through a phone codec (G.711, AMR-NB, G.726 at 8 kHz)")
     ap.add_argument(
         "--hold-out-source", action="append", default=[],
         help="leave this bona fide source's speakers out of everything (their real voices then serve "
@@ -594,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     corpus = load_corpus(args.manifest, hold_out_sources=args.hold_out_source)
     hp = SpoofHParams(epochs=args.epochs, seed=args.seed, transfer_spoof=args.transfer_spoof,
-                      transfer_bona_fide=args.transfer_bona_fide)
+                      transfer_bona_fide=args.transfer_bona_fide, telephone=args.telephone)
     report: dict[str, Any] = {
         "manifest": str(args.manifest), "base": args.base, "hparams": asdict(hp), "corpus": corpus_line(corpus),
         "held_out_sources": args.hold_out_source,

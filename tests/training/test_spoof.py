@@ -24,6 +24,7 @@ from training.spoof import (
     load_corpus,
     score,
     shortcut_baseline,
+    telephone,
     train_net,
 )
 
@@ -106,6 +107,20 @@ def test_a_codec_round_trip_keeps_length_and_the_voice(seed: int) -> None:
     spectrum = np.abs(np.fft.rfft(y[4000:12000]))
     assert abs(np.fft.rfftfreq(8000, 1 / RATE)[spectrum.argmax()] - 440) < 5  # the tone survived
     assert 0.1 < np.sqrt(np.mean(y[4000:12000] ** 2)) < 0.3  # at about its level (0.21 RMS)
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2, 3])  # G.711 mu-law, A-law, AMR-NB, G.726
+def test_a_phone_call_band_limits_and_keeps_the_voice(codec: int) -> None:
+    """Two tones, one in the telephone band and one above it: the call keeps the first and drops the second."""
+    t = np.arange(RATE) / RATE
+    x = (0.2 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    y = telephone(x, np.random.default_rng(codec), codec)
+    assert y.dtype == np.float32 and y.size == x.size and np.isfinite(y).all()
+    spectrum = np.abs(np.fft.rfft(y[4000:12000])) ** 2
+    freqs = np.fft.rfftfreq(8000, 1 / RATE)
+    assert abs(freqs[spectrum.argmax()] - 440) < 5  # the voice band survived
+    assert spectrum[freqs > 4200].sum() < 1e-3 * spectrum.sum()  # 8 kHz sampling: nothing above 4 kHz
+    assert 0.07 < np.sqrt(np.mean(y[4000:12000] ** 2)) < 0.25  # the 440 Hz tone alone is 0.14 RMS
 
 
 def test_eer_is_zero_when_separated_and_half_when_random() -> None:
