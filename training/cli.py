@@ -4,6 +4,7 @@
     spectrashield generate-independent OUT_DIR ...  # a test-only benchmark made another way (training.independent)
     spectrashield adapt ...                         # public datasets -> manifest (training.datasets)
     spectrashield speech-corpus OUT_DIR ...         # real speech + real TTS -> manifest (training.speech_corpus)
+    spectrashield unseen-speech OUT_DIR ...         # test-only real voices + corpus test spoofs (training.unseen_speech)
     spectrashield train-spoof --manifest M --out DIR [--version V]   # the spoof head on real speech
     spectrashield train {MODEL|all} --manifest M --version V
     spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR [--cross-manifest M2]
@@ -46,6 +47,9 @@ DELEGATED = {
     "adapt": ("training.datasets", "write a manifest for a public dataset already on disk"),
     "speech-corpus": (
         "training.speech_corpus", "real speakers (DATA.md packages) + real TTS engines and vocoders -> an audio manifest",
+    ),
+    "unseen-speech": (
+        "training.unseen_speech", "test-only real voices no model trains on (GSM prompts) + the corpus's test spoofs",
     ),
     "analyze": ("training.analyst:analyze_main", "analyse media files (in-process, or --url a running service)"),
     "batch": ("training.analyst:batch_main", "analyse a folder; results.jsonl, results.csv and an HTML report"),
