@@ -9,7 +9,9 @@ What is left out, and why (read from the files on disk, see the adapters):
 - Asterisk's `silence/` folder, its tones and sound effects (transcript in brackets: `[beep]`,
   `<beep ascending>`, `[sound of monkeys screaming]`), and byte-identical copies of a prompt;
 - codec2's decoded codec outputs, its concatenated `all.wav` and its off-air modem recordings;
-- ALSA's `Noise.wav`.
+- ALSA's `Noise.wav`;
+- beyond `KDE_PER_VOICE` recordings of one KDE voice (evenly spaced in name order), so that the
+  Malayalam syllables (521 files) do not outweigh every other volunteer.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-
 CODEC2_ROOT = Path("/usr/share/codec2/wav")
 POCKETSPHINX_ROOT = Path("/usr/share/pocketsphinx/test/data")
 ALSA_ROOT = Path("/usr/share/sounds/alsa")
+KLETTRES_ROOT = Path("/usr/share/klettres")
+KTUBERLING_ROOT = Path("/usr/share/ktuberling/sounds")
+KDE_PER_VOICE = 60
 
 
 class SourceLayoutError(ValueError):
@@ -348,6 +353,61 @@ def alsa_sounds(root: Path = ALSA_ROOT) -> list[SpeechItem]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# KDE's educational games: volunteers' own recordings, one voice per language, home microphones
+
+KLETTRES_LAYOUT = "  <lang>/alpha/*.ogg, <lang>/syllab/*.ogg   letters and syllables spoken (klettres-data)"
+KTUBERLING_LAYOUT = "  <lang>/*.ogg   names of the toy's parts spoken (ktuberling-data)"
+
+
+def _audio_duration_s(path: Path) -> float:
+    """Duration from the container (PyAV), for files that are not WAV."""
+    import av
+
+    with av.open(str(path), metadata_errors="replace") as container:
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        return float(container.duration or 0) / 1e6
+
+
+def _kde_voices(
+    source: str, package: str, root: Path, pattern: str, layout: str, per_voice: int,
+) -> list[SpeechItem]:
+    """Each language folder of `root` is one volunteer's voice (speaker `<source>_<lang>`); at most
+    `per_voice` files of it, evenly spaced in name order, each at least `MIN_DURATION_S` long."""
+    root = Path(root)
+    _require(source, root, layout=layout)
+    version = package_version(package)
+    items = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = []
+        for path in sorted(folder.glob(pattern)):
+            try:
+                if _audio_duration_s(path) >= MIN_DURATION_S:
+                    files.append(path)
+            except Exception as exc:  # noqa: BLE001 - PyAV raises its own error family for unreadable files
+                log.warning("%s: unreadable (%s); left out", path, exc)
+        step = max(1.0, len(files) / per_voice)
+        kept = [files[int(i * step)] for i in range(min(per_voice, len(files)))]
+        language = folder.name.split("_")[0].split("@")[0]
+        items += [SpeechItem(path, f"{source}_{folder.name}", language, None, package, version, "GPL-2+", source)
+                  for path in kept]
+    if not items:
+        raise SourceLayoutError(f"{source}: no spoken .ogg files under {root}\nexpected layout:\n{layout}")
+    return items
+
+
+def klettres(root: Path = KLETTRES_ROOT, per_voice: int = KDE_PER_VOICE) -> list[SpeechItem]:
+    """KLettres: letters and syllables in about 20 languages, each recorded by a volunteer."""
+    return _kde_voices("klettres", "klettres-data", root, "*/*.ogg", KLETTRES_LAYOUT, per_voice)
+
+
+def ktuberling(root: Path = KTUBERLING_ROOT, per_voice: int = KDE_PER_VOICE) -> list[SpeechItem]:
+    """KTuberling: single words (the potato man's parts) in about 25 languages, each recorded by a volunteer."""
+    return _kde_voices("ktuberling", "ktuberling-data", root, "*.ogg", KTUBERLING_LAYOUT, per_voice)
+
+
 SpeechSource = Callable[[], list[SpeechItem]]
 BONA_FIDE: dict[str, SpeechSource] = {
     "festvox-ru": festvox_ru,
@@ -355,4 +415,7 @@ BONA_FIDE: dict[str, SpeechSource] = {
     "codec2": codec2_examples,
     "pocketsphinx": pocketsphinx_testdata,
     "alsa": alsa_sounds,
+    # Not in ../shared/DATA.md: KDE's klettres-data and ktuberling-data (GPL-2+), many volunteers' voices.
+    "klettres": klettres,
+    "ktuberling": ktuberling,
 }

@@ -24,6 +24,8 @@ from training.sources import (
     clean_transcript,
     codec2_examples,
     festvox_ru,
+    klettres,
+    ktuberling,
     pocketsphinx_testdata,
     wav_info,
 )
@@ -184,7 +186,42 @@ def test_alsa_sounds_leave_noise_out(tmp_path: Path) -> None:
     assert {(i.speaker, i.language, i.licence) for i in items} == {("alsa", "en", "GPL-2")}
 
 
-@pytest.mark.parametrize("adapter", [festvox_ru, asterisk, codec2_examples, pocketsphinx_testdata, alsa_sounds])
+def _ogg(path: Path, seconds: float, rate: int = 48_000) -> Path:
+    """Opus in Ogg (the packages ship Vorbis; the adapters read only the container's duration)."""
+    import av
+
+    from training.synth_audio import encode_audio_packets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    with av.open(str(path), "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=rate)
+        stream.layout = "mono"
+        for packet in encode_audio_packets(stream, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate):
+            out.mux(packet)
+    return path
+
+
+def test_kde_voices_are_one_speaker_per_language_capped_and_long_enough(tmp_path: Path) -> None:
+    for i in range(5):
+        _ogg(tmp_path / "klettres" / "fr" / "alpha" / f"{chr(65 + i)}.ogg", 1.0)
+    _ogg(tmp_path / "klettres" / "pt_BR" / "syllab" / "ba.ogg", 1.2)
+    _ogg(tmp_path / "klettres" / "pt_BR" / "syllab" / "b.ogg", 0.3)  # shorter than MIN_DURATION_S
+    (tmp_path / "klettres" / "pics").mkdir()  # not a voice: no recordings in it
+    items = klettres(tmp_path / "klettres", per_voice=3)
+    assert {(i.speaker, i.language) for i in items} == {("klettres_fr", "fr"), ("klettres_pt_BR", "pt")}
+    assert [i.path.name for i in items if i.speaker == "klettres_fr"] == ["A.ogg", "B.ogg", "D.ogg"]  # evenly spaced
+    assert [i.path.name for i in items if i.speaker == "klettres_pt_BR"] == ["ba.ogg"]
+    assert {(i.text, i.licence, i.source, i.package) for i in items} == {(None, "GPL-2+", "klettres", "klettres-data")}
+    _ogg(tmp_path / "ktuberling" / "sr@latin" / "oko.ogg", 0.9)
+    (tmp_path / "ktuberling" / "sr@latin.soundtheme").write_text("<theme/>")
+    items = ktuberling(tmp_path / "ktuberling")
+    assert [(i.speaker, i.language, i.path.name) for i in items] == [("ktuberling_sr@latin", "sr", "oko.ogg")]
+
+
+@pytest.mark.parametrize(
+    "adapter", [festvox_ru, asterisk, codec2_examples, pocketsphinx_testdata, alsa_sounds, klettres, ktuberling],
+)
 def test_a_missing_layout_is_a_clear_error(tmp_path: Path, adapter) -> None:
     with pytest.raises(ValueError, match="expected layout|none of"):
         adapter(tmp_path / "not-installed")
