@@ -77,7 +77,8 @@ bench: $(DEV_STAMP)
 
 # `make data`: the real-data sources of ../shared/DATA.md, for training only (not part of `make serve` or
 # `make test`; tests build tiny stand-ins). Debian packages: real speakers (festvox-ru, Asterisk prompts,
-# codec2 and pocketsphinx examples, ALSA's voice, KDE KLettres/KTuberling volunteers) and real TTS engines (espeak-ng, flite, festival voices);
+# codec2 and pocketsphinx examples, ALSA's voice, the volunteers of KDE's KLettres and KTuberling) and
+# real TTS engines (espeak-ng, flite, festival voices);
 # pip: the WORLD vocoder (pyworld builds against setuptools<81 without isolation) and piper with its joe
 # voice. GPL tools (espeak-ng, piper) only generate training data; nothing of them ships.
 DATA_APT := festvox-ru asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-it-wav \
