@@ -115,7 +115,7 @@ def load_corpus(manifest: Path, cache: Path | None = None, hold_out_sources: Seq
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
-def augment(x: np.ndarray, rng: np.random.Generator, telephone_chance: float = 0.3) -> np.ndarray:
+def augment(x: np.ndarray, rng: np.random.Generator, telephone_chance: float = SpoofHParams.telephone) -> np.ndarray:
     """What real uploads do to speech, applied to both classes alike: level, noise, a room, a lossy
     codec, a phone call (`telephone`, with chance `telephone_chance`), and silence of any length around it."""
     x = x.astype(np.float32)
@@ -215,23 +215,29 @@ class ChannelBank:
 _CODECS = (("mp3", "libmp3lame", (24_000, 64_000)), ("ogg", "libopus", (12_000, 32_000)), ("adts", "aac", (24_000, 64_000)))
 
 
-def codec_roundtrip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`x` encoded with MP3, Opus or AAC at a random low bit rate (PyAV) and decoded back as the service decodes, same length."""
+def _through_codec(x: np.ndarray, rate: int, container: str, encoder: str, bit_rate: int, size: int) -> np.ndarray:
+    """Mono `x` at `rate` encoded by PyAV (`encoder` in `container` at `bit_rate`), decoded back as the service
+    decodes (16 kHz), padded or cut to `size` samples."""
     import io
 
     import av
 
     from training.synth_audio import encode_audio_packets
 
-    container, encoder, (low, high) = _CODECS[int(rng.integers(len(_CODECS)))]
     buf = io.BytesIO()
     with av.open(buf, "w", format=container) as out:
-        stream = out.add_stream(encoder, rate=RATE)
-        stream.layout, stream.bit_rate = "mono", int(rng.uniform(low, high))
-        for packet in encode_audio_packets(stream, x, RATE):
+        stream = out.add_stream(encoder, rate=rate)
+        stream.layout, stream.bit_rate = "mono", bit_rate
+        for packet in encode_audio_packets(stream, x, rate):
             out.mux(packet)
     y = decode_audio(buf.getvalue())
-    return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
+    return np.pad(y, (0, max(0, size - y.size)))[:size].astype(np.float32)
+
+
+def codec_roundtrip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`x` encoded with MP3, Opus or AAC at a random low bit rate (PyAV) and decoded back as the service decodes, same length."""
+    container, encoder, (low, high) = _CODECS[int(rng.integers(len(_CODECS)))]
+    return _through_codec(x, RATE, container, encoder, int(rng.uniform(low, high)), x.size)
 
 
 # Telephone codecs PyAV encodes, as (container, encoder, bit rates): G.711 mu-law and A-law, AMR-NB (mobile
@@ -248,22 +254,9 @@ _PHONE_CODECS = (
 def telephone(x: np.ndarray, rng: np.random.Generator, codec: int | None = None) -> np.ndarray:
     """`x` as a phone call carries it: down to 8 kHz, through a telephone codec (`_PHONE_CODECS[codec]`,
     random when None) at a random one of its bit rates, decoded back as the service decodes, same length."""
-    import io
-
-    import av
-
-    from training.synth_audio import encode_audio_packets
-
     container, encoder, rates = _PHONE_CODECS[int(rng.integers(len(_PHONE_CODECS))) if codec is None else codec]
     low = AF.resample(torch.from_numpy(np.clip(x, -1, 1).astype(np.float32)), RATE, 8000).numpy()
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=container) as out:
-        stream = out.add_stream(encoder, rate=8000)
-        stream.layout, stream.bit_rate = "mono", int(rates[int(rng.integers(len(rates)))])
-        for packet in encode_audio_packets(stream, low, 8000):
-            out.mux(packet)
-    y = decode_audio(buf.getvalue())
-    return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
+    return _through_codec(low, 8000, container, encoder, int(rates[int(rng.integers(len(rates)))]), x.size)
 
 
 def crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 from training.sources import ASTERISK_ROOT, SourceLayoutError
 from training.speech_corpus import read_wav, write_wav
+from training.spoof import _speaker, held_out_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ def build_unseen(
                       "licence": "CC-BY-SA-3.0", "codec": "gsm"},
             ))
     corpus = list(read_manifest(corpus_manifest))
-    held = {e.meta.get("speaker") for e in corpus if e.label == 0 and e.source in set(hold_out_sources)}
+    held = held_out_speakers(corpus, hold_out_sources)
     relative = Path("..") / corpus_manifest.parent.name
+    n_bona_fide = len(rows)
     for e in corpus:
-        if e.split == "test" and e.label == 1 and e.meta.get("speaker") not in held:
+        if e.split == "test" and e.label == 1 and _speaker(e) not in held:
             rows.append(e.model_copy(update={"path": str(relative / e.path)}))
-    logger.info("%d bona fide prompts, %d spoofed files", per_voice * len(UNSEEN_VOICES), len(rows) - per_voice * 2)
+    logger.info("%d bona fide prompts, %d spoofed files", n_bona_fide, len(rows) - n_bona_fide)
     return write_manifest(rows, out / "manifest.jsonl")
 
 
