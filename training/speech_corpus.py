@@ -794,14 +794,17 @@ def _execute(task: Task, out: Path, seed: int) -> ManifestEntry:
     )
 
 
-def _run_tasks(tasks: Sequence[Task], out: Path, seed: int, workers: int) -> tuple[list[ManifestEntry], list[dict]]:
+def _run_tasks(
+    tasks: Sequence[Task], out: Path, seed: int, workers: int, progress: bool = True
+) -> tuple[list[ManifestEntry], list[dict]]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     done: dict[int, ManifestEntry] = {}
     failures: list[dict[str, Any]] = []
     with logging_redirect_tqdm(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {pool.submit(_execute, task, out, seed): task for task in tasks}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="speech corpus", unit="file"):
+        for future in tqdm(as_completed(futures), total=len(futures), desc="speech corpus", unit="file",
+                           disable=not progress):
             task = futures[future]
             try:
                 done[task.index] = future.result()
@@ -855,6 +858,7 @@ def build_corpus(
     engines: Sequence[Engine] = ENGINES,
     workers: int = 2,
     max_bona_fide_per_speaker: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """Write the corpus under `out`; returns the manifest's path (see the module docstring)."""
     out = Path(out)
@@ -875,7 +879,7 @@ def build_corpus(
             tasks += _vocoder_tasks(engine, per_engine, kept, rels, seed, len(tasks))
         else:
             tasks += _tts_tasks(engine, per_engine, pools, seed, len(tasks))
-    entries, failures = _run_tasks(tasks, out, seed, workers)
+    entries, failures = _run_tasks(tasks, out, seed, workers, progress)
     manifest = out / "manifest.jsonl"
     write_manifest(entries, manifest)
     summary = summarize(
@@ -908,6 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"bona fide sources, comma-separated, default all: {','.join(BONA_FIDE)}")
     parser.add_argument("--max-bona-fide-per-speaker", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     args = parser.parse_args(argv)
     for name in args.engines:
         if name not in engines_by_name:
@@ -919,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_corpus(
         args.out, per_engine=args.per_engine, seed=args.seed, sources={name: BONA_FIDE[name] for name in args.sources},
         engines=[engines_by_name[name] for name in args.engines], workers=args.workers,
-        max_bona_fide_per_speaker=args.max_bona_fide_per_speaker,
+        max_bona_fide_per_speaker=args.max_bona_fide_per_speaker, progress=not args.no_progress,
     )
     return 0
 

@@ -434,6 +434,13 @@ def test_cap_per_speaker(tmp_path: Path) -> None:
                                                              "menardi": 2, "june": 1, "ivrvoice_ru": 1, "alsa": 1}
 
 
+def test_the_progress_bar_can_be_turned_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    build_corpus(tmp_path / "on", per_engine=0, seed=0, sources=_fake_sources(tmp_path / "a"), engines=[])
+    assert "speech corpus" in capsys.readouterr().err
+    build_corpus(tmp_path / "off", per_engine=0, seed=0, sources=_fake_sources(tmp_path / "b"), engines=[], progress=False)
+    assert "speech corpus" not in capsys.readouterr().err
+
+
 def test_cli_rejects_unknown_engines(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--engines", "espeak-ng,nope"])
