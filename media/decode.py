@@ -100,7 +100,8 @@ _CONTAINER_OPTIONS = {"protocol_whitelist": "none", "probesize": "5000000", "ana
 # upload (415): a text file must not become Nintendo ADPCM audio, nor `ID3` + noise a CD+G video.
 ALLOWED_DEMUXERS = frozenset({
     "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "flv", "mpegts", "mpeg", "asf", "ogg",  # video containers
-    "wav", "mp3", "flac", "aac", "aiff", "caf", "amr", "w64", "gsm",  # audio ("gsm": raw GSM 06.10, telephony)
+    "wav", "mp3", "flac", "aac", "aiff", "caf", "amr", "w64", "gsm", "au", "wv",  # audio ("gsm": raw GSM 06.10,
+    # telephony; "au": Sun/NeXT .snd, mu-law voice files; "wv": WavPack)
     "image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif", "apng",  # stills
 })
 ALLOWED_VIDEO_CODECS = frozenset({
@@ -110,7 +111,7 @@ ALLOWED_VIDEO_CODECS = frozenset({
 ALLOWED_AUDIO_CODECS = frozenset({
     "aac", "mp3", "mp3float", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3", "amrnb", "amrwb",
     "wmav1", "wmav2", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
-    "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_u8", "pcm_mulaw", "pcm_alaw",
+    "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_u8", "pcm_s8", "pcm_mulaw", "pcm_alaw", "wavpack",
     # telephony: call recordings and IVR prompts arrive as GSM 06.10 (raw, or in WAV) and ADPCM/G.72x in WAV
     # (FFmpeg's G.726 decoders are named g726 and g726le, its encoder adpcm_g726)
     "gsm", "gsm_ms", "adpcm_ms", "adpcm_ima_wav", "g722", "g726", "g726le",

@@ -534,9 +534,9 @@ def _gsm_ms_wav(blocks: int, seed: int = 0) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
 
 
-def _wav_with(codec: str, audio: np.ndarray, rate: int) -> bytes:
+def _wav_with(codec: str, audio: np.ndarray, rate: int, container: str = "wav") -> bytes:
     buf = io.BytesIO()
-    with av.open(buf, "w", format="wav") as out:
+    with av.open(buf, "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate)
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray((audio * 32767).astype(np.int16)[None], format="s16", layout="mono")
@@ -552,6 +552,8 @@ def _wav_with(codec: str, audio: np.ndarray, rate: int) -> bytes:
     (lambda: _wav_with("adpcm_ima_wav", speech_like_audio(1.0, 8000, seed=4), 8000), "adpcm_ima_wav"),
     (lambda: _wav_with("g722", speech_like_audio(1.0, 16_000, seed=5), 16_000), "g722"),
     (lambda: _wav_with("adpcm_g726", speech_like_audio(1.0, 8000, seed=6), 8000), "g726"),  # FFmpeg's decoder name
+    (lambda: _wav_with("pcm_mulaw", speech_like_audio(1.0, 8000, seed=7), 8000, "au"), "pcm_mulaw"),  # Sun/NeXT .au
+    (lambda: _wav_with("wavpack", speech_like_audio(1.0, 44_100, seed=8), 44_100, "wv"), "wavpack"),  # archives' lossless
 ])
 def test_telephony_audio_decodes(make, codec: str) -> None:
     """One second of telephone-coded speech: decoded to 16 kHz mono like any other audio upload."""
