@@ -95,9 +95,9 @@ def test_formats_outside_the_allow_list_are_not_media() -> None:
     brackets = b"[" * 4000 + b"]" * 4000  # the campaign's text file that FFmpeg read as Nintendo ADPCM
     with pytest.raises(NotMediaError):
         decode_media(brackets, NO_FACES)
-    # Sun .au: a real audio container, not one the service supports
-    with pytest.raises(NotMediaError, match=r"unsupported format \(au\)"):
-        decode_media(_speech_in("au", "pcm_s16be"), NO_FACES)
+    # Creative Voice (.voc): a real audio container, not one the service supports
+    with pytest.raises(NotMediaError, match=r"unsupported format \(voc\)"):
+        decode_media(_speech_in("voc", "pcm_u8"), NO_FACES)
 
 
 def test_codecs_outside_the_allow_list_are_not_media() -> None:
