@@ -90,6 +90,9 @@ FrameCallback = Callable[[int, np.ndarray, SourceFrame], None]
 _IMAGE_DEMUXERS = {"image2", "image2pipe"}
 # Codecs that make a still image when a stream without audio holds one packet (e.g. GIF).
 _STILL_CODECS = {"png", "apng", "mjpeg", "jpegls", "webp", "gif", "bmp", "tiff", "jpeg2000", "qoi", "jpegxl"}
+# HEIF / AVIF stills (`ftyp` major brand): FFmpeg's MP4 demuxer shows their picture as a one-frame
+# HEVC or AV1 track. A phone's photo is a grid of tiles, which PyAV cannot put back together.
+_HEIF_BRANDS = {"heic", "heix", "heim", "heis", "mif1", "msf1", "avif", "avis"}
 # Nested resources (ffconcat lists, playlists, external references) may not be opened: an
 # upload must never make us read local files or the network. Probing is bounded too (FFmpeg's
 # defaults, stated), and `max_pixels` (added per call) stops the codec from decoding an
@@ -236,6 +239,12 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
             raise MediaTooLargeError(f"{name}: {len(container.streams)} streams; the limit is {config.max_streams}")
         video = _pick_video_stream(container)
         audio = container.streams.audio[0] if container.streams.audio else None
+        heif = container.metadata.get("major_brand", "").strip() in _HEIF_BRANDS
+        if heif and len(container.streams.video) > 1:
+            raise NotMediaError(
+                f"{name}: a tiled HEIF/AVIF image ({len(container.streams.video)} tiles) is not supported: "
+                "send it as JPEG or PNG"
+            )
         for stream, allowed in ((video, ALLOWED_VIDEO_CODECS), (audio, ALLOWED_AUDIO_CODECS)):
             codec = stream.codec_context.name if stream is not None and stream.codec_context else None
             if stream is not None and codec not in allowed:
@@ -256,7 +265,7 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
                 info = scan = None  # a declared but empty video track: treat as absent
     single_still = scan is not None and len(scan.times) == 1 and first_audio_index is None
     is_image = info is not None and (
-        fmt.endswith("_pipe") or fmt in _IMAGE_DEMUXERS or (single_still and info.codec in _STILL_CODECS)
+        fmt.endswith("_pipe") or fmt in _IMAGE_DEMUXERS or (single_still and (info.codec in _STILL_CODECS or heif))
     )
     audio_index = None if is_image else first_audio_index
     if info is None and audio_index is None:
@@ -853,6 +862,8 @@ def _container_name(fmt: str, metadata: dict[str, str], head: bytes) -> str:
             return "m4a"
         if brand.startswith("3g"):
             return "3gp"
+        if brand in _HEIF_BRANDS:
+            return "avif" if brand.startswith("avi") else "heif"
         return "mp4"
     if fmt.startswith("matroska"):
         return "webm" if b"webm" in head else "matroska"

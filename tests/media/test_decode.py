@@ -561,3 +561,31 @@ def test_telephony_audio_decodes(make, codec: str) -> None:
     assert clip.meta.kind == "audio" and clip.meta.audio_codec == codec and clip.meta.has_audio
     assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(1.0, abs=0.05)
     assert np.isfinite(clip.audio).all() and np.abs(clip.audio).max() > 0
+
+
+def _heif_like(brand: str, tiles: int = 1) -> bytes:
+    """What FFmpeg's MP4 demuxer shows of a HEIF/AVIF still: one-frame HEVC track(s) under a HEIF `ftyp` brand."""
+    picture = np.ascontiguousarray(astronaut()[::2, ::2])  # 256 x 256
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"brand": brand}) as out:
+        streams = []
+        for _ in range(tiles):
+            stream = out.add_stream("libx265", rate=1)
+            stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+            stream.options = {"x265-params": "log-level=error"}
+            streams.append(stream)
+        for stream in streams:
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                out.mux(packet)
+    return buf.getvalue()
+
+
+def test_a_heif_still_is_an_image_and_a_tiled_one_is_refused() -> None:
+    """A phone photo saved as HEIC is a photo, not a one-frame video; tiles PyAV cannot join are a clear 415."""
+    clip = decode_media(_heif_like("heic"))
+    assert (clip.meta.kind, clip.meta.container, clip.frames.shape[0]) == ("image", "heif", 1)
+    assert (clip.meta.width, clip.meta.height) == (256, 256)
+    assert decode_media(_heif_like("isom")).meta.kind == "video"  # the same track under an MP4 brand stays a video
+    with pytest.raises(NotMediaError, match="tiled HEIF/AVIF image"):
+        decode_media(_heif_like("heic", tiles=2))
