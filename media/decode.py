@@ -90,8 +90,10 @@ FrameCallback = Callable[[int, np.ndarray, SourceFrame], None]
 _IMAGE_DEMUXERS = {"image2", "image2pipe"}
 # Codecs that make a still image when a stream without audio holds one packet (e.g. GIF).
 _STILL_CODECS = {"png", "apng", "mjpeg", "jpegls", "webp", "gif", "bmp", "tiff", "jpeg2000", "qoi", "jpegxl"}
-# HEIF / AVIF stills (`ftyp` major brand): FFmpeg's MP4 demuxer shows their picture as a one-frame
-# HEVC or AV1 track. A phone's photo is a grid of tiles, which PyAV cannot put back together.
+# HEIF / AVIF stills (`ftyp` major brand). libheif (pillow-heif) decodes HEIC whole, tile grids
+# included (what phones write). What it cannot decode here (AVIF: the wheel has no AV1 decoder) goes
+# to FFmpeg, whose MP4 demuxer shows a one-image file as a one-frame track and a grid as one stream
+# per tile, which PyAV cannot put back together.
 _HEIF_BRANDS = {"heic", "heix", "heim", "heis", "mif1", "msf1", "avif", "avis"}
 # Nested resources (ffconcat lists, playlists, external references) may not be opened: an
 # upload must never make us read local files or the network. Probing is bounded too (FFmpeg's
@@ -223,6 +225,9 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
     `on_frame(k, rgb, source)` sees each sampled video frame as soon as it is converted.
     """
     budget = _Budget(config)
+    heif = _decode_with_libheif(data, config, on_frame)
+    if heif is not None:
+        return heif
     try:
         container = _open(data, config)
     except _DECODE_ERRORS as exc:
@@ -863,7 +868,7 @@ def _container_name(fmt: str, metadata: dict[str, str], head: bytes) -> str:
         if brand.startswith("3g"):
             return "3gp"
         if brand in _HEIF_BRANDS:
-            return "avif" if brand.startswith("avi") else "heif"
+            return "avif" if brand.startswith("avi") else "heif"  # what libheif could not decode
         return "mp4"
     if fmt.startswith("matroska"):
         return "webm" if b"webm" in head else "matroska"
@@ -899,15 +904,22 @@ def _decode_with_opencv(data: bytes, config: DecodeConfig, on_frame: FrameCallba
     height, width = bgr.shape[:2]
     if height * width > config.max_pixels:
         raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
-    source = bgr
+    return _still(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "opencv", len(data), config, on_frame)
+
+
+def _still(
+    rgb: np.ndarray, container: str, size_bytes: int, config: DecodeConfig, on_frame: FrameCallback | None
+) -> _Decoded:
+    """A decoded upright RGB still (H, W, 3) as a one-frame image, scaled to `max_side` like sampled frames."""
+    height, width = rgb.shape[:2]
     scale = min(1.0, config.max_side / max(height, width))
+    frame = rgb
     if scale < 1.0:
         size = (max(round(width * scale), 1), max(round(height * scale), 1))
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    frames = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[None]  # (1, H, W, 3)
+        frame = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    frames = np.ascontiguousarray(frame)[None]  # (1, H, W, 3)
     if on_frame is not None:
-        rgb = frames[0] if source is bgr else cv2.cvtColor(source, cv2.COLOR_BGR2RGB)
-        on_frame(0, frames[0], ArraySource(rgb, (frames.shape[2], frames.shape[1])))
+        on_frame(0, frames[0], ArraySource(np.ascontiguousarray(rgb), (frames.shape[2], frames.shape[1])))
     meta = ClipMeta(
         kind="image",
         duration_s=0.0,
@@ -918,8 +930,30 @@ def _decode_with_opencv(data: bytes, config: DecodeConfig, on_frame: FrameCallba
         has_audio=False,
         has_video=True,
         face_coverage=0.0,
-        container="opencv",
+        container=container,
         n_frames=1,
-        size_bytes=len(data),
+        size_bytes=size_bytes,
     )
-    return _Decoded(meta, np.ascontiguousarray(frames), np.zeros(1, np.float64), np.zeros(0, np.float32))
+    return _Decoded(meta, frames, np.zeros(1, np.float64), np.zeros(0, np.float32))
+
+
+def _decode_with_libheif(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded | None:
+    """A HEIC photo through libheif (pillow-heif): its primary image, grids joined and rotations applied.
+
+    None when the upload is not HEIF or libheif cannot decode it (AVIF here, a broken file): FFmpeg then
+    tries, and refuses what it cannot read. The size is checked from the header before any pixel is decoded."""
+    if data[4:8] != b"ftyp" or data[8:12].decode("latin-1").strip() not in _HEIF_BRANDS:
+        return None
+    import pillow_heif  # noqa: PLC0415 (only HEIF uploads need it)
+
+    if not pillow_heif.is_supported(data):
+        return None
+    try:
+        image = pillow_heif.open_heif(data, convert_hdr_to_8bit=True)
+        width, height = image.size
+        if height * width > config.max_pixels:
+            raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
+        rgb = np.asarray(image.to_pillow().convert("RGB"))
+    except (ValueError, RuntimeError, OSError):
+        return None  # e.g. AVIF, whose AV1 pictures this libheif cannot decode: FFmpeg's turn
+    return _still(rgb, "heif", len(data), config, on_frame)

@@ -563,29 +563,57 @@ def test_telephony_audio_decodes(make, codec: str) -> None:
     assert np.isfinite(clip.audio).all() and np.abs(clip.audio).max() > 0
 
 
-def _heif_like(brand: str, tiles: int = 1) -> bytes:
-    """What FFmpeg's MP4 demuxer shows of a HEIF/AVIF still: one-frame HEVC track(s) under a HEIF `ftyp` brand."""
+
+def _heic(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """A real HEIC file of `rgb` (pillow-heif's x265 encoder, one image)."""
+    import pillow_heif
+
+    image = pillow_heif.from_bytes(mode="RGB", size=(rgb.shape[1], rgb.shape[0]), data=np.ascontiguousarray(rgb).tobytes())
+    buf = io.BytesIO()
+    image.save(buf, quality=quality)
+    return buf.getvalue()
+
+
+def _one_frame_track(brand: str, tracks: int = 1) -> bytes:
+    """What FFmpeg's MP4 demuxer shows of a HEIF/AVIF file libheif cannot decode: one-frame track(s) under its brand
+    (H.264 here: this FFmpeg has no AV1 encoder, and its MP4 muxer now and then fails one-frame HEVC pairs)."""
     picture = np.ascontiguousarray(astronaut()[::2, ::2])  # 256 x 256
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options={"brand": brand}) as out:
         streams = []
-        for _ in range(tiles):
-            stream = out.add_stream("libx265", rate=1)
+        for _ in range(tracks):
+            stream = out.add_stream("libx264", rate=1)
             stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
-            stream.options = {"x265-params": "log-level=error"}
             streams.append(stream)
+        packets = []
         for stream in streams:
             frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-            for packet in [*stream.encode(frame), *stream.encode(None)]:
-                out.mux(packet)
+            frame.pts, frame.time_base = 0, Fraction(1, 1)
+            packets += [*stream.encode(frame), *stream.encode(None)]
+        for packet in packets:
+            out.mux(packet)
     return buf.getvalue()
 
 
-def test_a_heif_still_is_an_image_and_a_tiled_one_is_refused() -> None:
-    """A phone photo saved as HEIC is a photo, not a one-frame video; tiles PyAV cannot join are a clear 415."""
-    clip = decode_media(_heif_like("heic"))
-    assert (clip.meta.kind, clip.meta.container, clip.frames.shape[0]) == ("image", "heif", 1)
-    assert (clip.meta.width, clip.meta.height) == (256, 256)
-    assert decode_media(_heif_like("isom")).meta.kind == "video"  # the same track under an MP4 brand stays a video
+def test_a_heic_photo_is_decoded_whole_by_libheif() -> None:
+    """A phone photo saved as HEIC is a photo (not a one-frame video), at its size, with its face found."""
+    picture = astronaut()
+    data = _heic(picture)
+    clip = decode_media(data)
+    assert (clip.meta.kind, clip.meta.container, clip.meta.n_frames) == ("image", "heif", 1)
+    assert (clip.meta.width, clip.meta.height) == (512, 512)
+    assert np.abs(clip.frames[0].astype(int) - picture).mean() < 4  # the picture, not a tile or a thumbnail
+    assert clip.face_found[0]
+    with pytest.raises(MediaTooLargeError, match="512x512"):  # sized from the header, before decoding
+        decode_media(data, DecodeConfig(analyze_faces=False, max_pixels=100_000))
+    with pytest.raises(MediaError):  # cut short: a JSON error, never a crash
+        decode_media(data[: len(data) // 2], NO_FACES)
+
+
+def test_heif_that_libheif_cannot_decode_goes_to_ffmpeg() -> None:
+    """AVIF (no AV1 decoder in pillow-heif's wheel) reaches FFmpeg: one image is an image, tiles are a clear 415."""
+    clip = decode_media(_one_frame_track("avif"), NO_FACES)
+    assert (clip.meta.kind, clip.meta.container) == ("image", "avif")
+    assert decode_media(_one_frame_track("isom"), NO_FACES).meta.kind == "video"  # an MP4 brand stays a video
     with pytest.raises(NotMediaError, match="tiled HEIF/AVIF image"):
-        decode_media(_heif_like("heic", tiles=2))
+        decode_media(_one_frame_track("avif", tracks=2), NO_FACES)
