@@ -564,13 +564,15 @@ def test_telephony_audio_decodes(make, codec: str) -> None:
 
 
 
-def _heic(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """A real HEIC file of `rgb` (pillow-heif's x265 encoder, one image)."""
+def _heic(rgb: np.ndarray, quality: int = 90, orientation: int = 1) -> bytes:
+    """A real HEIC file of `rgb` (pillow-heif's x265 encoder, one image), with an EXIF orientation tag."""
+    import PIL.Image
     import pillow_heif
 
-    image = pillow_heif.from_bytes(mode="RGB", size=(rgb.shape[1], rgb.shape[0]), data=np.ascontiguousarray(rgb).tobytes())
+    exif = PIL.Image.Exif()
+    exif[0x0112] = orientation
     buf = io.BytesIO()
-    image.save(buf, quality=quality)
+    pillow_heif.from_pillow(PIL.Image.fromarray(np.ascontiguousarray(rgb))).save(buf, quality=quality, exif=exif.tobytes())
     return buf.getvalue()
 
 
@@ -608,6 +610,11 @@ def test_a_heic_photo_is_decoded_whole_by_libheif() -> None:
         decode_media(data, DecodeConfig(analyze_faces=False, max_pixels=100_000))
     with pytest.raises(MediaError):  # cut short: a JSON error, never a crash
         decode_media(data[: len(data) // 2], NO_FACES)
+    # A phone holds a portrait photo sideways and says "turn 90 degrees clockwise": it comes out upright.
+    upright = np.ascontiguousarray(picture[:, 56:456])  # 512 high, 400 wide
+    clip = decode_media(_heic(np.rot90(upright), orientation=6))
+    assert (clip.meta.width, clip.meta.height) == (400, 512) and clip.face_found[0]
+    assert np.abs(clip.frames[0].astype(int) - upright).mean() < 4
 
 
 def test_heif_that_libheif_cannot_decode_goes_to_ffmpeg() -> None:
