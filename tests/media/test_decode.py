@@ -564,15 +564,17 @@ def test_telephony_audio_decodes(make, codec: str) -> None:
 
 
 
-def _heic(rgb: np.ndarray, quality: int = 90, orientation: int = 1) -> bytes:
-    """A real HEIC file of `rgb` (pillow-heif's x265 encoder, one image), with an EXIF orientation tag."""
+def _heic(rgb: np.ndarray, quality: int = 90, orientation: int = 1, tile: int | None = None) -> bytes:
+    """A real HEIC file of `rgb` (pillow-heif's x265 encoder), with an EXIF orientation tag; with `tile`, a grid
+    of tile x tile pictures, as phones write them."""
     import PIL.Image
     import pillow_heif
 
     exif = PIL.Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
-    pillow_heif.from_pillow(PIL.Image.fromarray(np.ascontiguousarray(rgb))).save(buf, quality=quality, exif=exif.tobytes())
+    image = pillow_heif.from_pillow(PIL.Image.fromarray(np.ascontiguousarray(rgb)))
+    image.save(buf, quality=quality, exif=exif.tobytes(), **({"tile_size": tile} if tile else {}))
     return buf.getvalue()
 
 
@@ -598,7 +600,7 @@ def _one_frame_track(brand: str, tracks: int = 1) -> bytes:
 
 
 def test_a_heic_photo_is_decoded_whole_by_libheif() -> None:
-    """A phone photo saved as HEIC is a photo (not a one-frame video), at its size, with its face found."""
+    """A phone photo saved as HEIC is a photo (not a one-frame video or one tile), at its size, with its face found."""
     picture = astronaut()
     data = _heic(picture)
     clip = decode_media(data)
@@ -610,6 +612,13 @@ def test_a_heic_photo_is_decoded_whole_by_libheif() -> None:
         decode_media(data, DecodeConfig(analyze_faces=False, max_pixels=100_000))
     with pytest.raises(MediaError):  # cut short: a JSON error, never a crash
         decode_media(data[: len(data) // 2], NO_FACES)
+    # A grid of four 256 px tiles, which FFmpeg shows as four separate one-frame streams: joined whole.
+    tiled = _heic(picture, tile=256)
+    with av.open(io.BytesIO(tiled)) as container:
+        assert [(s.codec_context.width, s.codec_context.height) for s in container.streams.video] == [(256, 256)] * 4
+    clip = decode_media(tiled)
+    assert (clip.meta.kind, clip.meta.width, clip.meta.height) == ("image", 512, 512) and clip.face_found[0]
+    assert np.abs(clip.frames[0].astype(int) - picture).mean() < 4
     # A phone holds a portrait photo sideways and says "turn 90 degrees clockwise": it comes out upright.
     upright = np.ascontiguousarray(picture[:, 56:456])  # 512 high, 400 wide
     clip = decode_media(_heic(np.rot90(upright), orientation=6))
