@@ -225,9 +225,10 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
     `on_frame(k, rgb, source)` sees each sampled video frame as soon as it is converted.
     """
     budget = _Budget(config)
-    heif = _decode_with_libheif(data, config, on_frame)
-    if heif is not None:
-        return heif
+    heif = _is_heif(data)
+    still = _decode_with_libheif(data, config, on_frame) if heif else None
+    if still is not None:
+        return still
     try:
         container = _open(data, config)
     except _DECODE_ERRORS as exc:
@@ -244,7 +245,6 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
             raise MediaTooLargeError(f"{name}: {len(container.streams)} streams; the limit is {config.max_streams}")
         video = _pick_video_stream(container)
         audio = container.streams.audio[0] if container.streams.audio else None
-        heif = container.metadata.get("major_brand", "").strip() in _HEIF_BRANDS
         if heif and len(container.streams.video) > 1:
             raise NotMediaError(
                 f"{name}: a tiled HEIF/AVIF image ({len(container.streams.video)} tiles) is not supported: "
@@ -937,13 +937,16 @@ def _still(
     return _Decoded(meta, frames, np.zeros(1, np.float64), np.zeros(0, np.float32))
 
 
-def _decode_with_libheif(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded | None:
-    """A HEIC photo through libheif (pillow-heif): its primary image, grids joined and rotations applied.
+def _is_heif(data: bytes) -> bool:
+    """The upload opens with an `ftyp` box whose major brand is a HEIF/AVIF one."""
+    return data[4:8] == b"ftyp" and data[8:12].decode("latin-1").strip() in _HEIF_BRANDS
 
-    None when the upload is not HEIF or libheif cannot decode it (AVIF here, a broken file): FFmpeg then
-    tries, and refuses what it cannot read. The size is checked from the header before any pixel is decoded."""
-    if data[4:8] != b"ftyp" or data[8:12].decode("latin-1").strip() not in _HEIF_BRANDS:
-        return None
+
+def _decode_with_libheif(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded | None:
+    """A HEIF upload's primary image through libheif (pillow-heif): grids joined and rotations applied.
+
+    None when libheif cannot decode it (AVIF here, a broken file): FFmpeg then tries, and refuses what
+    it cannot read. The size is checked from the header before any pixel is decoded."""
     import pillow_heif  # noqa: PLC0415 (only HEIF uploads need it)
 
     if not pillow_heif.is_supported(data):
@@ -953,7 +956,8 @@ def _decode_with_libheif(data: bytes, config: DecodeConfig, on_frame: FrameCallb
         width, height = image.size
         if height * width > config.max_pixels:
             raise MediaTooLargeError(f"image size {width}x{height} exceeds {config.max_pixels} pixels")
-        rgb = np.asarray(image.to_pillow().convert("RGB"))
+        picture = image.to_pillow()
+        rgb = np.asarray(picture if picture.mode == "RGB" else picture.convert("RGB"))
     except (ValueError, RuntimeError, OSError):
         return None  # e.g. AVIF, whose AV1 pictures this libheif cannot decode: FFmpeg's turn
     return _still(rgb, "heif", len(data), config, on_frame)
