@@ -33,6 +33,7 @@ from models.compression import (
 )
 from models.fusion import (
     MODALITIES,
+    VISUAL_SCALARS,
     FusionConfig,
     FusionModel,
     FusionOutput,
@@ -41,6 +42,7 @@ from models.fusion import (
     build_fusion,
     fusion_config_for,
     fusion_inputs,
+    fusion_view,
     modality_dims,
     triage_features,
     visual_features,
@@ -53,6 +55,7 @@ __all__ = [
     "BUNDLE_NAMES",
     "MODALITIES",
     "MODELS",
+    "VISUAL_SCALARS",
     "AVAlignmentConfig",
     "AVAlignmentModel",
     "AVOutput",
@@ -81,6 +84,7 @@ __all__ = [
     "build_fusion",
     "fusion_config_for",
     "fusion_inputs",
+    "fusion_view",
     "list_versions",
     "load_bundle",
     "load_version",

@@ -13,7 +13,8 @@ logistic regression over the branch scores, so with little training data it can 
 on it instead of overfitting the embeddings, and the attention path learns the rest.
 
 The feature builders below are the contract between the branch deployments and fusion:
-they turn branch outputs into fixed-size float32 vectors whose sizes match `FusionConfig`.
+they turn branch outputs into fixed-size float32 vectors; `fusion_view` turns each into what one
+fusion bundle reads (sizes in `FusionConfig.modalities`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ ArrayLike = Tensor | np.ndarray | Sequence[float] | float
 
 
 def modality_dims(compression: CompressionResilientConfig, av: AVAlignmentConfig) -> tuple[tuple[str, int], ...]:
-    """(name, feature dim) per modality, in MODALITIES order, for branches built from these configs."""
+    """(name, feature dim a fusion reads: see `fusion_view`) per modality, in MODALITIES order, for branches
+    built from these configs."""
     return (
         ("triage", TRIAGE_DIM),
         ("visual", 3 + compression.embed_dim),
@@ -51,6 +53,10 @@ def modality_dims(compression: CompressionResilientConfig, av: AVAlignmentConfig
 DEFAULT_MODALITIES = modality_dims(CompressionResilientConfig(), AVAlignmentConfig())
 # Leading scalar features per modality (see the feature builders below): the linear path's inputs.
 DIRECT_FEATURES = (("triage", TRIAGE_DIM), ("visual", 3), ("av", 3), ("audio", 1))
+# `visual_features` gives four scalars before the embedding: mean, largest and second-largest crop logit and
+# mean reconstruction error. A fusion reads three of them (indices below), by `FusionConfig.visual_peak`.
+VISUAL_SCALARS = 4
+VISUAL_VIEWS = {"max": (0, 1, 3), "second": (0, 2, 3)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,12 @@ class FusionConfig:
     # a fast screening model whose scores on media from elsewhere drift towards "fake" (independent generator:
     # authentic clip logit median +1.0 against -0.4 in distribution); it picks keyframes and exits early.
     ignored: tuple[str, ...] = ()
+    # Which crop logit stands for the visual branch's peak beside the mean: "max" (fusions v0-v4) or "second",
+    # the second largest (the largest when one crop was scored), so that one frame alone is not evidence. On
+    # real talking-head videos one crop among four scores far above the rest (WolfgangLanger_Pexels: mean
+    # logit -0.82, max +2.92); fusions that read the max learned from the benchmark that this means a local
+    # manipulation and called such videos fake (README, "One frame is not evidence").
+    visual_peak: str = "max"
 
 
 def fusion_config_for(
@@ -104,6 +116,8 @@ class FusionModel(nn.Module):
             raise ValueError(f"duplicate modality names in {self.names}")
         d = config.d_model
         direct_k = dict(config.direct)
+        if config.visual_peak not in VISUAL_VIEWS:
+            raise ValueError(f"visual_peak must be one of {sorted(VISUAL_VIEWS)}, got {config.visual_peak!r}")
         if not config.read_embeddings and set(direct_k) != set(self.names):
             raise ValueError("read_embeddings=False needs direct scalars for every modality")
         self.token_dims = {name: dim if config.read_embeddings else direct_k[name] for name, dim in config.modalities}
@@ -217,7 +231,8 @@ def triage_features(clip_logit: ArrayLike, frame_logits: ArrayLike) -> np.ndarra
 
 
 def visual_features(logits: ArrayLike, embeddings: ArrayLike, recon_errors: ArrayLike) -> np.ndarray:
-    """(3+E,) over K keyframe crops: [mean logit, max logit, mean recon error, mean embedding (E,)]."""
+    """(4+E,) over K keyframe crops: [mean logit, max logit, second-largest logit (the max when K = 1), mean
+    recon error, mean embedding (E,)]. A fusion reads three of the scalars: `fusion_view`."""
     lg = _array(logits).reshape(-1)
     emb = _array(embeddings)
     err = _array(recon_errors).reshape(-1)
@@ -226,7 +241,20 @@ def visual_features(logits: ArrayLike, embeddings: ArrayLike, recon_errors: Arra
             f"need K >= 1 crops with logits (K,), embeddings (K, E), recon_errors (K,); "
             f"got {lg.shape}, {emb.shape}, {err.shape}"
         )
-    return np.concatenate([[lg.mean(), lg.max(), err.mean()], emb.mean(axis=0)]).astype(np.float32)
+    top = np.sort(lg)[-2:]
+    return np.concatenate([[lg.mean(), top[-1], top[0], err.mean()], emb.mean(axis=0)]).astype(np.float32)
+
+
+def fusion_view(name: str, features: ArrayLike, config: FusionConfig) -> np.ndarray:
+    """One branch's feature vector as the fusion of `config` reads it.
+
+    Visual: [mean, peak, error, embedding] from `visual_features`' [mean, max, second, error, embedding], the
+    peak chosen by `config.visual_peak`. Other modalities (and a vector too short to be visual's) as given.
+    """
+    vec = _array(features).reshape(-1)
+    if name != "visual" or vec.size < VISUAL_SCALARS:
+        return vec
+    return np.concatenate([vec[list(VISUAL_VIEWS[config.visual_peak])], vec[VISUAL_SCALARS:]])
 
 
 def av_features(
@@ -269,7 +297,7 @@ def fusion_inputs(
             value = sample.get(name)
             if value is None:
                 continue
-            vec = _array(value).reshape(-1)
+            vec = fusion_view(name, value, config)
             if vec.size != dim:
                 raise ValueError(f"{name} features must have {dim} values, got {vec.size}")
             features[name][row] = vec

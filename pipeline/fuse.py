@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models import FusionModel, fusion_inputs
+from models import FusionModel, fusion_inputs, fusion_view
 from models.fusion import combine_independent
 from pipeline.results import BranchResult, FusionResult, ModelInfo
 from pipeline.timing import Timer
@@ -61,10 +61,11 @@ def run_fusion(
         if not ok:
             results[i] = FusionResult(combine_independent(None, aside[i]), info)
             continue
-        mismatched = [m for m, b in ok.items() if m not in dims or b.features.shape != (dims[m],)]
+        read = {m: fusion_view(m, b.features, model.config).size for m, b in ok.items()}
+        mismatched = [m for m in ok if m not in dims or read[m] != dims[m]]
         if mismatched:
             reason = "feature size mismatch for " + ", ".join(
-                f"{m} ({ok[m].features.shape[0]} != {dims.get(m)})" for m in mismatched
+                f"{m} ({read[m]} != {dims.get(m)})" for m in mismatched
             ) + "; verdict is the mean of branch scores"
             results[i] = FusionResult(float(np.mean([b.score for b in ok.values()])), info, status="failed", reason=reason)
         else:

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion-ignore", action="append", default=[], choices=("triage", "visual", "av", "audio"),
         help="fusion: a modality it does not read at all (its branch still runs and reports)",
     )
+    train.add_argument(
+        "--fusion-visual-peak", default="second", choices=("second", "max"),
+        help="fusion: the crop logit it reads beside the visual mean: the second largest (one frame alone is "
+        "not evidence; default) or the largest (fusions v0-v4)",
+    )
     train.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers reading the cache")
     train.add_argument("--ray-address", default=None,
                        help="train on this Ray cluster: decoding as Ray Data, each model as Ray Train (local otherwise)")
@@ -207,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "branch_version": args.branch_version, "exclude_families": args.exclude_family,
                 "loader_workers": args.loader_workers, "command": command_line, "overwrite": args.force,
                 "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
+                "fusion_visual_peak": args.fusion_visual_peak,
             }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
@@ -220,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, branch_version=args.branch_version,
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
                 overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
+                fusion_visual_peak=args.fusion_visual_peak,
                 **common,
             )}
         for name, result in results.items():

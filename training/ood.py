@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from models.bundle import CHANNEL_OOD_FILE, EXPERT_CHANNEL_OOD_FILE, EXPERT_OOD_FILE, OOD_FILE, attach_ood, load_version
 from models.channel import channel_profile
+from models.fusion import VISUAL_SCALARS
 from models.ood import OODStats
 from pipeline.av import run_av, served_audio
 from pipeline.config import PipelineConfig
@@ -59,7 +60,7 @@ def clip_embeddings(pipeline: Any, data: ManifestData, indices: list[int], progr
     for i in tqdm(indices, desc="embeddings", unit="file", disable=not progress):
         branch = run_visual(bundle.model, [data.arrays(i)], [None], pipeline.config.visual, pipeline.device)[0]
         if branch.status == "ok":
-            rows.append(branch.features[3:])  # visual_features: [mean logit, max logit, mean error, mean embedding]
+            rows.append(branch.features[VISUAL_SCALARS:])  # visual_features: its scalars, then the mean embedding
     return np.asarray(rows, np.float64)
 
 

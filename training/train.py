@@ -801,7 +801,7 @@ METHOD = {
 def equivalent_command(
     name: str, manifest: Path, version: str, *, preset: str, epochs: int, batch_size: int, lr: float,
     seed: int, device: str, weights_dir: Path | None, branch_version: str | None, exclude_families: Sequence[str],
-    fusion_scalars_only: bool = False, fusion_ignore: Sequence[str] = (),
+    fusion_scalars_only: bool = False, fusion_ignore: Sequence[str] = (), fusion_visual_peak: str = "second",
 ) -> str:
     """The CLI line that reproduces a call, for cards written by Python callers."""
     args = ["spectrashield", "train", name, "--manifest", str(manifest), "--version", version,
@@ -817,6 +817,7 @@ def equivalent_command(
         args += ["--fusion-scalars-only"] if fusion_scalars_only else []
         for modality in fusion_ignore:
             args += ["--fusion-ignore", modality]
+        args += ["--fusion-visual-peak", fusion_visual_peak]
     return shlex.join(args)
 
 
@@ -922,6 +923,7 @@ def train_model(
     progress: bool = True,
     fusion_scalars_only: bool = False,
     fusion_ignore: Sequence[str] = (),
+    fusion_visual_peak: str = "second",
     save_root: Path | None = None,
 ) -> TrainResult:
     """Train one model and save it to `<weights_dir>/<name>/<version>/` as a `trained: true` bundle.
@@ -952,7 +954,7 @@ def train_model(
     command = command or equivalent_command(
         name, manifest, version, preset=preset, epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, seed=seed,
         device=device, weights_dir=weights_dir, branch_version=branch_version, exclude_families=exclude_families,
-        fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore,
+        fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore, fusion_visual_peak=fusion_visual_peak,
     )
     if data is None:
         splits = ("fusion", "val") if name == "fusion" else ("train", "val")
@@ -981,6 +983,7 @@ def train_model(
         config = replace(
             template, modalities=tuple(d for d in dims if d[0] not in unread), independent=independent,
             direct=direct, read_embeddings=not fusion_scalars_only, ignored=tuple(fusion_ignore),
+            visual_peak=fusion_visual_peak,
         )
         model = build_fusion(config).to(device)
         metrics = train_fusion(model, branches, data, hp, settings, **common)
@@ -991,6 +994,9 @@ def train_model(
                                "(`--fusion-scalars-only`); the av token without the spoof logit")
         if fusion_ignore:
             extra_lines.append("Not read at all (`--fusion-ignore`): " + ", ".join(fusion_ignore))
+        peak = {"second": "the second-largest crop logit (one frame alone is not evidence)", "max": "the largest crop logit"}
+        extra_lines.append(f"Reads beside the mean visual logit (`--fusion-visual-peak {fusion_visual_peak}`): "
+                           + peak[fusion_visual_peak])
     else:
         model = _build(name, preset).to(device)
         if name == "fast_triage":

@@ -41,7 +41,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
-from models import MODELS, CompressionResilientDetector, save_bundle, weights_root
+from models import MODELS, VISUAL_SCALARS, CompressionResilientDetector, save_bundle, weights_root
 from models.bundle import attach_ood, load_version
 from models.common import resize_to
 from models.compression import init_rgb_backbone
@@ -410,7 +410,7 @@ def authentic_embeddings(model: nn.Module, datas: Sequence[tuple[ManifestData, s
                 continue
             branch = run_visual(model, [data.arrays(i)], [None], settings.visual)[0]
             if branch.status == "ok":
-                rows.append(branch.features[3:])
+                rows.append(branch.features[VISUAL_SCALARS:])
     return np.asarray(rows, np.float64)
 
 

@@ -14,6 +14,7 @@ from models import (
     av_features,
     fusion_config_for,
     fusion_inputs,
+    fusion_view,
     triage_features,
     visual_features,
 )
@@ -120,7 +121,9 @@ def test_triage_features_values() -> None:
 
 def test_visual_av_audio_feature_values() -> None:
     v = visual_features([1.0, 3.0], np.array([[0.0, 2.0], [2.0, 4.0]]), torch.tensor([0.1, 0.3]))
-    np.testing.assert_allclose(v, [2.0, 3.0, 0.2, 1.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(v, [2.0, 3.0, 1.0, 0.2, 1.0, 3.0], rtol=1e-6)  # mean, max, second, error, emb
+    one = visual_features([-1.5], np.array([[5.0, 6.0]]), [0.4])
+    np.testing.assert_allclose(one, [-1.5, -1.5, -1.5, 0.4, 5.0, 6.0], rtol=1e-6)  # one crop: second = max
     a = av_features(torch.tensor([1.5]), 250.0, -2.0, torch.tensor([[7.0, 8.0]]))
     np.testing.assert_allclose(a, [1.5, 0.25, -2.0, 7.0, 8.0])
     s = audio_features(np.float32(-1.0), [4.0, 5.0])
@@ -161,7 +164,7 @@ def test_branch_outputs_through_builders_fit_fusion(
         "audio": audio_features(s.spoof_logit[0], s.embedding[0]),
     }
     dims = dict(fusion.config.modalities)
-    assert {k: v.shape for k, v in video.items()} == {k: (d,) for k, d in dims.items()}
+    assert {k: fusion_view(k, v, fusion.config).shape for k, v in video.items()} == {k: (d,) for k, d in dims.items()}
     image = {"visual": video["visual"]}
     audio_only = {"audio": video["audio"], "triage": None}
     features, present = fusion_inputs([video, image, audio_only], fusion.config)
@@ -169,6 +172,42 @@ def test_branch_outputs_through_builders_fit_fusion(
     with torch.no_grad():
         out = fusion(features, present)
     assert out.logit.shape == (3,) and torch.isfinite(out.logit).all()
+
+
+@pytest.mark.parametrize("peak, read", [("max", 3.0), ("second", -4.0)])
+def test_a_fusion_reads_the_visual_peak_it_was_trained_on(peak: str, read: float) -> None:
+    """One crop far above the rest (what real talking-head videos show) is the peak of a "max" fusion
+    (v0-v4) only; a "second" fusion reads the second-largest crop logit, so one frame alone is not evidence."""
+    from dataclasses import replace
+
+    config = replace(FusionConfig(), visual_peak=peak)
+    dim = dict(config.modalities)["visual"]
+    crops = [-5.0, 3.0, -6.0, -4.0]
+    features = visual_features(crops, np.tile(np.arange(dim - 3, dtype=np.float32), (4, 1)), [0.1] * 4)
+    view = fusion_view("visual", features, config)
+    np.testing.assert_allclose(view[:3], [np.mean(crops), read, 0.1], rtol=1e-6)
+    np.testing.assert_array_equal(view[3:], np.arange(dim - 3))
+    batch, _ = fusion_inputs([{"visual": features}], config)
+    np.testing.assert_allclose(batch["visual"][0].numpy(), view)
+    av = np.arange(dict(config.modalities)["av"], dtype=np.float32)
+    np.testing.assert_array_equal(fusion_view("av", av, config), av)  # other modalities as they are
+    from models import build_fusion
+
+    with pytest.raises(ValueError, match="visual_peak"):
+        build_fusion(replace(FUSION_TEST_CONFIG, visual_peak="median"))
+
+
+def test_a_bundle_written_before_visual_peak_reads_the_largest_crop() -> None:
+    """Fusion bundles v0-v4 have no `visual_peak` in config.json: they load as "max", what they learned from."""
+    import json
+    from dataclasses import asdict
+
+    from models.registry import config_from_dict
+
+    stored = json.loads(json.dumps(asdict(FUSION_TEST_CONFIG)))
+    del stored["visual_peak"]
+    assert config_from_dict(FusionConfig, stored) == FUSION_TEST_CONFIG
+    assert config_from_dict(FusionConfig, stored).visual_peak == "max"
 
 
 def test_fusion_inputs_rejects_bad_samples() -> None:
@@ -194,7 +233,8 @@ def test_an_independent_modality_is_combined_as_noisy_or_not_read_by_the_model()
     torch.manual_seed(0)
     model = build_fusion(replace(FUSION_TEST_CONFIG, modalities=dims, direct=direct, independent=("audio",))).eval()
     rng = np.random.default_rng(0)
-    visual = BranchResult("visual", "ok", score=0.3, features=rng.normal(size=dict(dims)["visual"]).astype(np.float32))
+    visual_dim = dict(dims)["visual"] + 1  # the branch gives max and second; the fusion reads one of them
+    visual = BranchResult("visual", "ok", score=0.3, features=rng.normal(size=visual_dim).astype(np.float32))
     audio_dim = dict(FUSION_TEST_CONFIG.modalities)["audio"]
     audio = BranchResult("audio", "ok", score=0.8, features=rng.normal(size=audio_dim).astype(np.float32))
     other_audio = BranchResult("audio", "ok", score=0.1, features=rng.normal(size=audio_dim).astype(np.float32))

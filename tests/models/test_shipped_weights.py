@@ -28,10 +28,10 @@ MAX_TOTAL_BYTES = 14 * 1024 * 1024
 # (v4), so it abstains on others; v2's spoof head is better on real TTS but false-alarms on real
 # speakers, see its card), and the fusion fitted on these branches (AV v3, the same weights), reading
 # their scores only (v4).
-SERVED = {"fast_triage": "v2", "compression_resilient": "v2", "av_alignment": "v4", "fusion": "v4"}
+SERVED = {"fast_triage": "v2", "compression_resilient": "v2", "av_alignment": "v4", "fusion": "v5"}
 VERSIONS = ("v0", "v1", "v2")  # every bundle has these
 BRANCHES_OF_FUSION = {
-    "v0": ("v0", "v0"), "v1": ("v1", "v1"), "v2": ("v2", "v2"), "v3": ("v2", "v1"), "v4": ("v2", "v3"),
+    "v0": ("v0", "v0"), "v1": ("v1", "v1"), "v2": ("v2", "v2"), "v3": ("v2", "v1"), "v4": ("v2", "v3"), "v5": ("v2", "v4"),
 }
 DEPLOYMENT_OF = {
     "fast_triage": "FastTriage", "compression_resilient": "CompressionResilient",
@@ -101,6 +101,7 @@ GOLDEN_V4["av_alignment"] = GOLDEN_V1["av_alignment"]  # v4 is v3 plus the recor
 # v5 is v4 (v1's weights, both of its statistics) plus the speech expert (real speech, real TTS) and its statistics
 GOLDEN_V5: dict[str, dict[str, list[float]]] = {
     "av_alignment": {**GOLDEN_V1["av_alignment"], "expert_spoof_logit": [5.963834]},
+    "fusion": {"logit": [5.665644, 5.427213], "gate_weights": [0.224652, 0.184756, 0.590592]},
 }
 
 GOLDEN = {"v0": GOLDEN_V0, "v1": GOLDEN_V1, "v2": GOLDEN_V2, "v3": GOLDEN_V3, "v4": GOLDEN_V4, "v5": GOLDEN_V5}
@@ -206,6 +207,8 @@ def test_fusion_bundle_fits_branch_bundles(version: str) -> None:
     assert fusion.modalities == tuple(d for d in modality_dims(compression, av) if d[0] not in unread)
     own_speech_head = av.spoof_net is not None or av.speech_expert is not None
     assert fusion.independent == (("audio",) if own_speech_head else ())
+    # v5 on: the second-largest crop logit beside the mean (one frame alone is not evidence)
+    assert fusion.visual_peak == ("max" if version in ("v0", "v1", "v2", "v3", "v4") else "second")
 
 
 @pytest.mark.parametrize("profile", ["serve.cpu.yaml", "serve.gpu.yaml"])

@@ -113,7 +113,9 @@ def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(l
     bundle = local.bundles["compression_resilient"]
     plain = run_visual(bundle.model, [decoded], [None], VisualConfig(), "cpu")[0]
     assert plain.status == "ok" and plain.out_of_distribution is None and "ood_distance" not in plain.details
-    dim = plain.features.size - 3
+    from models import VISUAL_SCALARS
+
+    dim = plain.features.size - VISUAL_SCALARS
     for threshold, expected in ((0.0, True), (1e9, False)):
         stats = OODStats(np.zeros(dim), np.eye(dim), threshold)
         branch = run_visual(bundle.model, [decoded], [None], VisualConfig(), "cpu", None, stats)[0]
