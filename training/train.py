@@ -40,6 +40,7 @@ from models import (
     AVAlignmentModel,
     CompressionResilientDetector,
     FastTriage,
+    FusionConfig,
     FusionModel,
     build_fusion,
     modality_dims,
@@ -700,6 +701,25 @@ def fusion_target(entry: ManifestEntry, independent: Sequence[str] = ()) -> int:
     return entry.label
 
 
+def evidence_tokens(config: FusionConfig) -> dict[str, tuple[str, ...]]:
+    """Manipulated modality (`modality_labels`) -> the fusion tokens that can show it."""
+    av_reads_spoof = config.read_embeddings or dict(config.direct).get("av", 0) >= 3  # av_features' spoof logit
+    return {"visual": ("visual", "triage"), "audio": ("audio", "av") if av_reads_spoof else ("audio",), "av": ("av",)}
+
+
+def evidence_matrix(entries: Sequence[ManifestEntry], config: FusionConfig) -> Tensor:
+    """(N, M) bool: token m can show file n's manipulation. All True for authentic files and for fakes
+    without per-modality labels (nothing is known about where their evidence lies)."""
+    names = [name for name, _ in config.modalities]
+    tokens = evidence_tokens(config)
+    shows = torch.ones(len(entries), len(names), dtype=torch.bool)
+    for row, entry in enumerate(entries):
+        manipulated = [m for m, v in entry.modality_labels.model_dump().items() if v == 1]
+        if entry.label == 1 and manipulated:
+            shows[row] = torch.tensor([any(n in tokens[m] for m in manipulated) for n in names])
+    return shows
+
+
 def drop_modalities(present: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Hide each present modality with probability p, never all of them: the served graph skips
     branches (no audio, images, failures), and fusion must not lean on any single one."""
@@ -715,7 +735,13 @@ def train_fusion(
     *, seed: int, device: str, progress: bool,
 ) -> dict[str, Any]:
     """Class-unweighted BCE on `label` over the trained branches' features for the `fusion` split,
-    with modality dropout; then the temperature minimising val NLL."""
+    with modality dropout; then the temperature minimising val NLL.
+
+    A fake none of whose manipulated modalities has a token left (hidden by dropout, or its branch did
+    not run) adds nothing to that step's loss: what is left looks authentic, and a "fake" label there
+    would teach fusion that missing evidence is evidence (the served audio branch abstains on every real
+    voice, so such a fusion would call every real video suspicious).
+    """
     fit_idx = data.indices("fusion")
     val_idx = data.indices("val")
     every_branch = {"honour_early_exit": False, "progress": progress}
@@ -724,19 +750,22 @@ def train_fusion(
     independent = model.config.independent
     unread = set(independent) | set(model.config.ignored)
 
-    def usable(runs: Sequence[Any], idx: Sequence[int]) -> list[tuple[dict[str, np.ndarray], int]]:
+    def usable(runs: Sequence[Any], idx: Sequence[int]) -> list[tuple[dict[str, np.ndarray], int, int]]:
         out = []
         for r, i in zip(runs, idx, strict=True):
             features = {m: f for m, f in (r.features or {}).items() if m not in unread}
             if features:
-                out.append((features, fusion_target(data.entries[i], independent)))
+                out.append((features, fusion_target(data.entries[i], independent), i))
         return out
 
     fit, val = usable(fit_runs, fit_idx), usable(val_runs, val_idx)
     if not fit:
         raise ValueError("no file of the fusion split produced any branch output")
-    features, present = fusion_batch([f for f, _ in fit], model, device)
-    labels = torch.tensor([y for _, y in fit], dtype=torch.float32, device=device)
+    features, present = fusion_batch([f for f, _, _ in fit], model, device)
+    labels = torch.tensor([y for _, y, _ in fit], dtype=torch.float32, device=device)
+    shows = evidence_matrix(
+        [data.entries[i].model_copy(update={"label": y}) for _, y, i in fit], model.config
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     params = list(model.parameters())
     generator = torch.Generator().manual_seed(seed)
@@ -747,20 +776,21 @@ def train_fusion(
         for batch in order.split(hp.batch_size):
             mask = drop_modalities(present[batch], hp.modality_dropout, generator)
             out = model({k: v[batch] for k, v in features.items()}, mask)
+            weight = (mask & shows[batch]).any(dim=1).float()  # 0: a fake with no evidence left
+            terms = F.binary_cross_entropy_with_logits(out.logit, labels[batch], reduction="none") * weight
             if world == 1:
-                loss = F.binary_cross_entropy_with_logits(out.logit, labels[batch])
+                loss = terms.sum() / len(batch)
             else:  # every rank runs the (tiny) forward alike; its slice's share of the batch mean goes into the average
                 mine = torch.arange(len(batch), device=device).tensor_split(world)[rank]
-                loss = F.binary_cross_entropy_with_logits(
-                    out.logit[mine], labels[batch][mine], reduction="sum") * world / len(batch)
+                loss = terms[mine].sum() * world / len(batch)
             _step(optimizer, loss, params, hp.grad_clip)
     model.eval()
     model.set_temperature(1.0)
     metrics: dict[str, Any] = {"fit_split": "fusion", "fit_files": len(fit), "calibration_split": "val"}
     if val:
         with torch.inference_mode():
-            raw = model(*fusion_batch([f for f, _ in val], model, device)).logit.float().cpu().numpy()
-        y = np.array([label for _, label in val])
+            raw = model(*fusion_batch([f for f, _, _ in val], model, device)).logit.float().cpu().numpy()
+        y = np.array([label for _, label, _ in val])
         temperature = fit_temperature(raw, y)
         model.set_temperature(temperature)
         metrics.update(
@@ -794,7 +824,8 @@ METHOD = {
     "fusion": "Inputs: the trained branches' fusion features on the `fusion` split, which no branch "
     "trained on, computed by the served stages (keyframes from triage scores, etc.) with every branch "
     "run. The model's linear path over each branch's scores is trained jointly with the attention "
-    "path. Loss: BCE on label, modality dropout. Temperature: LBFGS on val NLL.",
+    "path. Loss: BCE on label, modality dropout; a fake none of whose manipulated modalities has a "
+    "token left adds no loss (it looks authentic to what is left). Temperature: LBFGS on val NLL.",
 }
 
 

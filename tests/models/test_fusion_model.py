@@ -260,3 +260,39 @@ def test_fusion_target_leaves_an_independent_modality_to_its_own_branch() -> Non
     assert fusion_target(entry(1, visual=1, audio=0), ("audio",)) == 1
     assert fusion_target(entry(1, av=1, audio=1), ("audio",)) == 1
     assert fusion_target(entry(0, visual=0, audio=0), ("audio",)) == 0
+
+
+def test_a_fake_whose_manipulated_modalities_are_all_hidden_teaches_fusion_nothing() -> None:
+    """Modality dropout must not teach "missing evidence is evidence": a voice-only fake whose audio token
+    is hidden looks authentic to what is left, so it adds no loss; authentic files and fakes without
+    per-modality labels always count."""
+    from dataclasses import replace
+
+    from training.manifest import ManifestEntry, ModalityLabels
+    from training.train import evidence_matrix
+
+    def entry(label: int, **labels: int) -> ManifestEntry:
+        return ManifestEntry(path="x", label=label, kind="video", split="fusion", modality_labels=ModalityLabels(**labels))
+
+    entries = [
+        entry(1, visual=0, audio=1, av=0),  # voice only
+        entry(1, visual=1, audio=0, av=0),  # face only
+        entry(1, visual=0, audio=0, av=1),  # lips out of sync
+        entry(1, visual=1, audio=1, av=0),  # face and voice
+        entry(0, visual=0, audio=0, av=0),
+        entry(1),  # a fake from elsewhere: where its evidence lies is unknown
+    ]
+    config = FusionConfig()  # triage, visual, av, audio; the av token reads the spoof logit too
+    assert evidence_matrix(entries, config).tolist() == [
+        [False, False, True, True],
+        [True, True, False, False],
+        [False, False, True, False],
+        [True, True, True, True],
+        [True, True, True, True],
+        [True, True, True, True],
+    ]
+    scalars = replace(FusionConfig(), read_embeddings=False, direct=(("triage", 4), ("visual", 3), ("av", 2), ("audio", 1)))
+    assert evidence_matrix(entries[:1], scalars).tolist() == [[False, False, False, True]]  # av without the spoof logit
+    shows = evidence_matrix(entries, scalars)
+    no_audio = torch.tensor([[True, True, True, False]] * len(entries))
+    assert ((no_audio & shows).any(dim=1)).tolist() == [False, True, True, True, True, True]

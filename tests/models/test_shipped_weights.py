@@ -101,7 +101,7 @@ GOLDEN_V4["av_alignment"] = GOLDEN_V1["av_alignment"]  # v4 is v3 plus the recor
 # v5 is v4 (v1's weights, both of its statistics) plus the speech expert (real speech, real TTS) and its statistics
 GOLDEN_V5: dict[str, dict[str, list[float]]] = {
     "av_alignment": {**GOLDEN_V1["av_alignment"], "expert_spoof_logit": [5.963834]},
-    "fusion": {"logit": [5.665644, 5.427213], "gate_weights": [0.224652, 0.184756, 0.590592]},
+    "fusion": {"logit": [3.719867, 3.996208], "gate_weights": [0.036794, 0.042868, 0.920337]},
 }
 
 GOLDEN = {"v0": GOLDEN_V0, "v1": GOLDEN_V1, "v2": GOLDEN_V2, "v3": GOLDEN_V3, "v4": GOLDEN_V4, "v5": GOLDEN_V5}
