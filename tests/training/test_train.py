@@ -306,11 +306,15 @@ def test_fusion_temperature_is_fitted_on_val(trained: tuple[Path, dict[str, Trai
 def test_cli_train_records_the_exact_command(trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path) -> None:
     weights, _ = trained
     argv = ["train", "fusion", "--manifest", str(tiny_manifest), "--version", "t2", "--branch-version", "t1",
-            "--weights-dir", str(weights), "--preset", "test", "--epochs", "2", "--device", "cpu", "--no-progress"]
+            "--weights-dir", str(weights), "--preset", "test", "--epochs", "2", "--device", "cpu", "--no-progress",
+            "--fusion-visual-peak", "max"]
     assert cli_main(argv) == 0
     card = (weights / "fusion" / "t2" / "card.md").read_text()
     assert "spectrashield train fusion --manifest" in card and "--epochs 2" in card and "--branch-version t1" in card
     assert "fast_triage/t1" in card  # which branch bundles fusion was fitted on
+    assert "--fusion-visual-peak max" in card and "the largest crop logit" in card
+    assert load_bundle(weights / "fusion" / "t2").config.visual_peak == "max"
+    assert load_bundle(weights / "fusion" / "t1").config.visual_peak == "second"  # the default
 
 
 def test_cli_delegates_generate_and_adapt(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
