@@ -707,15 +707,19 @@ def evidence_tokens(config: FusionConfig) -> dict[str, tuple[str, ...]]:
     return {"visual": ("visual", "triage"), "audio": ("audio", "av") if av_reads_spoof else ("audio",), "av": ("av",)}
 
 
-def evidence_matrix(entries: Sequence[ManifestEntry], config: FusionConfig) -> Tensor:
+def evidence_matrix(
+    entries: Sequence[ManifestEntry], config: FusionConfig, labels: Sequence[int] | None = None
+) -> Tensor:
     """(N, M) bool: token m can show file n's manipulation. All True for authentic files and for fakes
-    without per-modality labels (nothing is known about where their evidence lies)."""
+    without per-modality labels (nothing is known about where their evidence lies). `labels` (default:
+    each entry's) are the targets fusion learns, `fusion_target`'s."""
     names = [name for name, _ in config.modalities]
     tokens = evidence_tokens(config)
     shows = torch.ones(len(entries), len(names), dtype=torch.bool)
     for row, entry in enumerate(entries):
+        label = entry.label if labels is None else labels[row]
         manipulated = [m for m, v in entry.modality_labels.model_dump().items() if v == 1]
-        if entry.label == 1 and manipulated:
+        if label == 1 and manipulated:
             shows[row] = torch.tensor([any(n in tokens[m] for m in manipulated) for n in names])
     return shows
 
@@ -763,9 +767,7 @@ def train_fusion(
         raise ValueError("no file of the fusion split produced any branch output")
     features, present = fusion_batch([f for f, _, _ in fit], model, device)
     labels = torch.tensor([y for _, y, _ in fit], dtype=torch.float32, device=device)
-    shows = evidence_matrix(
-        [data.entries[i].model_copy(update={"label": y}) for _, y, i in fit], model.config
-    ).to(device)
+    shows = evidence_matrix([data.entries[i] for _, _, i in fit], model.config, [y for _, y, _ in fit]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     params = list(model.parameters())
     generator = torch.Generator().manual_seed(seed)

@@ -563,7 +563,6 @@ def test_telephony_audio_decodes(make, codec: str) -> None:
     assert np.isfinite(clip.audio).all() and np.abs(clip.audio).max() > 0
 
 
-
 def _heic(rgb: np.ndarray, quality: int = 90, orientation: int = 1, tile: int | None = None) -> bytes:
     """A real HEIC file of `rgb` (pillow-heif's x265 encoder), with an EXIF orientation tag; with `tile`, a grid
     of tile x tile pictures, as phones write them."""

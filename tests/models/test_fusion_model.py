@@ -180,6 +180,8 @@ def test_a_fusion_reads_the_visual_peak_it_was_trained_on(peak: str, read: float
     (v0-v4) only; a "second" fusion reads the second-largest crop logit, so one frame alone is not evidence."""
     from dataclasses import replace
 
+    from models import build_fusion
+
     config = replace(FusionConfig(), visual_peak=peak)
     dim = dict(config.modalities)["visual"]
     crops = [-5.0, 3.0, -6.0, -4.0]
@@ -191,8 +193,6 @@ def test_a_fusion_reads_the_visual_peak_it_was_trained_on(peak: str, read: float
     np.testing.assert_allclose(batch["visual"][0].numpy(), view)
     av = np.arange(dict(config.modalities)["av"], dtype=np.float32)
     np.testing.assert_array_equal(fusion_view("av", av, config), av)  # other modalities as they are
-    from models import build_fusion
-
     with pytest.raises(ValueError, match="visual_peak"):
         build_fusion(replace(FUSION_TEST_CONFIG, visual_peak="median"))
 
