@@ -7,7 +7,8 @@ fake. v2 fine-tunes on
   (c) self-blended images (SBI, Shiohara & Yamasaki 2022) made on the fly from authentic crops:
       a crop blended with a colour/sharpness/scale/shift-jittered copy of itself inside a deformed,
       blurred elliptical face mask, so the fake cue is a blending boundary, not an identity,
-  (d) quality augmentation on both classes (JPEG q50-95, down/up-scaling 0.4-1, blur, noise),
+  (d) quality augmentation on both classes (JPEG q50-95, down/up-scaling 0.4-1, blur, noise; with
+      --video-codec, H.264/HEVC/VP9 round trips at the face's source scale in place of some JPEG),
 all on the decoder's face crops (`training.features` cache = the served decode path). The DAE
 phase is `train_compression_resilient`'s (degraded -> clean on authentic crops). Evaluation runs
 the served visual stage (`pipeline.visual.run_visual`) for v1 and v2 side by side.
@@ -27,9 +28,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -124,8 +127,72 @@ def self_blend(
     return np.clip(np.round(blended), 0, 255).astype(np.uint8), mask
 
 
-def quality_augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Compression/quality damage applied to both classes alike, so quality is no cue: (H, W, 3) uint8 in and out."""
+# Encoders a face crop goes through (PyAV's FFmpeg) -> the decoder that reads them back, and the CRF
+# range drawn for each (VP9's scale runs to 63).
+VIDEO_CODECS = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9"}
+CRF_RANGE = {"libx264": (18, 42), "libx265": (20, 40), "libvpx-vp9": (24, 58)}
+PRESETS = ("ultrafast", "veryfast", "medium")  # ultrafast turns x264's deblocking off: blocky faces
+
+
+def video_round_trip(frames: Sequence[np.ndarray], codec: str, crf: int, preset: str = "veryfast") -> np.ndarray:
+    """RGB frames (equal H and W, uint8) through a video encoder and its decoder; the last frame.
+
+    With two or more frames the last one is coded as a predicted (P) frame, as most frames of a video are.
+    Frames are mirror-padded to whole 16 px macroblocks and at least 64 px a side (libx265 corrupts memory
+    on smaller pictures), and cropped back after decoding.
+    """
+    h, w = frames[0].shape[:2]
+    ph, pw = (max(-(-x // 16) * 16, 64) for x in (h, w))
+    frames = [cv2.copyMakeBorder(f, 0, ph - h, 0, pw - w, cv2.BORDER_REFLECT_101) for f in frames]
+    enc = av.CodecContext.create(codec, "w")
+    enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"
+    enc.time_base, enc.framerate = Fraction(1, 25), Fraction(25)
+    options = {"crf": str(crf)}
+    if codec == "libvpx-vp9":
+        options.update({"b": "0", "deadline": "realtime", "cpu-used": "8"})
+    else:
+        options["preset"] = preset
+    if codec == "libx265":
+        options["x265-params"] = "log-level=none"
+    enc.options = options
+    packets = []
+    for i, f in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+        frame.pts = i
+        packets += enc.encode(frame)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create(VIDEO_CODECS[codec], "r")
+    if enc.extradata:
+        dec.extradata = enc.extradata
+    decoded = [fr for p in [*packets, None] for fr in dec.decode(p)]
+    return np.ascontiguousarray(decoded[-1].to_ndarray(format="rgb24")[:h, :w])
+
+
+def codec_augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Video-codec damage at the scale the face had in its frame: H.264, HEVC or VP9 at a random CRF and
+    preset, on the crop resized to 0.375-1.5x (a 48 px face's macroblocks cover a third of a 128 px crop),
+    half the time as a P frame after a slightly shifted first frame. (H, W, 3) uint8 in and out."""
+    h, w = crop.shape[:2]
+    f = rng.uniform(0.375, 1.5)
+    sw, sh = (max(int(round(x * f / 2)) * 2, 16) for x in (w, h))
+    small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    codec = str(rng.choice(list(VIDEO_CODECS)))
+    crf = int(rng.integers(*CRF_RANGE[codec]))
+    preset = str(rng.choice(PRESETS))
+    frames = [small]
+    if rng.random() < 0.5:
+        m = np.float32([[1, 0, rng.uniform(-2, 2)], [0, 1, rng.uniform(-2, 2)]])
+        frames = [cv2.warpAffine(small, m, (sw, sh), borderMode=cv2.BORDER_REFLECT), small]
+    out = video_round_trip(frames, codec, crf, preset)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA if f > 1 else cv2.INTER_LINEAR)
+
+
+def quality_augment(crop: np.ndarray, rng: np.random.Generator, video_codec: float = 0.0) -> np.ndarray:
+    """Compression/quality damage applied to both classes alike, so quality is no cue: (H, W, 3) uint8 in and out.
+
+    `video_codec` is the chance of a video-codec round trip (`codec_augment`) in place of the JPEG step;
+    at 0 the draws are exactly those of CompressionResilient v2's training.
+    """
     out = crop
     h, w = crop.shape[:2]
     if rng.random() < 0.5:
@@ -134,7 +201,9 @@ def quality_augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     if rng.random() < 0.3:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.3))
-    if rng.random() < 0.7:
+    if video_codec > 0 and rng.random() < video_codec:
+        out = codec_augment(out, rng)
+    elif rng.random() < 0.7:
         q = int(rng.integers(50, 96))
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])
         if ok:
@@ -172,7 +241,8 @@ def crop_files(data: ManifestData, split: str, domain: str, max_crops: int = 16)
 
 
 def training_batch(
-    files: Sequence[CropFile], per_file: int, sbi_prob: dict[str, float], rng: np.random.Generator
+    files: Sequence[CropFile], per_file: int, sbi_prob: dict[str, float], rng: np.random.Generator,
+    video_codec: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(crops (N, S, S, 3) uint8, labels (N,)): flips, SBI on authentic crops, quality damage on all."""
     crops, labels = [], []
@@ -185,7 +255,7 @@ def training_batch(
             if label == 0 and rng.random() < sbi_prob[f.domain]:
                 crop, _ = self_blend(crop, rng)
                 label = 1
-            crops.append(quality_augment(crop, rng))
+            crops.append(quality_augment(crop, rng, video_codec))
             labels.append(label)
     return np.stack(crops), np.asarray(labels, np.float32)
 
@@ -214,6 +284,7 @@ class V2Params:
     backbone_lr: float = 2e-4
     weight_decay: float = 1e-4
     grad_clip: float = 5.0
+    video_codec: float = 0.0  # chance of an H.264/HEVC/VP9 round trip in place of JPEG (`quality_augment`)
 
 
 def warm_start(model: nn.Module, version: str | None, root: Path, bundle: str = "compression_resilient") -> list[str]:
@@ -276,7 +347,9 @@ def train_classifier(
         order = rng.permutation(len(pool))
         total, n = 0.0, 0
         for start in range(0, len(order), p.files_per_batch):
-            crops, y = training_batch([pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng)
+            crops, y = training_batch(
+                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng, p.video_codec
+            )
             out = model(images_to_tensor(crops))
             loss = balanced_bce(out.logit, torch.from_numpy(y))
             opt.zero_grad(set_to_none=True)
@@ -329,14 +402,19 @@ def crop_probs(model: nn.Module, crops: np.ndarray) -> np.ndarray:
     return torch.sigmoid(model(images_to_tensor(crops)).logit).numpy()
 
 
-def sbi_auc(model: nn.Module, files: Sequence[CropFile], seed: int = 123, augment: bool = False) -> dict[str, Any]:
-    """AUC of the model's crop scores: self-blends of held-out authentic crops vs those crops."""
+def sbi_auc(model: nn.Module, files: Sequence[CropFile], seed: int = 123, augment: bool = False,
+            codec: bool = False) -> dict[str, Any]:
+    """AUC of the model's crop scores: self-blends of held-out authentic crops vs those crops, clean, with
+    `quality_augment`'s damage, or (`codec`) each through a random video codec (`codec_augment`)."""
     rng = np.random.default_rng(seed)
     real = np.concatenate([f.crops for f in files])
     fake = np.stack([self_blend(c, rng)[0] for c in real])
     if augment:
         real = np.stack([quality_augment(c, rng) for c in real])
         fake = np.stack([quality_augment(c, rng) for c in fake])
+    if codec:
+        real = np.stack([codec_augment(c, rng) for c in real])
+        fake = np.stack([codec_augment(c, rng) for c in fake])
     p_real, p_fake = crop_probs(model, real), crop_probs(model, fake)
     y = np.r_[np.zeros(len(p_real)), np.ones(len(p_fake))]
     return {"crops": len(real), "auc": float(roc_auc_score(y, np.r_[p_real, p_fake])),
@@ -345,8 +423,6 @@ def sbi_auc(model: nn.Module, files: Sequence[CropFile], seed: int = 123, augmen
 
 def file_quality_features(path: Path, kind: str) -> tuple[float, float, float]:
     """(log2 width, log2 height, bits per pixel per frame): resolution and a JPEG/codec quality proxy."""
-    import av
-
     if kind == "image":
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         h, w, frames = img.shape[0], img.shape[1], 1
@@ -398,7 +474,27 @@ def evaluate(model: nn.Module, bench: ManifestData, faces: ManifestData, held_ou
         "real_train": real_authentic(model, faces, settings, ("train",)),
         "sbi_heldout_clean": sbi_auc(model, held_out),
         "sbi_heldout_augmented": sbi_auc(model, held_out, augment=True),
+        "sbi_heldout_video_codec": sbi_auc(model, held_out, codec=True),
+        "heldout_authentic_by_codec": codec_shift(model, held_out),
     }
+
+
+def codec_shift(model: nn.Module, files: Sequence[CropFile]) -> dict[str, Any]:
+    """Held-out authentic crops: mean P(fake) and share >= 0.5, clean and through each video codec at a
+    high CRF (x264/x265 veryfast, VP9 realtime), at the crop's size and at half of it (a smaller face)."""
+    real = np.concatenate([f.crops for f in files])
+    p = crop_probs(model, real)
+    out: dict[str, Any] = {"crops": len(real), "clean": {"mean": float(p.mean()), "called_fake": float((p >= 0.5).mean())}}
+    for codec, crf in (("libx264", 35), ("libx265", 35), ("libvpx-vp9", 50)):
+        for scale in (1.0, 0.5):
+            damaged = []
+            for c in real:
+                h, w = c.shape[:2]
+                small = cv2.resize(c, (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2), interpolation=cv2.INTER_AREA)
+                damaged.append(cv2.resize(video_round_trip([small], codec, crf), (w, h), interpolation=cv2.INTER_LINEAR))
+            q = crop_probs(model, np.stack(damaged))
+            out[f"{codec}_crf{crf}_x{scale}"] = {"mean": float(q.mean()), "called_fake": float((q >= 0.5).mean())}
+    return out
 
 
 def authentic_embeddings(model: nn.Module, datas: Sequence[tuple[ManifestData, str]], settings: PipelineConfig) -> np.ndarray:
@@ -415,19 +511,21 @@ def authentic_embeddings(model: nn.Module, datas: Sequence[tuple[ManifestData, s
 
 
 def card(command: str, wall: dict[str, float], sha: str, imagenet: Path, p: V2Params, results: dict[str, Any],
-         counts: dict[str, Any], ood: dict[str, Any], warm: list[str], losses: list[float]) -> str:
+         counts: dict[str, Any], ood: dict[str, Any], warm: list[str], losses: list[float],
+         version: str = "v2", init_from: str = "v1") -> str:
     def js(x: Any) -> str:
         return json.dumps(x, sort_keys=True, default=float)
 
     return "\n".join([
-        "# compression_resilient v2: MobileNetV2 RGB stream, real faces, self-blended pseudo-fakes",
+        f"# compression_resilient {version}: MobileNetV2 RGB stream, real faces, self-blended pseudo-fakes"
+        + (", video-codec damage" if p.video_codec else ""),
         "",
         "Trained by `training/visual_v2.py` on CPU (torch 1 thread).",
         "",
         f"- Command: `{command}`",
         f"- Wall time: {js({k: round(v, 1) for k, v in wall.items()})} s",
         f"- Hyperparameters: {js(p.__dict__)}",
-        f"- Warm start from compression_resilient v1 for: {', '.join(warm) or 'nothing'}; RGB stream from ImageNet",
+        f"- Warm start from compression_resilient {init_from} for: {', '.join(warm) or 'nothing'}; RGB stream from ImageNet",
         f"- Training loss per epoch: {[round(x, 4) for x in losses]}",
         f"- Files: {js(counts)}",
         "",
@@ -480,7 +578,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     real_train = crop_files(faces, "train", "real", args.max_crops)
     held_out = crop_files(faces, "val", "real", 8) + crop_files(faces, "test", "real", 8)
     wall["data"] = time.perf_counter() - t0
-    p = V2Params(epochs=args.epochs, dae_epochs=args.dae_epochs)
+    p = V2Params(epochs=args.epochs, dae_epochs=args.dae_epochs, video_codec=args.video_codec)
 
     t0 = time.perf_counter()
     model: CompressionResilientDetector = MODELS.get("compression_resilient_mobilenet")()
@@ -504,7 +602,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = {"bench_train_files": len(bench_train), "real_train_files": len(real_train),
               "real_heldout_files": len(held_out), "real_train_identities": sorted({faces.entries[i].group for i in faces.indices("train")})}
     command = "python -m training.visual_v2 " + shlex.join(sys.argv[1:])
-    text = card(command, wall, sha, args.imagenet, p, results, counts, ood, warm, losses)
+    text = card(command, wall, sha, args.imagenet, p, results, counts, ood, warm, losses, args.version, args.init_from)
     extra = {"training": {"command": command, "wall_s": wall, "imagenet_sha256": sha, "validation": results, "ood": ood}}
     save_bundle(model, target, arch="compression_resilient", config=model.config, trained=True, card_text=text,
                 extra=json.loads(json.dumps(extra, default=float)))
@@ -524,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--dae-epochs", type=int, default=3)
     parser.add_argument("--max-crops", type=int, default=16)
+    parser.add_argument("--video-codec", type=float, default=0.0,
+                        help="chance that a crop's quality damage is an H.264/HEVC/VP9 round trip instead of JPEG (v2: 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true")
