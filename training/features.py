@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -87,13 +88,14 @@ class ClipArrays:
         )
 
     def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename) so an interrupted run never leaves a truncated cache entry."""
+        """Write atomically (temp file + rename) so an interrupted run never leaves a truncated cache entry;
+        the temp name is per process, so two trainers filling one cache do not trip over each other."""
         meta = {
             "format": CACHE_FORMAT, "kind": self.kind, "has_audio": self.has_audio,
             "face_coverage": self.face_coverage, "duration_s": self.duration_s, "sample_rate": self.sample_rate,
             "n_frames": self.n_frames, "n_audio": int(self.audio.size),
         }
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with tmp.open("wb") as f:
             np.savez_compressed(
                 f, meta=np.array(json.dumps(meta)), face_crops=self.face_crops, face_found=self.face_found,
