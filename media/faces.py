@@ -34,8 +34,9 @@ face a frame before, as at a cut) is checked by the detector on that frame at on
 are fitted on every frame with a box.
 
 Several faces. The scheduled detections' faces are linked from frame to frame by position and
-size; the face with the largest sum of box heights (large and persistent) is tracked wherever
-it was detected, the next best where it was not. `faces_seen` is the most faces one detection
+size; the face with the largest sum of box heights (large and persistent; where a detection found
+several faces, each height is weighted by how sure HOG is of that face) is tracked wherever it
+was detected, the next best where it was not. `faces_seen` is the most faces one detection
 found; `face_boxes` say which face was analysed.
 
 Thread safety: one dlib detector / shape predictor must not be used from two threads at
@@ -90,6 +91,7 @@ _NEAR_REACH = 1.5
 _MAX_VERIFIED = 8  # proposals HOG looks at per frame, the cascade's most confident first
 _VERIFY_FACE = 100  # px a proposal is scaled to before HOG (whose window is 80 px) looks at it
 _SAME_FACE_IOU = 0.3  # boxes overlapping more than this are one face
+_NO_FACE_SCORE = -1.0  # HOG's score for a box in which it finds no face (its own threshold is 0)
 
 # Detail views: a face shorter than _VIEW_BELOW analysis px gets its region cut from the source
 # picture so that it is up to _VIEW_FACE px tall there, with _VIEW_MARGIN of its size around it on
@@ -356,7 +358,9 @@ class FaceAnalyzer:
                 near = _near_faces(n, before)
                 found[i] = done[i] if i in done else self._detect(frames[i], detect_max_side, None, min_face, near)
                 before = found[i]
-            scheduled, track.faces_seen = _prominent_face(found)
+            confidence = {(i, k): self._hog_score(frames[i], box) for i, boxes in found.items() if len(boxes) > 1
+                          for k, box in enumerate(boxes)}
+            scheduled, track.faces_seen = _prominent_face(found, confidence)
             searched = set(range(0, n_frames, detect_every * _FULL_SEARCH_EVERY))  # the whole frame, small faces too
             _Tracker(self, frames, track, scheduled, searched, detect_max_side, views or {}, min_face).run()
         # only frames left without a face get the stand-in crop (a resize each: not worth doing for all)
@@ -473,6 +477,26 @@ class FaceAnalyzer:
         offset = np.array([left, top, left, top], np.float32)
         return [_rect_box(rect) / factor + offset for rect in self._detector(np.ascontiguousarray(patch), 0)]
 
+    def _hog_score(self, frame: np.ndarray, box: np.ndarray) -> float:
+        """HOG's score for the face in `box` (frame pixels): its most confident detection centred in the box,
+        on a patch scaled so the face is `_VERIFY_FACE` px; `_NO_FACE_SCORE` when it finds none there."""
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+        left, top = int(max(cx - side, 0)), int(max(cy - side, 0))
+        right, bottom = int(min(cx + side, grey.shape[1])), int(min(cy + side, grey.shape[0]))
+        if right <= left or bottom <= top:
+            return _NO_FACE_SCORE
+        factor = _VERIFY_FACE / max(side, 1.0)
+        patch = grey[top:bottom, left:right]
+        size = (max(round(patch.shape[1] * factor), 1), max(round(patch.shape[0] * factor), 1))
+        patch = cv2.resize(patch, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
+        rects, scores, _ = self._detector.run(np.ascontiguousarray(patch), 0, _NO_FACE_SCORE)
+        offset = np.array([left, top, left, top], np.float32)
+        inside = [float(score) for rect, score in zip(rects, scores, strict=True)
+                  if _centre_in(_rect_box(rect) / factor + offset, box)]
+        return max(inside, default=_NO_FACE_SCORE)
+
     def _landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """68 landmarks `(68, 2)` float32 x, y fitted inside `box` (x0, y0, x1, y1) of `image`."""
         x0, y0, x1, y1 = (int(round(v)) for v in box)
@@ -521,17 +545,23 @@ def _covered(box: np.ndarray, faces: list[np.ndarray]) -> bool:
     return any(_iou(box, face) > _SAME_FACE_IOU or _centre_in(box, face) for face in faces)
 
 
-def _prominent_face(found: dict[int, list[np.ndarray]]) -> tuple[dict[int, np.ndarray | None], int]:
+def _prominent_face(
+    found: dict[int, list[np.ndarray]], confidence: dict[tuple[int, int], float] | None = None,
+) -> tuple[dict[int, np.ndarray | None], int]:
     """The box to track from at each scheduled frame, and the most faces one frame held.
 
     Detections are linked frame to frame into faces (the nearest unclaimed face last seen within
     `_LINK_MAX_SHIFT` heights and `_LINK_MAX_SCALE` size); each face scores the sum of its box
     heights, so size and persistence both count. Each frame gets its best-scoring face present.
+    `confidence` holds HOG's score of box k of frame i (frames with several faces): there a height
+    counts times the logistic of that score, so a faint look-alike (a patch on a jacket, JPEG blocks
+    in a pattern) the size of the face beside it does not win on a pixel of height.
     """
-    faces: list[list[tuple[int, np.ndarray]]] = []  # per face, its (frame, box) detections
+    confidence = confidence or {}
+    faces: list[list[tuple[int, np.ndarray, float]]] = []  # per face, its (frame, box, weight) detections
     for i in sorted(found):
         claimed: set[int] = set()
-        for box in found[i]:
+        for k, box in enumerate(found[i]):
             height = float(box[3] - box[1])
             best, best_shift = None, _LINK_MAX_SHIFT
             for f, seen in enumerate(faces):
@@ -545,14 +575,19 @@ def _prominent_face(found: dict[int, list[np.ndarray]]) -> tuple[dict[int, np.nd
             if best is None:
                 faces.append([])
                 best = len(faces) - 1
-            faces[best].append((i, box))
+            faces[best].append((i, box, _weight(confidence.get((i, k)))))
             claimed.add(best)
-    ranked = sorted(faces, key=lambda seen: -sum(float(b[3] - b[1]) for _, b in seen))
+    ranked = sorted(faces, key=lambda seen: -sum(float(b[3] - b[1]) * w for _, b, w in seen))
     chosen: dict[int, np.ndarray | None] = {i: None for i in found}
     for seen in reversed(ranked):  # the best-ranked face present writes last
-        for i, box in seen:
+        for i, box, _ in seen:
             chosen[i] = box
     return chosen, max((len(boxes) for boxes in found.values()), default=0)
+
+
+def _weight(score: float | None) -> float:
+    """A detection's weight in `_prominent_face`: 1 without a score, else the logistic of HOG's score."""
+    return 1.0 if score is None else float(1.0 / (1.0 + np.exp(-score)))
 
 
 def face_views(faces: list[np.ndarray], source: SourceFrame) -> list[FaceView]:

@@ -15,6 +15,7 @@ from skimage.data import astronaut, chelsea, coffee
 import media
 import media.decode
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, DecodeConfig, FaceAnalyzer, decode_media, landmark_model_path
+from media.faces import _prominent_face
 from tests.mediagen import (
     encode_image,
     encode_video,
@@ -369,6 +370,30 @@ def test_the_most_prominent_face_is_tracked_and_every_face_is_counted() -> None:
     assert clip.meta.faces_seen == 2
     _assert_found_at(clip, truth[0], coverage=0.9)
     assert clip.face_found[0]
+
+
+@pytest.mark.parametrize("quality", [75, 60])
+def test_a_faint_look_alike_the_size_of_the_face_is_not_analysed(quality: int) -> None:
+    """At JPEG quality 75 and 60 HOG also finds a "face" on the astronaut's suit, one pixel taller than
+    her face and scored near its threshold (0.07-0.26 against her face's 1.6). The analysed face is hers,
+    and both are counted; it used to be the patch on the suit (visual score 1.0, out of distribution)."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    photo = decode_media(data.tobytes())
+    assert photo.meta.faces_seen == 2
+    _assert_found_at(photo, np.array([181.0, 79.0, 274.0, 172.0]), coverage=1.0)
+
+
+def test_a_sure_face_outranks_an_unsure_one_of_the_same_size() -> None:
+    face, look_alike = np.array([100, 100, 193, 193], np.float32), np.array([300, 300, 394, 394], np.float32)
+    found = {0: [look_alike, face]}  # largest first, as the detector returns them
+    chosen, seen = _prominent_face(found)
+    assert seen == 2 and chosen[0] is look_alike  # without scores, height alone
+    chosen, _ = _prominent_face(found, {(0, 0): 0.07, (0, 1): 1.63})
+    assert chosen[0] is face
+    big, small = np.array([0, 0, 200, 200], np.float32), np.array([300, 300, 400, 400], np.float32)
+    chosen, _ = _prominent_face({0: [big, small]}, {(0, 0): 0.1, (0, 1): 1.6})
+    assert chosen[0] is big  # twice the height still wins over a surer but small face
 
 
 def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypatch: pytest.MonkeyPatch) -> None:

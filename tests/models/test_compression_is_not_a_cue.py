@@ -1,5 +1,5 @@
 """Issue 17, item 4: re-compressing authentic media (JPEG q50-95, H.264 CRF 18-40, VP9, resizing, double
-compression) must not turn it into a `fake` verdict, with the weights and settings `serve.cpu.yaml` serves."""
+compression; HEVC too) must not turn it into a `fake` verdict, with the weights and settings `serve.cpu.yaml` serves."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def test_recompressed_authentic_clips_are_never_called_fake(served) -> None:
     variants = {
         **{f"h264 crf {crf}": encode_video(frames, fps=25, encoder_options={"crf": str(crf)}) for crf in (18, 28, 40)},
         "vp9": encode_video(frames, container="webm", codec="libvpx-vp9", fps=25),
+        **{f"hevc crf {crf} {preset}": encode_video(frames, codec="libx265", fps=25, encoder_options={
+            "crf": str(crf), "preset": preset, "x265-params": "log-level=none"}) for crf, preset in ((28, "medium"), (35, "ultrafast"))},
         "resized to half": encode_video([cv2.resize(f, (160, 120), interpolation=cv2.INTER_AREA) for f in frames], fps=25),
         "double h264 crf 35 -> 23": encode_video(twice, fps=25, encoder_options={"crf": "23"}),
     }
