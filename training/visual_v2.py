@@ -147,13 +147,14 @@ def video_round_trip(frames: Sequence[np.ndarray], codec: str, crf: int, preset:
     enc = av.CodecContext.create(codec, "w")
     enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"
     enc.time_base, enc.framerate = Fraction(1, 25), Fraction(25)
+    enc.thread_count = 1  # x264's output depends on its thread count: one, so any machine draws the same damage
     options = {"crf": str(crf)}
     if codec == "libvpx-vp9":
         options.update({"b": "0", "deadline": "realtime", "cpu-used": "8"})
     else:
         options["preset"] = preset
     if codec == "libx265":
-        options["x265-params"] = "log-level=none"
+        options["x265-params"] = "log-level=none:pools=1:frame-threads=1"
     enc.options = options
     packets = []
     for i, f in enumerate(frames):
@@ -525,7 +526,8 @@ def card(command: str, wall: dict[str, float], sha: str, imagenet: Path, p: V2Pa
         f"- Command: `{command}`",
         f"- Wall time: {js({k: round(v, 1) for k, v in wall.items()})} s",
         f"- Hyperparameters: {js(p.__dict__)}",
-        f"- Warm start from compression_resilient {init_from} for: {', '.join(warm) or 'nothing'}; RGB stream from ImageNet",
+        (f"- Warm start from compression_resilient {init_from} for: {', '.join(warm)}" if warm else "- No warm start")
+        + "; RGB stream from ImageNet",
         f"- Training loss per epoch: {[round(x, 4) for x in losses]}",
         f"- Files: {js(counts)}",
         "",

@@ -15,6 +15,7 @@ from skimage.data import astronaut, chelsea, coffee
 import media
 import media.decode
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, DecodeConfig, FaceAnalyzer, decode_media, landmark_model_path
+from media import faces
 from media.faces import _prominent_face
 from tests.mediagen import (
     encode_image,
@@ -375,13 +376,24 @@ def test_the_most_prominent_face_is_tracked_and_every_face_is_counted() -> None:
 @pytest.mark.parametrize("quality", [75, 60])
 def test_a_faint_look_alike_the_size_of_the_face_is_not_analysed(quality: int) -> None:
     """At JPEG quality 75 and 60 HOG also finds a "face" on the astronaut's suit, one pixel taller than
-    her face and scored near its threshold (0.07-0.26 against her face's 1.6). The analysed face is hers,
-    and both are counted; it used to be the patch on the suit (visual score 1.0, out of distribution)."""
+    her face and scored near its threshold (0.07-0.26 in the frame; `_hog_score` 0.01-0.05 against her
+    face's 1.14). The analysed face is hers, and both are counted; it used to be the patch on the suit
+    (visual score 1.0, out of distribution)."""
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     photo = decode_media(data.tobytes())
     assert photo.meta.faces_seen == 2
     _assert_found_at(photo, np.array([181.0, 79.0, 274.0, 172.0]), coverage=1.0)
+
+
+def test_hog_scores_a_face_above_sure_and_a_blank_patch_as_no_face() -> None:
+    analyzer = FaceAnalyzer().load()
+    photo = astronaut()
+    assert analyzer._hog_score(photo, np.array([181.0, 79.0, 274.0, 172.0], np.float32)) >= faces._SURE_FACE_SCORE
+    blank = np.full((300, 300, 3), 128, np.uint8)
+    assert analyzer._hog_score(blank, np.array([100, 100, 200, 200], np.float32)) == faces._NO_FACE_SCORE
+    assert analyzer._hog_score(photo, np.array([-300, -300, -200, -200], np.float32)) == faces._NO_FACE_SCORE  # outside
+    assert analyzer._hog_score(photo, np.array([500, 500, 530, 530], np.float32)) is None  # too small to judge
 
 
 def test_a_sure_face_outranks_an_unsure_one_of_the_same_size() -> None:
