@@ -169,23 +169,32 @@ def video_round_trip(frames: Sequence[np.ndarray], codec: str, crf: int, preset:
     return np.ascontiguousarray(decoded[-1].to_ndarray(format="rgb24")[:h, :w])
 
 
+def codec_damage(
+    crop: np.ndarray, codec: str, crf: int, scale: float, preset: str = "veryfast", shift: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """`crop` as a face `scale` times its size would come out of `codec` at `crf`: resized, through the
+    encoder (after a first frame moved by `shift` px when given, so it is a P frame) and back to its size."""
+    h, w = crop.shape[:2]
+    sw, sh = (max(int(round(x * scale / 2)) * 2, 16) for x in (w, h))
+    small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    frames = [small]
+    if shift is not None:
+        m = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+        frames = [cv2.warpAffine(small, m, (sw, sh), borderMode=cv2.BORDER_REFLECT), small]
+    out = video_round_trip(frames, codec, crf, preset)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
+
+
 def codec_augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Video-codec damage at the scale the face had in its frame: H.264, HEVC or VP9 at a random CRF and
     preset, on the crop resized to 0.375-1.5x (a 48 px face's macroblocks cover a third of a 128 px crop),
     half the time as a P frame after a slightly shifted first frame. (H, W, 3) uint8 in and out."""
-    h, w = crop.shape[:2]
-    f = rng.uniform(0.375, 1.5)
-    sw, sh = (max(int(round(x * f / 2)) * 2, 16) for x in (w, h))
-    small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    scale = rng.uniform(0.375, 1.5)
     codec = str(rng.choice(list(VIDEO_CODECS)))
     crf = int(rng.integers(*CRF_RANGE[codec]))
     preset = str(rng.choice(PRESETS))
-    frames = [small]
-    if rng.random() < 0.5:
-        m = np.float32([[1, 0, rng.uniform(-2, 2)], [0, 1, rng.uniform(-2, 2)]])
-        frames = [cv2.warpAffine(small, m, (sw, sh), borderMode=cv2.BORDER_REFLECT), small]
-    out = video_round_trip(frames, codec, crf, preset)
-    return cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA if f > 1 else cv2.INTER_LINEAR)
+    shift = (rng.uniform(-2, 2), rng.uniform(-2, 2)) if rng.random() < 0.5 else None
+    return codec_damage(crop, codec, crf, scale, preset, shift)
 
 
 def quality_augment(crop: np.ndarray, rng: np.random.Generator, video_codec: float = 0.0) -> np.ndarray:
@@ -488,12 +497,7 @@ def codec_shift(model: nn.Module, files: Sequence[CropFile]) -> dict[str, Any]:
     out: dict[str, Any] = {"crops": len(real), "clean": {"mean": float(p.mean()), "called_fake": float((p >= 0.5).mean())}}
     for codec, crf in (("libx264", 35), ("libx265", 35), ("libvpx-vp9", 50)):
         for scale in (1.0, 0.5):
-            damaged = []
-            for c in real:
-                h, w = c.shape[:2]
-                small = cv2.resize(c, (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2), interpolation=cv2.INTER_AREA)
-                damaged.append(cv2.resize(video_round_trip([small], codec, crf), (w, h), interpolation=cv2.INTER_LINEAR))
-            q = crop_probs(model, np.stack(damaged))
+            q = crop_probs(model, np.stack([codec_damage(c, codec, crf, scale) for c in real]))
             out[f"{codec}_crf{crf}_x{scale}"] = {"mean": float(q.mean()), "called_fake": float((q >= 0.5).mean())}
     return out
 
