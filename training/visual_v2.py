@@ -6,7 +6,9 @@ fake. v2 fine-tunes on
   (b) real faces shipped in packages (`training.face_sources`) as authentic crops,
   (c) self-blended images (SBI, Shiohara & Yamasaki 2022) made on the fly from authentic crops:
       a crop blended with a colour/sharpness/scale/shift-jittered copy of itself inside a deformed,
-      blurred elliptical face mask, so the fake cue is a blending boundary, not an identity,
+      blurred elliptical face mask, so the fake cue is a blending boundary, not an identity; with
+      --sbi-matched, some copies are first colour-matched to the face (Reinhard, CIELAB) and half of
+      those Poisson-cloned (OpenCV seamlessClone), as face-swap tools do: no colour step at the seam,
   (d) quality augmentation on both classes (JPEG q50-95, down/up-scaling 0.4-1, blur, noise; with
       --video-codec, H.264/HEVC/VP9 round trips at the face's source scale in place of some JPEG),
 all on the decoder's face crops (`training.features` cache = the served decode path). The DAE
@@ -112,17 +114,62 @@ def blend_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     return face_mask(size, rng) * float(rng.choice([0.25, 0.5, 0.75, 1.0, 1.0, 1.0]))
 
 
+def match_colour(source: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """`source` with its colour statistics inside `region` moved to `target`'s there (Reinhard's transfer in
+    CIELAB, per channel mean and spread), as face-swap tools colour-correct the face they paste."""
+    inside = region > 0.5
+    if inside.sum() < 16:
+        return source
+    s = cv2.cvtColor(np.clip(source, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
+    t = cv2.cvtColor(np.clip(target, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
+    s_mean, s_std = s[inside].mean(0), s[inside].std(0) + 1e-3
+    t_mean, t_std = t[inside].mean(0), t[inside].std(0)
+    out = (s - s_mean) / s_std * t_std + t_mean
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB).astype(np.float32)
+
+
+def poisson_blend(source: np.ndarray, target: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`source` pasted into `target` inside `region` > 0.5 by gradient-domain (Poisson) cloning, OpenCV's
+    `seamlessClone`: no colour step at the seam; the changed region as a 0/1 mask)."""
+    pad = 8  # the clone's region must not touch the picture's edge
+    hard = (region > 0.5).astype(np.uint8)
+    hard[:2], hard[-2:], hard[:, :2], hard[:, -2:] = 0, 0, 0, 0
+    if hard.sum() < 16:
+        return target.astype(np.uint8), np.zeros(region.shape, np.float32)
+    src = cv2.copyMakeBorder(np.clip(source, 0, 255).astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    dst = cv2.copyMakeBorder(np.ascontiguousarray(target, dtype=np.uint8), pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    m = cv2.copyMakeBorder(hard * 255, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    x, y, w, h = cv2.boundingRect(m)
+    out = cv2.seamlessClone(src, dst, m, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)[pad:-pad, pad:-pad]
+    # OpenCV also touches a thin ring just outside the mask: that ring is part of the blend's region,
+    # and nothing beyond it changes.
+    region_out = cv2.dilate(hard, np.ones((5, 5), np.uint8)).astype(bool)
+    out[~region_out] = target[~region_out]
+    return out, region_out.astype(np.float32)
+
+
 def self_blend(
-    crop: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+    crop: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None, matched: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SBI: (blended uint8 crop, blend mask in [0, 1]); outside the mask the crop is unchanged.
 
     `mask` (size x size, from `blend_mask`) replaces the random one, e.g. one mask for every frame of a
     sequence (`training.triage_v2`); then `rng` only draws the jittered copy's parameters.
+    `matched` is the chance that the jittered copy is colour-matched to the crop inside the mask
+    (`match_colour`) and then, half of those times, Poisson-cloned (`poisson_blend`) instead of alpha-blended:
+    a blend with no colour step, whose cues are texture, sharpness and the copy's misalignment. At 0 no
+    extra draws are made (CompressionResilient v2/v3's blends exactly).
     """
     if mask is None:
         mask = blend_mask(crop.shape[0], rng)
     source = jitter_copy(crop, rng)
+    if matched > 0 and rng.random() < matched:
+        strength = max(float(mask.max()), 1e-6)  # `blend_mask`'s blend strength
+        source = match_colour(source, crop, mask / strength)
+        if rng.random() < 0.5:
+            cloned, hard = poisson_blend(source, crop, mask / strength)
+            out = strength * cloned.astype(np.float32) + (1.0 - strength) * crop.astype(np.float32)
+            return np.clip(np.round(out), 0, 255).astype(np.uint8), hard * strength
     blended = mask[..., None] * source + (1.0 - mask[..., None]) * crop.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8), mask
 
@@ -252,9 +299,10 @@ def crop_files(data: ManifestData, split: str, domain: str, max_crops: int = 16)
 
 def training_batch(
     files: Sequence[CropFile], per_file: int, sbi_prob: dict[str, float], rng: np.random.Generator,
-    video_codec: float = 0.0,
+    video_codec: float = 0.0, matched: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(crops (N, S, S, 3) uint8, labels (N,)): flips, SBI on authentic crops, quality damage on all."""
+    """(crops (N, S, S, 3) uint8, labels (N,)): flips, SBI on authentic crops (`matched`: see `self_blend`),
+    quality damage on all."""
     crops, labels = [], []
     for f in files:
         for j in rng.choice(len(f.crops), size=per_file, replace=len(f.crops) < per_file):
@@ -263,7 +311,7 @@ def training_batch(
                 crop = crop[:, ::-1]
             crop = np.ascontiguousarray(crop)
             if label == 0 and rng.random() < sbi_prob[f.domain]:
-                crop, _ = self_blend(crop, rng)
+                crop, _ = self_blend(crop, rng, matched=matched)
                 label = 1
             crops.append(quality_augment(crop, rng, video_codec))
             labels.append(label)
@@ -295,6 +343,7 @@ class V2Params:
     weight_decay: float = 1e-4
     grad_clip: float = 5.0
     video_codec: float = 0.0  # chance of an H.264/HEVC/VP9 round trip in place of JPEG (`quality_augment`)
+    sbi_matched: float = 0.0  # chance a self-blend has no colour step: colour-matched, half Poisson-cloned (`self_blend`)
 
 
 def warm_start(model: nn.Module, version: str | None, root: Path, bundle: str = "compression_resilient") -> list[str]:
@@ -358,7 +407,7 @@ def train_classifier(
         total, n = 0.0, 0
         for start in range(0, len(order), p.files_per_batch):
             crops, y = training_batch(
-                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng, p.video_codec
+                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng, p.video_codec, p.sbi_matched
             )
             out = model(images_to_tensor(crops))
             loss = balanced_bce(out.logit, torch.from_numpy(y))
@@ -413,12 +462,13 @@ def crop_probs(model: nn.Module, crops: np.ndarray) -> np.ndarray:
 
 
 def sbi_auc(model: nn.Module, files: Sequence[CropFile], seed: int = 123, augment: bool = False,
-            codec: bool = False) -> dict[str, Any]:
+            codec: bool = False, matched: float = 0.0) -> dict[str, Any]:
     """AUC of the model's crop scores: self-blends of held-out authentic crops vs those crops, clean, with
-    `quality_augment`'s damage, or (`codec`) each through a random video codec (`codec_augment`)."""
+    `quality_augment`'s damage, or (`codec`) each through a random video codec (`codec_augment`);
+    `matched` as in `self_blend` (1.0: every blend colour-matched, half of them Poisson-cloned)."""
     rng = np.random.default_rng(seed)
     real = np.concatenate([f.crops for f in files])
-    fake = np.stack([self_blend(c, rng)[0] for c in real])
+    fake = np.stack([self_blend(c, rng, matched=matched)[0] for c in real])
     if augment:
         real = np.stack([quality_augment(c, rng) for c in real])
         fake = np.stack([quality_augment(c, rng) for c in fake])
@@ -485,6 +535,7 @@ def evaluate(model: nn.Module, bench: ManifestData, faces: ManifestData, held_ou
         "sbi_heldout_clean": sbi_auc(model, held_out),
         "sbi_heldout_augmented": sbi_auc(model, held_out, augment=True),
         "sbi_heldout_video_codec": sbi_auc(model, held_out, codec=True),
+        "sbi_heldout_colour_matched": sbi_auc(model, held_out, matched=1.0),
         "heldout_authentic_by_codec": codec_shift(model, held_out),
     }
 
@@ -523,7 +574,8 @@ def card(command: str, wall: dict[str, float], sha: str, imagenet: Path, p: V2Pa
 
     return "\n".join([
         f"# compression_resilient {version}: MobileNetV2 RGB stream, real faces, self-blended pseudo-fakes"
-        + (", video-codec damage" if p.video_codec else ""),
+        + (", video-codec damage" if p.video_codec else "")
+        + (", colour-matched and Poisson-cloned blends" if p.sbi_matched else ""),
         "",
         "Trained by `training/visual_v2.py` on CPU (torch 1 thread).",
         "",
@@ -584,7 +636,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     real_train = crop_files(faces, "train", "real", args.max_crops)
     held_out = crop_files(faces, "val", "real", 8) + crop_files(faces, "test", "real", 8)
     wall["data"] = time.perf_counter() - t0
-    p = V2Params(epochs=args.epochs, dae_epochs=args.dae_epochs, video_codec=args.video_codec)
+    p = V2Params(epochs=args.epochs, dae_epochs=args.dae_epochs, video_codec=args.video_codec,
+                 sbi_matched=args.sbi_matched)
 
     t0 = time.perf_counter()
     model: CompressionResilientDetector = MODELS.get("compression_resilient_mobilenet")()
@@ -630,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-crops", type=int, default=16)
     parser.add_argument("--video-codec", type=float, default=0.0,
                         help="chance that a crop's quality damage is an H.264/HEVC/VP9 round trip instead of JPEG (v2: 0)")
+    parser.add_argument("--sbi-matched", type=float, default=0.0,
+                        help="chance that a self-blend is colour-matched (half of those Poisson-cloned): no colour step (v3: 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true")

@@ -20,6 +20,8 @@ from training.visual_v2 import (
     CropFile,
     codec_augment,
     face_mask,
+    match_colour,
+    poisson_blend,
     quality_augment,
     self_blend,
     training_batch,
@@ -46,6 +48,55 @@ def test_self_blend_changes_only_inside_the_mask(seed: int) -> None:
     assert diff[outside].max() <= 1
     if inside.any():
         assert diff[inside].mean() > 2.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_colour_matched_blend_changes_only_inside_the_mask(seed: int) -> None:
+    crop = face_like(seed=seed)
+    blended, mask = self_blend(crop, np.random.default_rng(seed), matched=1.0)
+    assert blended.dtype == np.uint8 and blended.shape == crop.shape and mask.shape == crop.shape[:2]
+    diff = np.abs(blended.astype(int) - crop.astype(int)).max(axis=-1)
+    outside = mask < 1e-3
+    assert outside.mean() > 0.1 and diff[outside].max() <= 1
+    assert diff[mask > 0.2].mean() > 1.0  # something was pasted
+
+
+def test_colour_matching_removes_the_colour_step() -> None:
+    """Over many blends, the matched ones' mean colour inside the mask stays near the face's own; the
+    unmatched (jittered gain and offset) ones' does not."""
+    def step(matched: float) -> float:
+        out = []
+        for s in range(24):
+            crop = face_like(seed=s)
+            blended, mask = self_blend(crop, np.random.default_rng(100 + s), matched=matched)
+            inside = mask > 0.2
+            out.append(np.abs(blended[inside].astype(float).mean(0) - crop[inside].astype(float).mean(0)).mean())
+        return float(np.mean(out))
+    assert step(1.0) < 0.5 * step(0.0)
+
+
+def test_match_colour_moves_the_statistics_inside_the_region() -> None:
+    target = face_like(seed=1)
+    source = np.clip(face_like(seed=2).astype(np.float32) * 0.7 + 50, 0, 255)
+    region = np.zeros(target.shape[:2], np.float32)
+    region[30:100, 30:100] = 1.0
+    out = match_colour(source, target, region)
+    inside = region > 0.5
+    assert np.abs(out[inside].mean(0) - target[inside].astype(float).mean(0)).max() < 3.0
+    assert np.abs(out[inside].std(0) - target[inside].astype(float).std(0)).max() < 3.0
+
+
+def test_poisson_cloning_hides_a_pure_colour_shift() -> None:
+    """A source that differs from the face only by an offset pastes back almost invisibly (same gradients),
+    where pasting it with the hard mask leaves the whole offset."""
+    crop = face_like(seed=3)
+    source = np.clip(crop.astype(np.float32) + 40, 0, 255)
+    region = face_mask(128, np.random.default_rng(0))
+    cloned, hard = poisson_blend(source, crop, region)
+    inside = hard > 0.5
+    assert inside.mean() > 0.2
+    assert np.abs(cloned.astype(float) - crop)[inside].mean() < 8.0  # the hard mask offsets by 40
+    assert np.abs(cloned.astype(float) - crop)[~inside].max() == 0
 
 
 def test_face_mask_is_a_blob_in_the_middle() -> None:
@@ -119,6 +170,9 @@ def test_training_batch_turns_only_authentic_crops_into_blends() -> None:
     assert labels.tolist() == [1.0] * 8  # every authentic crop blended, every fake stays fake
     crops, labels = training_batch(files, 2, {"real": 0.0, "bench": 0.0}, np.random.default_rng(0))
     assert labels.tolist() == [0.0, 0.0, 1.0, 1.0]
+    plain, _ = training_batch(files, 4, {"real": 1.0, "bench": 1.0}, np.random.default_rng(0))
+    matched, labels = training_batch(files, 4, {"real": 1.0, "bench": 1.0}, np.random.default_rng(0), matched=1.0)
+    assert labels.tolist() == [1.0] * 8 and not np.array_equal(plain[:4], matched[:4])
 
 
 def fake_tree(root: Path) -> dict[str, Path]:
