@@ -428,8 +428,9 @@ def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypat
     frames[:3] = cv2.resize(coffee(), (1280, 720), interpolation=cv2.INTER_AREA)  # the scene before she steps in
     clip = decode_media(encode_video(frames, fps=4.0), DecodeConfig(analysis_fps=4.0, face_detect_every=4))
     # the source searched whole on frames 0 and 8, then the analysis frame on frame 2, where tracking
-    # back from 8 loses her and the detector checks
-    assert searches == [1280, 1280, 640]
+    # back from 8 loses her and the detector checks; frames 0 and 2, faceless, are searched again turned
+    # both ways (analysis frame)
+    assert searches == [1280, 640, 640, 1280, 640, 640, 640]
     np.testing.assert_array_equal(clip.face_found, [False] * 3 + [True] * 13)
     _assert_found_at(clip, boxes[0])
 
@@ -453,6 +454,30 @@ def test_no_face_in_wide_shots_of_faceless_scenes(scene: str, size: tuple[int, i
     assert clip.meta.face_coverage == 0.0 and clip.meta.faces_seen == 0
     photo = decode_media(encode_image(still, "jpeg"))
     assert photo.meta.face_coverage == 0.0 and photo.meta.faces_seen == 0
+
+
+def tilted_astronaut(angle: float) -> np.ndarray:
+    """The astronaut photo turned by `angle` degrees about her face (centre (222, 130) of 512), halved: a
+    face about 50 px tall, which the upright detectors miss once tilted 25 degrees either way."""
+    turn = cv2.getRotationMatrix2D((222, 130), angle, 1.0)
+    tilted = cv2.warpAffine(astronaut(), turn, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    return cv2.resize(tilted, (256, 256), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("angle", [25, -25])
+def test_a_tilted_head_is_found_by_looking_again_turned(analyzer: FaceAnalyzer, angle: float) -> None:
+    picture = tilted_astronaut(angle)
+    assert analyzer._detect_upright(picture, 480) == []  # what the finder saw before
+    photo = decode_media(encode_image(picture, "png"))
+    assert photo.meta.faces_seen == 1 and photo.meta.face_coverage == 1.0
+    box = analyzer.find_faces(picture, 480)[0]
+    assert box[0] < 111 < box[2] and box[1] < 65 < box[3]  # her face, turned back into the picture
+    assert 35 < box[3] - box[1] < 80
+
+
+def test_a_turned_find_needs_hog_to_confirm_it(analyzer: FaceAnalyzer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FaceAnalyzer, "_hog_score", lambda self, frame, box: -0.2)
+    assert analyzer.find_faces(tilted_astronaut(25), 480) == []
 
 
 @pytest.mark.parametrize("rotation", [0, 90, 180, 270])
