@@ -150,6 +150,7 @@ def poisson_blend(source: np.ndarray, target: np.ndarray, region: np.ndarray) ->
 
 def self_blend(
     crop: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None, matched: float = 0.0,
+    donor: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SBI: (blended uint8 crop, blend mask in [0, 1]); outside the mask the crop is unchanged.
 
@@ -158,11 +159,14 @@ def self_blend(
     `matched` is the chance that the jittered copy is colour-matched to the crop inside the mask
     (`match_colour`) and then, half of those times, Poisson-cloned (`poisson_blend`) instead of alpha-blended:
     a blend with no colour step, whose cues are texture, sharpness and the copy's misalignment. At 0 no
-    extra draws are made (CompressionResilient v2/v3's blends exactly).
+    extra draws are made (CompressionResilient v2/v3's blends exactly). `donor` (an aligned crop of the
+    same size from another picture, e.g. another person) is jittered and pasted instead of the crop
+    itself: Face X-ray's blended images, whose face differs from its surround in identity and in how
+    it was captured.
     """
     if mask is None:
         mask = blend_mask(crop.shape[0], rng)
-    source = jitter_copy(crop, rng)
+    source = jitter_copy(crop if donor is None else donor, rng)
     if matched > 0 and rng.random() < matched:
         strength = max(float(mask.max()), 1e-6)  # `blend_mask`'s blend strength
         source = match_colour(source, crop, mask / strength)
@@ -299,19 +303,25 @@ def crop_files(data: ManifestData, split: str, domain: str, max_crops: int = 16)
 
 def training_batch(
     files: Sequence[CropFile], per_file: int, sbi_prob: dict[str, float], rng: np.random.Generator,
-    video_codec: float = 0.0, matched: float = 0.0,
+    video_codec: float = 0.0, matched: float = 0.0, other: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(crops (N, S, S, 3) uint8, labels (N,)): flips, SBI on authentic crops (`matched`: see `self_blend`),
-    quality damage on all."""
+    """(crops (N, S, S, 3) uint8, labels (N,)): flips, SBI on authentic crops (`matched`: see `self_blend`;
+    with chance `other` the pasted face is a crop of another authentic file of the batch, when there is
+    one), quality damage on all."""
     crops, labels = [], []
     for f in files:
+        donors = [g for g in files if g is not f and g.target == 0] if other > 0 else []
         for j in rng.choice(len(f.crops), size=per_file, replace=len(f.crops) < per_file):
             crop, label = f.crops[j], f.target
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
             crop = np.ascontiguousarray(crop)
             if label == 0 and rng.random() < sbi_prob[f.domain]:
-                crop, _ = self_blend(crop, rng, matched=matched)
+                donor = None
+                if donors and rng.random() < other:
+                    g = donors[int(rng.integers(len(donors)))]
+                    donor = g.crops[int(rng.integers(len(g.crops)))]
+                crop, _ = self_blend(crop, rng, matched=matched, donor=donor)
                 label = 1
             crops.append(quality_augment(crop, rng, video_codec))
             labels.append(label)
@@ -344,6 +354,7 @@ class V2Params:
     grad_clip: float = 5.0
     video_codec: float = 0.0  # chance of an H.264/HEVC/VP9 round trip in place of JPEG (`quality_augment`)
     sbi_matched: float = 0.0  # chance a self-blend has no colour step: colour-matched, half Poisson-cloned (`self_blend`)
+    sbi_other: float = 0.0  # chance a blend pastes another authentic file's face (`training_batch`)
 
 
 def warm_start(model: nn.Module, version: str | None, root: Path, bundle: str = "compression_resilient") -> list[str]:
@@ -407,7 +418,8 @@ def train_classifier(
         total, n = 0.0, 0
         for start in range(0, len(order), p.files_per_batch):
             crops, y = training_batch(
-                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng, p.video_codec, p.sbi_matched
+                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng, p.video_codec, p.sbi_matched,
+                p.sbi_other,
             )
             out = model(images_to_tensor(crops))
             loss = balanced_bce(out.logit, torch.from_numpy(y))
@@ -462,13 +474,18 @@ def crop_probs(model: nn.Module, crops: np.ndarray) -> np.ndarray:
 
 
 def sbi_auc(model: nn.Module, files: Sequence[CropFile], seed: int = 123, augment: bool = False,
-            codec: bool = False, matched: float = 0.0) -> dict[str, Any]:
+            codec: bool = False, matched: float = 0.0, other: bool = False) -> dict[str, Any]:
     """AUC of the model's crop scores: self-blends of held-out authentic crops vs those crops, clean, with
     `quality_augment`'s damage, or (`codec`) each through a random video codec (`codec_augment`);
-    `matched` as in `self_blend` (1.0: every blend colour-matched, half of them Poisson-cloned)."""
+    `matched` as in `self_blend` (1.0: every blend colour-matched, half of them Poisson-cloned); `other`:
+    each crop gets the face of the next file's crop of the same rank (another identity)."""
     rng = np.random.default_rng(seed)
     real = np.concatenate([f.crops for f in files])
-    fake = np.stack([self_blend(c, rng, matched=matched)[0] for c in real])
+    donors = [None] * len(real)
+    if other and len(files) > 1:
+        donors = [files[(k + 1) % len(files)].crops[j % len(files[(k + 1) % len(files)].crops)]
+                  for k, f in enumerate(files) for j in range(len(f.crops))]
+    fake = np.stack([self_blend(c, rng, matched=matched, donor=d)[0] for c, d in zip(real, donors, strict=True)])
     if augment:
         real = np.stack([quality_augment(c, rng) for c in real])
         fake = np.stack([quality_augment(c, rng) for c in fake])
@@ -536,6 +553,7 @@ def evaluate(model: nn.Module, bench: ManifestData, faces: ManifestData, held_ou
         "sbi_heldout_augmented": sbi_auc(model, held_out, augment=True),
         "sbi_heldout_video_codec": sbi_auc(model, held_out, codec=True),
         "sbi_heldout_colour_matched": sbi_auc(model, held_out, matched=1.0),
+        "sbi_heldout_other_identity": sbi_auc(model, held_out, other=True),
         "heldout_authentic_by_codec": codec_shift(model, held_out),
     }
 
@@ -575,7 +593,8 @@ def card(command: str, wall: dict[str, float], sha: str, imagenet: Path, p: V2Pa
     return "\n".join([
         f"# compression_resilient {version}: MobileNetV2 RGB stream, real faces, self-blended pseudo-fakes"
         + (", video-codec damage" if p.video_codec else "")
-        + (", colour-matched and Poisson-cloned blends" if p.sbi_matched else ""),
+        + (", colour-matched and Poisson-cloned blends" if p.sbi_matched else "")
+        + (", blends of another person's face" if p.sbi_other else ""),
         "",
         "Trained by `training/visual_v2.py` on CPU (torch 1 thread).",
         "",
@@ -637,7 +656,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     held_out = crop_files(faces, "val", "real", 8) + crop_files(faces, "test", "real", 8)
     wall["data"] = time.perf_counter() - t0
     p = V2Params(epochs=args.epochs, dae_epochs=args.dae_epochs, video_codec=args.video_codec,
-                 sbi_matched=args.sbi_matched)
+                 sbi_matched=args.sbi_matched, sbi_other=args.sbi_other)
 
     t0 = time.perf_counter()
     model: CompressionResilientDetector = MODELS.get("compression_resilient_mobilenet")()
@@ -685,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="chance that a crop's quality damage is an H.264/HEVC/VP9 round trip instead of JPEG (v2: 0)")
     parser.add_argument("--sbi-matched", type=float, default=0.0,
                         help="chance that a self-blend is colour-matched (half of those Poisson-cloned): no colour step (v3: 0)")
+    parser.add_argument("--sbi-other", type=float, default=0.0,
+                        help="chance that a blend pastes a crop of another authentic file (another person) instead of a copy of itself (v3: 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true")

@@ -175,6 +175,23 @@ def test_training_batch_turns_only_authentic_crops_into_blends() -> None:
     assert labels.tolist() == [1.0] * 8 and not np.array_equal(plain[:4], matched[:4])
 
 
+def test_a_blend_can_paste_another_files_face() -> None:
+    """With `other` = 1 an authentic crop gets the face of another authentic file of the batch (a dark one
+    here): the middle of the crop turns dark. Self-blends only jitter the crop's own face. A file alone in
+    its batch has no donor and is self-blended."""
+    bright = CropFile("a", np.stack([face_like(seed=s) for s in range(3)]), 0, "real")
+    dark = CropFile("b", np.zeros((2, 128, 128, 3), np.uint8), 0, "real")
+    rng = np.random.default_rng(0)
+    own, _ = training_batch([bright], 6, {"real": 1.0}, rng, other=1.0)
+    other, labels = training_batch([bright, dark], 6, {"real": 1.0}, np.random.default_rng(0), other=1.0)
+    assert labels.tolist() == [1.0] * 12
+    centre = (slice(56, 72), slice(56, 72))
+    original = bright.crops.astype(float).mean()
+    assert all(abs(c[centre].astype(float).mean() - original) < 45 for c in own)
+    assert all(c[centre].astype(float).mean() < 60 for c in other[:6])  # bright crops with the dark face
+    assert all(c[centre].astype(float).mean() > 12 for c in other[6:])  # dark crops with the bright face (blend strength from 0.25)
+
+
 def fake_tree(root: Path) -> dict[str, Path]:
     """Every known source file as a few bytes under per-package stand-in directories."""
     roots = {}
