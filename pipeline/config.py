@@ -82,6 +82,9 @@ class VerdictConfig(_Strict):
     decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     uncertain_margin: float = Field(0.1, ge=0.0, lt=0.5)  # |p - threshold| below this -> "uncertain"
     mismatch_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # branch score above which an artifact is "detected"
+    # A `fake` verdict needs a branch that fusion read to score at least `decision_threshold` on its own;
+    # otherwise fusion has turned doubts into certainty (reason `weak_evidence`, the verdict abstains).
+    fake_needs_a_branch: bool = True
 
 
 # ---- serving parts --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ReasonCode = Literal[
     "no_face", "no_speech", "no_usable_modality", "branch_failed", "near_threshold", "fusion_degraded", "out_of_distribution",
+    "weak_evidence",
 ]
 
 
@@ -20,7 +21,8 @@ class VerdictReason(BaseModel):
         "near_threshold: the fused probability is within uncertain_margin of the threshold; fusion_degraded: "
         "fusion could not read a branch's features and averaged the branch scores; out_of_distribution: the "
         "input is unlike the training data: a face unlike the authentic faces (decisive: the verdict abstains), or "
-        "a voice unlike both the authentic and the spoofed speech (the audio branch abstained, not decisive)"
+        "a voice unlike both the authentic and the spoofed speech (the audio branch abstained, not decisive); "
+        "weak_evidence: fusion says fake but no branch it read says so on its own"
     )
     message: str
     modalities: list[str] = Field(default_factory=list, description="the modalities the reason is about")

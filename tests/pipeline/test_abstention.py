@@ -102,6 +102,29 @@ def test_confident_evidence_keeps_its_verdict_and_the_margin_abstains() -> None:
     assert degraded.verdict == "uncertain" and [r.code for r in degraded.reasons] == ["fusion_degraded"]
 
 
+def _doubts(visual: float, av: float, p: float = 0.99) -> Analysis:
+    """Fusion sure of fake; the branches it read (visual, av; the audio branch abstained) as given."""
+    triage = TriageResult(BranchResult("triage", "ok", score=0.95), np.zeros(4, np.float32))
+    audio = BranchResult("audio", "skipped", score=0.9, code="out_of_distribution")
+    fused = FusionResult(p, gate_weights={"visual": 0.5, "av": 0.5, "audio": 0.0})
+    return Analysis(META, 4, triage=triage, visual=BranchResult("visual", "ok", score=visual),
+                    av=AVResult(BranchResult("av", "ok", score=av), audio), fused=fused)
+
+
+def test_a_fake_verdict_needs_a_branch_that_says_fake() -> None:
+    """Two doubts are not a certainty: fusion at 0.99 from visual 0.18 and AV 0.42 abstains (`weak_evidence`);
+    triage (not read by fusion) and the abstaining voice model's guess do not count as support."""
+    weak = respond(_doubts(0.18, 0.42), VerdictConfig(), "r", None)
+    assert weak.verdict == "uncertain" and weak.fake_probability == 0.99 and weak.is_fake
+    reason = next(r for r in weak.reasons if r.code == "weak_evidence")
+    assert reason.decisive and reason.modalities == ["visual", "av"] and "visual 0.18, av 0.42" in reason.message
+    assert respond(_doubts(0.18, 0.62), VerdictConfig(), "r", None).verdict == "fake"
+    assert respond(_doubts(0.55, 0.1), VerdictConfig(), "r", None).verdict == "fake"
+    assert respond(_doubts(0.18, 0.42), VerdictConfig(fake_needs_a_branch=False), "r", None).verdict == "fake"
+    real = respond(_doubts(0.18, 0.42, p=0.05), VerdictConfig(), "r", None)
+    assert real.verdict == "real" and not any(r.decisive for r in real.reasons)
+
+
 def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(local: LocalPipeline) -> None:
     from models.ood import OODStats
     from pipeline.visual import run_visual
