@@ -146,6 +146,7 @@ def score_in_process(
     """Every branch runs (for branch metrics and baselines); the verdict honours triage's early exit."""
     if "fusion" not in models.bundles:
         raise ValueError("evaluation needs the fusion model")
+    reads = [name for name, _ in models.model("fusion").config.modalities]  # what fusion's gate weights name
     scored = []
     for i in tqdm(indices, desc=desc, unit="file", disable=not progress):
         entry = data.entries[i]
@@ -165,7 +166,7 @@ def score_in_process(
             early_exit=run.early_exit is not None,
             branch_scores=dict(run.scores),
             item_scores={m: [float(v) for v in s] for m, s in run.item_scores.items()},
-            verdict=served_verdict(run, fused, models.config.verdict),
+            verdict=served_verdict(run, fused, models.config.verdict, reads),
         ))
     return scored
 

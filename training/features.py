@@ -323,12 +323,13 @@ def run_fusion(pipeline: LocalPipeline, runs: Sequence[BranchRun]) -> np.ndarray
     return probs
 
 
-def served_verdict(run: BranchRun, fused: float, config: VerdictConfig) -> str:
+def served_verdict(run: BranchRun, fused: float, config: VerdictConfig, read: Sequence[str] = ()) -> str:
     """What the service answers as `verdict`: triage's on early exit, else the verdict stage's on the fused
-    probability, `uncertain` under any decisive reason (a branch out of distribution, near the threshold)."""
+    probability, `uncertain` under any decisive reason (a branch out of distribution, near the threshold,
+    no branch among `read`, the modalities fusion reads, saying fake on its own)."""
     if run.early_exit is not None:
         return run.early_exit
-    analysis = replace(run.analysis, fused=FusionResult(fused))
+    analysis = replace(run.analysis, fused=FusionResult(fused, gate_weights={m: 1.0 for m in read}))
     _, verdict = decide(fused, config)
     return "uncertain" if any(r.decisive for r in reasons_for(analysis, config)) else verdict
 
