@@ -125,6 +125,18 @@ def test_a_fake_verdict_needs_a_branch_that_says_fake() -> None:
     assert real.verdict == "real" and not any(r.decisive for r in real.reasons)
 
 
+def test_the_evaluation_applies_the_rule_as_the_service_does() -> None:
+    """`spectrashield eval` rebuilds the verdict from the fused probability: told which modalities fusion
+    reads, it abstains where the service does."""
+    from training.features import BranchRun, served_verdict
+
+    run = BranchRun(_doubts(0.18, 0.42))
+    assert served_verdict(run, 0.99, VerdictConfig(), ("visual", "av", "audio")) == "uncertain"
+    assert served_verdict(BranchRun(_doubts(0.7, 0.42)), 0.99, VerdictConfig(), ("visual", "av", "audio")) == "fake"
+    served = respond(_doubts(0.18, 0.42), VerdictConfig(), "r", None)
+    assert served.verdict == served_verdict(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))
+
+
 def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(local: LocalPipeline) -> None:
     from models.ood import OODStats
     from pipeline.visual import run_visual
