@@ -418,8 +418,8 @@ def train_classifier(
         total, n = 0.0, 0
         for start in range(0, len(order), p.files_per_batch):
             crops, y = training_batch(
-                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng, p.video_codec, p.sbi_matched,
-                p.sbi_other,
+                [pool[k] for k in order[start : start + p.files_per_batch]], p.crops_per_file, sbi, rng,
+                p.video_codec, p.sbi_matched, p.sbi_other,
             )
             out = model(images_to_tensor(crops))
             loss = balanced_bce(out.logit, torch.from_numpy(y))
@@ -481,10 +481,10 @@ def sbi_auc(model: nn.Module, files: Sequence[CropFile], seed: int = 123, augmen
     each crop gets the face of the next file's crop of the same rank (another identity)."""
     rng = np.random.default_rng(seed)
     real = np.concatenate([f.crops for f in files])
-    donors = [None] * len(real)
+    donors: list[np.ndarray | None] = [None] * len(real)
     if other and len(files) > 1:
-        donors = [files[(k + 1) % len(files)].crops[j % len(files[(k + 1) % len(files)].crops)]
-                  for k, f in enumerate(files) for j in range(len(f.crops))]
+        nexts = [files[(k + 1) % len(files)].crops for k in range(len(files))]
+        donors = [nexts[k][j % len(nexts[k])] for k, f in enumerate(files) for j in range(len(f.crops))]
     fake = np.stack([self_blend(c, rng, matched=matched, donor=d)[0] for c, d in zip(real, donors, strict=True)])
     if augment:
         real = np.stack([quality_augment(c, rng) for c in real])
