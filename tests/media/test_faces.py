@@ -413,9 +413,10 @@ def test_a_sure_face_outranks_an_unsure_one_of_the_same_size() -> None:
 
 
 def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The whole-frame search runs on every other scheduled detection (frames 0 and 8 here); the ones
-    between only look again around faces already found. A small face stepping in at frame 3 is missed
-    by the detection at 4, found at 8, and tracked back to where it appeared."""
+    """The whole-frame search runs on every other scheduled detection (frames 0 and 8 here) and on any
+    after one that found no face; the others only look again around the faces found before. A small face
+    stepping in at frame 3 is missed by frame 0's search, found by frame 4's (whole: frame 0 found none),
+    looked for only around her at frame 8, and tracked back to where she appeared."""
     searches: list[int] = []
     real = FaceAnalyzer._proposals
 
@@ -427,10 +428,10 @@ def test_a_small_face_entering_is_found_by_the_next_whole_frame_search(monkeypat
     frames, boxes = face_in_scene_frames(16, (1280, 720), 64, (0.6, 0.4))
     frames[:3] = cv2.resize(coffee(), (1280, 720), interpolation=cv2.INTER_AREA)  # the scene before she steps in
     clip = decode_media(encode_video(frames, fps=4.0), DecodeConfig(analysis_fps=4.0, face_detect_every=4))
-    # the source searched whole on frames 0 and 8, then the analysis frame on frame 2, where tracking
-    # back from 8 loses her and the detector checks; frames 0 and 2, faceless, are searched again turned
-    # both ways (frame 0 at source resolution, as it was searched upright; frame 2 has only its analysis frame)
-    assert searches == [1280, 1280, 1280, 1280, 640, 640, 640]
+    # the source searched whole on frame 0 (upright, then turned both ways: faceless) and frame 4, none on
+    # frame 8 (HOG around her box only), then the analysis frame on frame 2, where tracking back from 4 loses
+    # her and the detector checks (upright, then turned both ways: faceless)
+    assert searches == [1280, 1280, 1280, 1280, 1280, 640, 640, 640]
     np.testing.assert_array_equal(clip.face_found, [False] * 3 + [True] * 13)
     _assert_found_at(clip, boxes[0])
 
