@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fusion: a modality it does not read at all (its branch still runs and reports)",
     )
     train.add_argument(
+        "--av-freeze", type=float, default=0.0,
+        help="av_alignment: chance an in-sync, unshifted training window becomes a frozen-mouth negative "
+        "(the mouth held still over 30-70%% of it while speech runs on); 0 = the v1 recipe's draws",
+    )
+    train.add_argument(
         "--fusion-visual-peak", default="second", choices=("second", "max"),
         help="fusion: the crop logit it reads beside the visual mean: the second largest (one frame alone is "
         "not evidence; default) or the largest (fusions v0-v4)",
@@ -226,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, branch_version=args.branch_version,
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
                 overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
-                fusion_visual_peak=args.fusion_visual_peak,
+                fusion_visual_peak=args.fusion_visual_peak, av_freeze=args.av_freeze,
                 **common,
             )}
         for name, result in results.items():

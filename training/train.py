@@ -96,6 +96,8 @@ class HParams:
     window_s: float = 3.0  # av: seconds of audio and frames per training window
     shift_prob: float = 0.5  # av: chance an in-sync window becomes a shifted (out-of-sync) negative
     shift_ms: tuple[float, float] = (150.0, 800.0)  # av: range of |shift| for those negatives
+    freeze_prob: float = 0.0  # av: chance an in-sync, unshifted window becomes a frozen-mouth negative
+    freeze_frac: tuple[float, float] = (0.3, 0.7)  # av: share of that window's frames the mouth is held still
     offset_weight: float = 1.0  # av: weight of the offset regression loss
     modality_dropout: float = 0.2  # fusion: chance each present modality is hidden from a sample
 
@@ -503,11 +505,38 @@ def shift_window(
     return audio.astype(np.float32), frames, t0
 
 
+def freeze_mouth(
+    lips: np.ndarray, mouths: np.ndarray, rng: np.random.Generator, frac: tuple[float, float] = (0.3, 0.7),
+    tries: int = 4,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The window's lips `(T, 20, 2)` and mouth crops `(T, h, w)` with the mouth held still, as it was on the
+    span's first frame, over a span of `frac` of the frames while the audio runs on: a mouth that stops moving
+    while speech continues (a stalled lip-sync or a frozen face in a fake). Of `tries` random spans, the one
+    whose lips moved most is held, so the span falls in speech, not in a pause where a still mouth is right.
+    None when the window is too short or its lips never move (nothing to freeze)."""
+    t = len(lips)
+    n = int(round(rng.uniform(*frac) * t))
+    if t < 4 or n < 2:
+        return None
+    steps = np.abs(np.diff(lips, axis=0)).sum(axis=(1, 2))  # (T-1,) lip motion between frames
+    starts = rng.integers(0, t - n + 1, size=tries)
+    motion = [float(steps[s : s + n - 1].sum()) for s in starts]
+    best = int(np.argmax(motion))
+    if motion[best] <= 1e-6:
+        return None
+    s = int(starts[best])
+    lips, mouths = lips.copy(), mouths.copy()
+    lips[s : s + n] = lips[s]
+    mouths[s : s + n] = mouths[s]
+    return lips, mouths
+
+
 class AVWindows(EpochDataset):
     """Training windows: "av" items (usable lips) train sync/offset/spoof, "audio" items spoof only.
 
     An in-sync "av" item becomes a shifted negative with probability `shift_prob`: audio moved by
-    150-800 ms either way, sync target 0, offset target the lead (> 0 = audio early).
+    150-800 ms either way, sync target 0, offset target the lead (> 0 = audio early). Otherwise, with
+    probability `freeze_prob`, a frozen-mouth negative (`freeze_mouth`): sync target 0, no offset target.
     """
 
     def __init__(self, data: ManifestData, items: Sequence[tuple[int, str]], hp: HParams, seed: int) -> None:
@@ -527,16 +556,21 @@ class AVWindows(EpochDataset):
             item["audio"] = arrays.audio[start : start + n].astype(np.float32)
             return item
         sync, offset = sync_target(entry), offset_target_ms(entry)
-        lead_ms = 0.0
+        lead_ms, freeze = 0.0, False
         if sync == 1 and rng.random() < self.hp.shift_prob:
             lo, hi = self.hp.shift_ms
             lead_ms = float(rng.uniform(lo, hi)) * float(rng.choice([-1.0, 1.0]))
             sync, offset = 0, lead_ms
+        elif sync == 1 and self.hp.freeze_prob > 0 and rng.random() < self.hp.freeze_prob:
+            freeze = True
         audio, frames, t0 = shift_window(arrays, self.hp.window_s, lead_ms / 1000.0, rng)
+        lips, mouths = arrays.lip_trajectory[frames], arrays.mouth_crops[frames]
+        if freeze and (held := freeze_mouth(lips, mouths, rng, self.hp.freeze_frac)) is not None:
+            (lips, mouths), sync, offset = held, 0, None
         item.update(
             audio=audio,
-            lips=arrays.lip_trajectory[frames],
-            mouths=arrays.mouth_crops[frames],
+            lips=lips,
+            mouths=mouths,
             times=(arrays.timestamps[frames] - t0).astype(np.float32),  # the window's own clock, as served
             sync=np.nan if sync is None else float(sync),
             offset_s=np.nan if offset is None else float(offset) / 1000.0,
@@ -626,8 +660,11 @@ def train_av_alignment(
 
 
 def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineConfig, device: str) -> dict[str, Any]:
-    """Full val clips as served, plus each in-sync clip again with its audio rotated 400 ms early."""
+    """Full val clips as served, plus each in-sync clip again with its audio rotated 400 ms early, and again
+    with its mouth held still over 45 % of its frames (`freeze_mouth`, seeded per clip)."""
     sync_y, sync_p, shift_y, shift_p, spoof_y, spoof_p, offset_err = [], [], [], [], [], [], []
+    freeze_y: list[int] = []
+    freeze_p: list[float] = []
     lead_ms = 400.0
     for i, _ in av_items(data, "val", settings):
         entry, arrays = data.entries[i], data.arrays(i)
@@ -649,10 +686,16 @@ def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineC
             shift_y += [1, 0]
             shift_p += [out.av.details["sync_probability"], s_out.av.details["sync_probability"]]
             offset_err.append(abs(s_out.av.details["offset_ms"] - lead_ms))
+            held = freeze_mouth(arrays.lip_trajectory, arrays.mouth_crops, np.random.default_rng([i, 45]), (0.45, 0.45))
+            if held is not None:
+                f_out = run_av(model, replace(arrays, lip_trajectory=held[0], mouth_crops=held[1]), settings.av, device)
+                freeze_y += [1, 0]
+                freeze_p += [out.av.details["sync_probability"], f_out.av.details["sync_probability"]]
     return {
         "split": "val",
         "sync": binary_scores(sync_y, sync_p),  # target 1 = in sync
         "sync_vs_audio_400ms_early": binary_scores(shift_y, shift_p),
+        "sync_vs_mouth_frozen_45pct": binary_scores(freeze_y, freeze_p) if freeze_y else None,
         "offset_mae_ms": float(np.mean(offset_err)) if offset_err else None,
         "spoof": binary_scores(spoof_y, spoof_p),
     }
@@ -835,6 +878,7 @@ def equivalent_command(
     name: str, manifest: Path, version: str, *, preset: str, epochs: int, batch_size: int, lr: float,
     seed: int, device: str, weights_dir: Path | None, branch_version: str | None, exclude_families: Sequence[str],
     fusion_scalars_only: bool = False, fusion_ignore: Sequence[str] = (), fusion_visual_peak: str = "second",
+    av_freeze: float = 0.0,
 ) -> str:
     """The CLI line that reproduces a call, for cards written by Python callers."""
     args = ["spectrashield", "train", name, "--manifest", str(manifest), "--version", version,
@@ -851,6 +895,8 @@ def equivalent_command(
         for modality in fusion_ignore:
             args += ["--fusion-ignore", modality]
         args += ["--fusion-visual-peak", fusion_visual_peak]
+    if name == "av_alignment" and av_freeze > 0:
+        args += ["--av-freeze", f"{av_freeze:g}"]
     return shlex.join(args)
 
 
@@ -958,6 +1004,7 @@ def train_model(
     fusion_ignore: Sequence[str] = (),
     fusion_visual_peak: str = "second",
     save_root: Path | None = None,
+    av_freeze: float = 0.0,
 ) -> TrainResult:
     """Train one model and save it to `<weights_dir>/<name>/<version>/` as a `trained: true` bundle.
 
@@ -983,11 +1030,13 @@ def train_model(
         epochs=base.epochs if epochs is None else epochs,
         batch_size=base.batch_size if batch_size is None else batch_size,
         lr=base.lr if lr is None else lr,
+        freeze_prob=av_freeze if name == "av_alignment" else base.freeze_prob,
     )
     command = command or equivalent_command(
         name, manifest, version, preset=preset, epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, seed=seed,
         device=device, weights_dir=weights_dir, branch_version=branch_version, exclude_families=exclude_families,
         fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore, fusion_visual_peak=fusion_visual_peak,
+        av_freeze=hp.freeze_prob if name == "av_alignment" else 0.0,
     )
     if data is None:
         splits = ("fusion", "val") if name == "fusion" else ("train", "val")

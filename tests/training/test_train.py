@@ -8,6 +8,7 @@ epoch, and each test reads what it wrote.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,15 +21,19 @@ from media import DecodeConfig, decode_media, select_keyframes
 from models import load_bundle
 from training import cli, features
 from training.cli import main as cli_main
-from pipeline.config import KeyframeConfig
+from pipeline.config import KeyframeConfig, PipelineConfig
 from pipeline.keyframes import select_keyframes as keyframes_stage
 from training.features import ClipArrays, FeatureCache, load_manifest_data
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 from training.train import (
     MODEL_NAMES,
     TrainResult,
+    AVWindows,
+    HPARAMS,
+    av_items,
     drop_modalities,
     fit_temperature,
+    freeze_mouth,
     nll,
     offset_target_ms,
     shift_window,
@@ -240,6 +245,46 @@ def test_shift_window_moves_audio_the_stated_way(lead_s: float) -> None:
             assert not 0 <= click - t0 - lead_s < 1.5
 
 
+def test_freeze_mouth_holds_the_lips_still_where_they_moved() -> None:
+    """The held span covers the asked share of the frames, is the first held frame repeated, lies where the
+    lips moved (not in the pause), and leaves the rest and the inputs untouched; still lips give None."""
+    t = 40
+    aperture = np.where(np.arange(t) < 16, 0.0, np.sin(np.arange(t) * 1.3))  # a pause, then speech
+    lips = np.zeros((t, 20, 2), np.float32)
+    lips[:, :, 1] = aperture[:, None] * np.linspace(-1, 1, 20)[None]
+    mouths = (np.arange(t)[:, None, None] * np.ones((1, 48, 96))).astype(np.uint8)
+    before = lips.copy(), mouths.copy()
+    held_lips, held_mouths = freeze_mouth(lips, mouths, np.random.default_rng(0), (0.4, 0.4), tries=8)
+    np.testing.assert_array_equal(lips, before[0])
+    np.testing.assert_array_equal(mouths, before[1])
+    still = np.flatnonzero(held_mouths[:, 0, 0] != mouths[:, 0, 0]) - 1  # frames after the first held one
+    start, n = int(still[0]), 16
+    assert len(still) == n - 1 and start >= 12  # 16 frames held, mostly after the pause
+    assert (held_mouths[start : start + n] == mouths[start]).all()
+    assert np.allclose(held_lips[start : start + n], lips[start])
+    outside = np.r_[0:start, start + n : t]
+    np.testing.assert_array_equal(held_lips[outside], lips[outside])
+    assert freeze_mouth(np.zeros_like(lips), mouths, np.random.default_rng(0)) is None
+
+
+def test_frozen_mouth_windows_are_out_of_sync_negatives(tiny_manifest: Path) -> None:
+    """With `freeze_prob` 1 (and no shifts) every in-sync training window becomes a frozen-mouth negative
+    (sync 0, no offset target); at 0, the default, none does (v1's recipe)."""
+    settings = PipelineConfig()
+    data = load_manifest_data(tiny_manifest, splits=("train",), decode_config=settings.decode, progress=False)
+    items = av_items(data, "train", settings)
+    in_sync = [k for k, (i, mode) in enumerate(items) if mode == "av" and sync_target(data.entries[i]) == 1]
+    assert in_sync
+    base = replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+    for k in in_sync:
+        plain = AVWindows(data, items, base, seed=0)[k]
+        frozen = AVWindows(data, items, replace(base, freeze_prob=1.0), seed=0)[k]
+        assert plain["sync"] == 1.0 and plain["offset_s"] == 0.0
+        assert frozen["sync"] == 0.0 and np.isnan(frozen["offset_s"])
+        steps = np.abs(np.diff(frozen["lips"], axis=0)).sum(axis=(1, 2))
+        assert (steps == 0).sum() > (np.abs(np.diff(plain["lips"], axis=0)).sum(axis=(1, 2)) == 0).sum()
+
+
 def test_modality_dropout_keeps_one_modality() -> None:
     present = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, True, False]])
     generator = torch.Generator().manual_seed(0)
@@ -315,6 +360,19 @@ def test_cli_train_records_the_exact_command(trained: tuple[Path, dict[str, Trai
     assert "--fusion-visual-peak max" in card and "the largest crop logit" in card
     assert load_bundle(weights / "fusion" / "t2").config.visual_peak == "max"
     assert load_bundle(weights / "fusion" / "t1").config.visual_peak == "second"  # the default
+
+
+def test_cli_train_av_freeze_is_recorded_and_validated(
+    trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path
+) -> None:
+    weights, _ = trained
+    argv = ["train", "av_alignment", "--manifest", str(tiny_manifest), "--version", "t3", "--weights-dir",
+            str(weights), "--preset", "test", "--epochs", "1", "--device", "cpu", "--no-progress", "--av-freeze", "0.5"]
+    assert cli_main(argv) == 0
+    info = json.loads((weights / "av_alignment" / "t3" / "config.json").read_text())["training"]
+    assert info["command"].endswith("--av-freeze 0.5")
+    frozen = info["validation"]["sync_vs_mouth_frozen_45pct"]
+    assert frozen["n"] > 0 and frozen["n"] % 2 == 0 and 0.0 <= frozen["auc"] <= 1.0  # each in-sync val clip twice
 
 
 def test_cli_delegates_generate_and_adapt(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
