@@ -11,8 +11,8 @@ framed wider got no face at all. A scheduled detection now makes two passes:
    the face is ~100 px, and kept only if HOG finds a face there too. The cascade is cheap to ask
    everywhere and HOG discards its false positives. Its cost depends on the picture, so only every
    `_FULL_SEARCH_EVERY`-th scheduled detection, and any after one that found no face, searches the
-   whole frame; the others only let HOG look again around the faces found the time before. Beside a face HOG already found, faces
-   under a third of its size are not searched for.
+   whole frame; the others only let HOG look again around the faces found the time before. Beside a
+   face HOG already found, faces under a third of its size are not searched for.
 
 On real faces composited into 640x360 to 1920x1080 and 720x1280 frames, at ±15° roll, one
 detection found faces 48 px tall (dlib's box, brows to chin) in 97 % of frames and 40 px ones in
@@ -249,7 +249,6 @@ class ArraySource:
         return FaceView(np.ascontiguousarray(crop), px0 / self._sx, py0 / self._sy, size[0] / width, size[1] / height)
 
 
-
 class _TurnedGrey:
     """A `SourceFrame`'s grey picture turned by `angle` degrees about its centre, for the small-face search on a
     turned analysis frame (turned by the same angle about its own centre: with the same scale on both axes,
@@ -268,6 +267,7 @@ class _TurnedGrey:
 
     def view(self, box: np.ndarray, scale: float) -> FaceView:
         raise NotImplementedError("a turned source is searched, never cut into views")
+
 
 def _clip_box(box: np.ndarray, width: int, height: int) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -552,9 +552,10 @@ class FaceAnalyzer:
         return [_rect_box(rect) / factor + offset for rect in self._detector(np.ascontiguousarray(patch), 0)]
 
     def _hog_score(self, frame: np.ndarray, box: np.ndarray) -> float | None:
-        """HOG's score for the face in `box` (`frame`'s pixels; `frame` RGB or grey), on a patch scaled as `_hog_around`'s: its most
-        confident detection overlapping the box; `_NO_FACE_SCORE` when it finds none there. None (not
-        judged) for a box under `_SCORE_MIN_FACE` px, e.g. a small face found at source resolution."""
+        """HOG's score for the face in `box` (`frame`'s pixels; `frame` RGB or grey), on a patch scaled as
+        `_hog_around`'s: its most confident detection overlapping the box; `_NO_FACE_SCORE` when it finds
+        none there. None (not judged) for a box under `_SCORE_MIN_FACE` px, e.g. a small face found at
+        source resolution."""
         if float(box[3] - box[1]) < _SCORE_MIN_FACE:
             return None
         cut = _patch_around(frame, box, 1.0)
