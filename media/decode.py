@@ -121,12 +121,26 @@ ALLOWED_AUDIO_CODECS = frozenset({
     # (FFmpeg's G.726 decoders are named g726 and g726le, its encoder adpcm_g726)
     "gsm", "gsm_ms", "adpcm_ms", "adpcm_ima_wav", "g722", "g726", "g726le",
 })
+
+
 # Stills OpenCV may try when FFmpeg cannot open them, by magic bytes: JPEG, PNG, BMP, TIFF, WebP.
 _STILL_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*")
 _TIME_EPS = 1e-6  # seconds; absorbs time-base rounding when comparing frame and grid times
 _VFR_TOLERANCE = 0.10  # frame intervals spreading more than this (relative) make a stream variable-rate
 # Everything PyAV/OpenCV raise on malformed input; mapped to MediaErrors, never leaked.
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, RuntimeError, cv2.error)
+
+
+def _allowed_codec(ctx: av.codec.context.CodecContext | None, allowed: frozenset[str]) -> str | None:
+    """The name a stream's codec is allowed (and reported) by, or None. The decoder FFmpeg picked is named in
+    `allowed`, or else its codec is: AV1 is decoded by libdav1d (this FFmpeg's own `av1` decoder needs
+    hardware), which the allow-list names by the codec, `av1`, as FFmpeg's codec list does."""
+    if ctx is None:
+        return None
+    if ctx.name in allowed:
+        return ctx.name
+    canonical = ctx.codec.canonical_name if ctx.codec is not None else None
+    return canonical if canonical in allowed else None
 
 
 def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: FaceAnalyzer | None = None) -> Clip:
@@ -251,8 +265,8 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
                 "send it as JPEG or PNG"
             )
         for stream, allowed in ((video, ALLOWED_VIDEO_CODECS), (audio, ALLOWED_AUDIO_CODECS)):
-            codec = stream.codec_context.name if stream is not None and stream.codec_context else None
-            if stream is not None and codec not in allowed:
+            if stream is not None and _allowed_codec(stream.codec_context, allowed) is None:
+                codec = stream.codec_context.name if stream.codec_context else None
                 raise NotMediaError(f"{name}: unsupported {stream.type} codec ({codec})")
         if video is None and audio is None:
             if not len(container.streams):  # a recognised container with nothing in it
@@ -260,7 +274,7 @@ def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = 
             raise NotMediaError(f"{name} data holds no audio or video stream")
         if container.duration is not None and container.duration / 1e6 > config.max_duration_s + _TIME_EPS:
             raise MediaTooLargeError(f"duration {container.duration / 1e6:.1f} s exceeds {config.max_duration_s:g} s")
-        audio_codec = audio.codec_context.name if audio is not None and audio.codec_context else None
+        audio_codec = _allowed_codec(audio.codec_context, ALLOWED_AUDIO_CODECS) if audio is not None else None
         first_audio_index = audio.index if audio is not None else None  # stream objects die with the container
         info = scan = None
         if video is not None:
@@ -415,7 +429,7 @@ def _video_info(video: av.video.stream.VideoStream, config: DecodeConfig, data: 
     guessed = float(video.guessed_rate) if video.guessed_rate else None
     return _VideoInfo(
         index=video.index,
-        codec=ctx.name,
+        codec=_allowed_codec(ctx, ALLOWED_VIDEO_CODECS) or ctx.name,
         rate=average or guessed or 25.0,
         native_fps=average or guessed,
         time_base=float(video.time_base) if video.time_base else 0.0,
