@@ -163,7 +163,7 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
     )
     views: dict[int, list[FaceView]] = {}
     try:
-        decoded = _decode(data, config, early.offer if early else None, early.plan if early else None)
+        decoded = _decode(data, config, early.offer if early else None)
         detected = early.results() if early else {}
         views = early.views if early else {}
     except MediaError:
@@ -175,8 +175,9 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
             early.close()
     frames = decoded.frames  # (T, H, W, 3)
     if analyzer is not None and len(frames):
-        every = early.every if early is not None else config.face_detect_every
-        track = analyzer.analyze(frames, every, config.detect_max_side, detected, views, config.min_face_side)
+        track = analyzer.analyze(
+            frames, config.face_detect_every, config.detect_max_side, detected, views, config.min_face_side
+        )
     else:
         track = faceless_track(frames)
     decoded.meta.face_coverage = track.coverage
@@ -232,14 +233,10 @@ class _VideoInfo:
     rotate_tag: int  # legacy clockwise `rotate` tag; 0 when absent
 
 
-def _decode(
-    data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None,
-    on_grid: Callable[[int], None] | None = None,
-) -> _Decoded:
+def _decode(data: bytes, config: DecodeConfig, on_frame: FrameCallback | None = None) -> _Decoded:
     """Probe, pick streams, scan, then decode: the whole pipeline minus faces.
 
-    `on_frame(k, rgb, source)` sees each sampled video frame as soon as it is converted; `on_grid(n)` hears how
-    many frames will be sampled, before the first is (a still image: never called, one frame).
+    `on_frame(k, rgb, source)` sees each sampled video frame as soon as it is converted.
     """
     budget = _Budget(config)
     heif = _is_heif(data)
@@ -294,8 +291,6 @@ def _decode(
         raise UnusableMediaError(f"{name}: no video frames and no audio stream")
     kind: MediaKind = "image" if is_image else "video" if info is not None else "audio"
     grid = _plan_grid(scan, kind, info.native_fps, config) if info is not None and scan is not None else None
-    if grid is not None and on_grid is not None:
-        on_grid(len(grid.times))
     frames, audio_samples, rotation, display = _decode_streams(
         data, info, audio_index, scan, grid, config, budget, on_frame
     )

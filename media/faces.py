@@ -90,9 +90,6 @@ _SMALLEST_BESIDE = 1 / 3
 # detections, and one marginal miss on the first used to leave it faceless; faceless clips pay for it.
 _FULL_SEARCH_EVERY = 2
 _NEAR_REACH = 1.5
-# However short the clip, this many scheduled detections (`detection_interval`): 3 for a 1-6 s clip at 10 fps,
-# where `face_detect_every` = 20 gave one to three.
-_MIN_DETECTIONS = 3
 # A whole-frame search that finds no face looks again at the frame turned by these angles (degrees, in
 # turn, until one finds a face): a head tilted by 10-15 degrees, or a phone held askew, defeats both upright
 # detectors. Only frames with no face pay for it (two more searches).
@@ -592,12 +589,6 @@ def _near_faces(n: int, before: list[np.ndarray]) -> list[np.ndarray] | None:
     return None if n % _FULL_SEARCH_EVERY == 0 or not before else before
 
 
-def detection_interval(n_frames: int, detect_every: int) -> int:
-    """Sampled frames between scheduled detections for a clip of `n_frames`: `detect_every`, or fewer so that the
-    clip gets at least `_MIN_DETECTIONS` (a 2 s clip at 10 fps used to get one, and one miss left it faceless)."""
-    return max(1, min(int(detect_every), -(-int(n_frames) // _MIN_DETECTIONS)))
-
-
 def _largest_first(boxes: list[np.ndarray]) -> list[np.ndarray]:
     return sorted(boxes, key=lambda b: -float((b[2] - b[0]) * (b[3] - b[1])))
 
@@ -919,8 +910,7 @@ class EarlyDetections:
         self, analyzer: FaceAnalyzer, detect_every: int = 20, detect_max_side: int = 480, min_face: int = MIN_FACE
     ) -> None:
         self._analyzer = analyzer
-        self._most = max(int(detect_every), 1)
-        self._every = self._most
+        self._every = max(int(detect_every), 1)
         self._max_side = detect_max_side
         self._min_face = min_face
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detect")
@@ -928,17 +918,6 @@ class EarlyDetections:
         self._held: deque[tuple[int, SourceFrame]] = deque()
         self._held_bytes = 0
         self.views: dict[int, list[FaceView]] = {}  # detail views by sample index, complete after `results()`
-
-    @property
-    def every(self) -> int:
-        """The interval the detections were scheduled at: `FaceAnalyzer.analyze` must be given the same."""
-        return self._every
-
-    def plan(self, n_frames: int) -> None:
-        """The clip will have `n_frames` sampled frames: schedule by `detection_interval` (before any offer but the first)."""
-        if len(self._pending) > 1:
-            raise RuntimeError("plan the schedule before frames past the first are offered")
-        self._every = detection_interval(n_frames, self._most)
 
     def offer(self, k: int, frame: np.ndarray, source: SourceFrame | None = None) -> None:
         if k % self._every == 0:

@@ -523,14 +523,3 @@ def test_a_small_tilted_face_is_looked_for_turned_at_source_resolution(
     _assert_found_at(clip, truth)
     assert clip.meta.faces_seen == 1
     assert analyzer._detect_turned(clip.frames[0], 480, faces.MIN_FACE) == []  # the analysis frame alone: missed
-
-
-def test_a_short_clip_gets_three_scheduled_detections() -> None:
-    """A 1.6 s clip whose first 0.6 s are a cutaway: with one detection every 20 sampled frames it had a single
-    one, on the cutaway, and no face at all. Now any clip gets at least three (frames 0, 6 and 12 here)."""
-    frames, boxes = face_in_scene_frames(16, (1280, 720), 96, (0.4, 0.5))
-    frames[:6] = cv2.resize(coffee(), (1280, 720), interpolation=cv2.INTER_AREA)
-    clip = decode_media(encode_video(frames, fps=10.0))
-    np.testing.assert_array_equal(clip.face_found, [False] * 6 + [True] * 10)
-    _assert_found_at(clip, boxes[-1])
-    assert [faces.detection_interval(n, 20) for n in (0, 1, 15, 16, 24, 40, 60, 100, 300)] == [1, 1, 5, 6, 8, 14, 20, 20, 20]
