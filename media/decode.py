@@ -121,8 +121,6 @@ ALLOWED_AUDIO_CODECS = frozenset({
     # (FFmpeg's G.726 decoders are named g726 and g726le, its encoder adpcm_g726)
     "gsm", "gsm_ms", "adpcm_ms", "adpcm_ima_wav", "g722", "g726", "g726le",
 })
-
-
 # Stills OpenCV may try when FFmpeg cannot open them, by magic bytes: JPEG, PNG, BMP, TIFF, WebP.
 _STILL_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*")
 _TIME_EPS = 1e-6  # seconds; absorbs time-base rounding when comparing frame and grid times
