@@ -451,12 +451,12 @@ class FaceAnalyzer:
         720x1280 portrait frame is 26 px in the analysis frame. A box keeps its size; its centre is turned back
         (boxes whose centre falls outside the frame are dropped)."""
         height, width = frame.shape[:2]
-        grey = source.grey(_GREY_MAX_SIDE) if source is not None else None
+        grey, upscale = (source.grey(_GREY_MAX_SIDE), source.upscale) if source is not None else (None, 1.0)
         for angle in _ROLL_RETRY_DEG:
             turn = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
             turned = cv2.warpAffine(frame, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             back = cv2.invertAffineTransform(turn)
-            turned_source = _TurnedGrey(grey, angle, source.upscale) if grey is not None and source is not None else None
+            turned_source = _TurnedGrey(grey, angle, upscale) if grey is not None else None
             faces = []
             for box in self._detect_upright(turned, max_side, turned_source, min_face, None):
                 score = self._hog_score(turned, box)

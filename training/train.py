@@ -1036,7 +1036,7 @@ def train_model(
         name, manifest, version, preset=preset, epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, seed=seed,
         device=device, weights_dir=weights_dir, branch_version=branch_version, exclude_families=exclude_families,
         fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore, fusion_visual_peak=fusion_visual_peak,
-        av_freeze=hp.freeze_prob if name == "av_alignment" else 0.0,
+        av_freeze=hp.freeze_prob,
     )
     if data is None:
         splits = ("fusion", "val") if name == "fusion" else ("train", "val")
