@@ -364,7 +364,8 @@ class FaceAnalyzer:
         prominent face among its detections is tracked forward frame by frame by its landmarks,
         and backward over frames that have no face yet, until the track looks lost; then the
         detector looks at that frame, and either restarts the track there or ends it. A
-        scheduled detection that finds no face ends the track too. `detected` holds detections
+        scheduled detection that finds no face ends the track too; one that finds the tracked face lets the
+        track go on in its own box (`_Tracker._meet`). `detected` holds detections
         already made (`find_faces` on the same frames with the same settings and `_near_faces`
         schedule, e.g. by `EarlyDetections` while the video decoded, where the source frames were
         at hand); the rest are made here on `frames` alone. `views` holds detail views of small
@@ -769,7 +770,7 @@ class _Tracker:
         for i in range(n_frames):
             if i in self.scheduled:
                 box = self.scheduled[i]
-                anchor = self._start(i, box) if box is not None else None
+                anchor = None if box is None else self._start(i, box) if anchor is None else self._meet(i, anchor, box)
             elif anchor is not None:
                 anchor = self._follow(i, anchor)
             if anchor is not None and anchor.detected and i > 0 and not self.track.face_found[i - 1]:
@@ -795,6 +796,22 @@ class _Tracker:
         if not self._fill(i, box, points, view):
             return None
         return _Anchor(points, _box_offsets(box, points), _appearance(self.track.face_crops[i]), detected=True)
+
+    def _meet(self, i: int, anchor: _Anchor, box: np.ndarray) -> _Anchor | None:
+        """A scheduled detection on frame `i` while the track is live. Where it is the tracked face, the track
+        goes on in its own box (as between detections, without the appearance check: the detector saw a face
+        there), so that the box, landmarks and crops do not jump with the detector's box: two detections of one
+        face can differ by a third in size (HOG's box is never under its 80 px window, so a 65 px face it finds
+        in the analysis frame is boxed at 97 px, and at 71 px when found again at source resolution), and the
+        landmark fit follows the box. Where the detection is another face or the fit fails, the track restarts
+        at the detector's box."""
+        guess = _box_from(anchor.points, anchor.offsets)
+        if _iou(guess, box) > _SAME_FACE_IOU:
+            points, view = self._locate(i, guess)
+            box_here = _box_from(points, anchor.offsets)
+            if _plausible_step(anchor.points, points) and self._fill(i, box_here, points, view):
+                return _Anchor(points, anchor.offsets, _appearance(self.track.face_crops[i]), detected=True)
+        return self._start(i, box)
 
     def _follow(self, i: int, anchor: _Anchor) -> _Anchor | None:
         """Frame `i` tracked from `anchor` (a neighbouring frame's face); the detector decides when it looks lost."""

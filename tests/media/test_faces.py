@@ -174,6 +174,36 @@ def test_tracking_stays_close_to_detecting_every_frame(analyzer: FaceAnalyzer, d
     np.testing.assert_allclose(tracked.lip_trajectory, every_frame.lip_trajectory, atol=0.05)
 
 
+def _shrunk(box: np.ndarray, factor: float) -> np.ndarray:
+    centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * factor
+    return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
+
+def test_a_detection_of_the_tracked_face_does_not_resize_its_box(analyzer: FaceAnalyzer) -> None:
+    """Two detections of one face can disagree on its size by a third; the one on frame 20 must not make the
+    box, landmarks and lips jump there: they go on from the track (before, the box shrank to the detector's)."""
+    frames = np.stack(_sliding_face(30, step=1))
+    first = analyzer.find_faces(frames[0])[0]
+    second = _shrunk(analyzer.find_faces(frames[20])[0], 0.7)
+    track = analyzer.analyze(frames, detect_every=20, detected={0: [first], 20: [second]})
+    assert track.face_found.all()
+    heights = track.face_boxes[:, 3] - track.face_boxes[:, 1]
+    assert abs(heights[20] / heights[19] - 1) < 0.05 and abs(heights[20] - (second[3] - second[1])) > 10
+    step = np.abs(np.diff(track.lip_trajectory, axis=0)).mean(axis=(1, 2))  # (29,)
+    assert step[19] < 3 * np.median(step) + 0.01
+
+
+def test_a_detection_of_another_face_restarts_the_track_there(analyzer: FaceAnalyzer) -> None:
+    """Where the scheduled detection is a face other than the tracked one, the track restarts at it."""
+    face = astronaut()[40:360, 60:380]
+    frames = np.stack([np.concatenate([face, face], axis=1)] * 25)  # (320, 640): the same face twice
+    left, right = sorted(analyzer.find_faces(frames[0]), key=lambda b: float(b[0]))
+    track = analyzer.analyze(frames, detect_every=20, detected={0: [left], 20: [right]})
+    assert track.face_found.all()
+    centres = (track.face_boxes[:, 0] + track.face_boxes[:, 2]) / 2
+    assert (centres[:20] < 320).all() and (centres[20:] > 320).all()
+
+
 def test_analyzer_pickles_without_its_models(analyzer: FaceAnalyzer) -> None:
     analyzer.analyze(astronaut()[None, ::2, ::2])  # models loaded
     payload = pickle.dumps(analyzer)
