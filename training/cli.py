@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(the mouth held still over 30-70%% of it while speech runs on); 0 = the v1 recipe's draws",
     )
     train.add_argument(
+        "--fusion-input-noise", type=float, default=0.0,
+        help="fusion: Gaussian noise on every input feature while training, in units of that feature's "
+        "standard deviation over the fit split; 0 = none",
+    )
+    train.add_argument(
         "--fusion-visual-peak", default="second", choices=("second", "max"),
         help="fusion: the crop logit it reads beside the visual mean: the second largest (one frame alone is "
         "not evidence; default) or the largest (fusions v0-v4)",
@@ -217,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "branch_version": args.branch_version, "exclude_families": args.exclude_family,
                 "loader_workers": args.loader_workers, "command": command_line, "overwrite": args.force,
                 "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
-                "fusion_visual_peak": args.fusion_visual_peak,
+                "fusion_visual_peak": args.fusion_visual_peak, "av_freeze": args.av_freeze,
+                "fusion_input_noise": args.fusion_input_noise,
             }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
@@ -232,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
                 overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
                 fusion_visual_peak=args.fusion_visual_peak, av_freeze=args.av_freeze,
-                **common,
+                fusion_input_noise=args.fusion_input_noise, **common,
             )}
         for name, result in results.items():
             print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")

@@ -34,6 +34,7 @@ from training.train import (
     drop_modalities,
     fit_temperature,
     freeze_mouth,
+    jitter,
     nll,
     offset_target_ms,
     shift_window,
@@ -245,6 +246,17 @@ def test_shift_window_moves_audio_the_stated_way(lead_s: float) -> None:
             assert not 0 <= click - t0 - lead_s < 1.5
 
 
+def test_fusion_input_noise_is_scaled_by_each_features_spread() -> None:
+    """`jitter` adds noise of `noise` times each column's spread: none to a constant column, none at all at 0."""
+    features = {"av": torch.zeros(20000, 3)}
+    spread = {"av": torch.tensor([0.0, 1.0, 0.01])}
+    generator = torch.Generator().manual_seed(0)
+    assert jitter(features, spread, 0.0, generator) is features
+    noisy = jitter(features, spread, 0.5, generator)["av"]
+    assert not noisy[:, 0].any()
+    np.testing.assert_allclose(noisy[:, 1:].std(dim=0).numpy(), [0.5, 0.005], rtol=0.05)
+
+
 def test_freeze_mouth_holds_the_lips_still_where_they_moved() -> None:
     """The held span covers the asked share of the frames, is the first held frame repeated, lies where the
     lips moved (not in the pause), and leaves the rest and the inputs untouched; still lips give None."""
@@ -352,9 +364,10 @@ def test_cli_train_records_the_exact_command(trained: tuple[Path, dict[str, Trai
     weights, _ = trained
     argv = ["train", "fusion", "--manifest", str(tiny_manifest), "--version", "t2", "--branch-version", "t1",
             "--weights-dir", str(weights), "--preset", "test", "--epochs", "2", "--device", "cpu", "--no-progress",
-            "--fusion-visual-peak", "max"]
+            "--fusion-visual-peak", "max", "--fusion-input-noise", "0.5"]
     assert cli_main(argv) == 0
     card = (weights / "fusion" / "t2" / "card.md").read_text()
+    assert "--fusion-input-noise 0.5" in card and "noise on its inputs" in card
     assert "spectrashield train fusion --manifest" in card and "--epochs 2" in card and "--branch-version t1" in card
     assert "fast_triage/t1" in card  # which branch bundles fusion was fitted on
     assert "--fusion-visual-peak max" in card and "the largest crop logit" in card
