@@ -105,8 +105,9 @@ _CONTAINER_OPTIONS = {"protocol_whitelist": "none", "probesize": "5000000", "ana
 # upload (415): a text file must not become Nintendo ADPCM audio, nor `ID3` + noise a CD+G video.
 ALLOWED_DEMUXERS = frozenset({
     "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "flv", "mpegts", "mpeg", "asf", "ogg",  # video containers
-    "wav", "mp3", "flac", "aac", "aiff", "caf", "amr", "w64", "gsm", "au", "wv",  # audio ("gsm": raw GSM 06.10,
-    # telephony; "au": Sun/NeXT .snd, mu-law voice files; "wv": WavPack)
+    "wav", "mp3", "flac", "aac", "aiff", "caf", "amr", "w64", "gsm", "au", "wv", "ac3", "eac3",  # audio ("gsm":
+    # raw GSM 06.10, telephony; "au": Sun/NeXT .snd, mu-law voice files; "wv": WavPack; "ac3"/"eac3": the Dolby
+    # Digital tracks of broadcast and disc rips, demuxed to .ac3/.eac3 files)
     "image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif", "apng",  # stills
 })
 ALLOWED_VIDEO_CODECS = frozenset({
@@ -114,7 +115,7 @@ ALLOWED_VIDEO_CODECS = frozenset({
     "wmv1", "wmv2", "wmv3", "vc1", "msmpeg4v3", "prores", "mjpeg", "png", "apng", "gif", "webp", "bmp", "tiff",
 })
 ALLOWED_AUDIO_CODECS = frozenset({
-    "aac", "mp3", "mp3float", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3", "amrnb", "amrwb",
+    "aac", "mp3", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3", "amrnb", "amrwb",
     "wmav1", "wmav2", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
     "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_u8", "pcm_s8", "pcm_mulaw", "pcm_alaw", "wavpack",
     # telephony: call recordings and IVR prompts arrive as GSM 06.10 (raw, or in WAV) and ADPCM/G.72x in WAV
@@ -130,15 +131,16 @@ _DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, RuntimeEr
 
 
 def _allowed_codec(ctx: av.codec.context.CodecContext | None, allowed: frozenset[str]) -> str | None:
-    """The name a stream's codec is allowed (and reported) by, or None. The decoder FFmpeg picked is named in
-    `allowed`, or else its codec is: AV1 is decoded by libdav1d (this FFmpeg's own `av1` decoder needs
-    hardware), which the allow-list names by the codec, `av1`, as FFmpeg's codec list does."""
+    """The name a stream's codec is allowed (and reported) by, or None: its codec's name where `allowed` holds
+    it, else the name of the decoder FFmpeg picked where `allowed` holds that. AV1 is decoded by libdav1d
+    (this FFmpeg's own `av1` decoder needs hardware) and MP3 by `mp3float`: both are allowed and reported
+    by the codec, `av1` and `mp3`, as FFmpeg's codec list names them; G.726 by its decoders' names."""
     if ctx is None:
         return None
-    if ctx.name in allowed:
-        return ctx.name
     canonical = ctx.codec.canonical_name if ctx.codec is not None else None
-    return canonical if canonical in allowed else None
+    if canonical in allowed:
+        return canonical
+    return ctx.name if ctx.name in allowed else None
 
 
 def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: FaceAnalyzer | None = None) -> Clip:

@@ -339,7 +339,7 @@ def test_late_audio_is_padded_to_the_video_clock(container: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "codec"), [("wav", "pcm_s16le"), ("flac", "flac"), ("mp3", "mp3float"), ("ogg", "opus"), ("m4a", "aac")]
+    ("fmt", "codec"), [("wav", "pcm_s16le"), ("flac", "flac"), ("mp3", "mp3"), ("ogg", "opus"), ("m4a", "aac")]
 )
 def test_audio_files_are_detected_as_audio(fmt: str, codec: str) -> None:
     stereo = np.stack([speech_like_audio(1.5, 44_100, seed=2), speech_like_audio(1.5, 44_100, seed=3)], axis=1)
@@ -570,7 +570,8 @@ def _wav_with(codec: str, audio: np.ndarray, rate: int, container: str = "wav") 
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray((audio * 32767).astype(np.int16)[None], format="s16", layout="mono")
         frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
+        frames = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate).resample(frame)
+        for packet in [*(p for f in frames for p in stream.encode(f)), *stream.encode(None)]:
             out.mux(packet)
     return buf.getvalue()
 
@@ -583,9 +584,11 @@ def _wav_with(codec: str, audio: np.ndarray, rate: int, container: str = "wav") 
     (lambda: _wav_with("adpcm_g726", speech_like_audio(1.0, 8000, seed=6), 8000), "g726"),  # FFmpeg's decoder name
     (lambda: _wav_with("pcm_mulaw", speech_like_audio(1.0, 8000, seed=7), 8000, "au"), "pcm_mulaw"),  # Sun/NeXT .au
     (lambda: _wav_with("wavpack", speech_like_audio(1.0, 44_100, seed=8), 44_100, "wv"), "wavpack"),  # archives' lossless
+    (lambda: _wav_with("ac3", speech_like_audio(1.0, 48_000, seed=9), 48_000, "ac3"), "ac3"),  # a disc rip's track
+    (lambda: _wav_with("eac3", speech_like_audio(1.0, 48_000, seed=10), 48_000, "eac3"), "eac3"),  # a broadcast's
 ])
 def test_telephony_audio_decodes(make, codec: str) -> None:
-    """One second of telephone-coded speech: decoded to 16 kHz mono like any other audio upload."""
+    """One second of telephone-coded (or Dolby-coded) speech: decoded to 16 kHz mono like any other audio upload."""
     clip = decode_media(make())
     assert clip.meta.kind == "audio" and clip.meta.audio_codec == codec and clip.meta.has_audio
     assert len(clip.audio) / AUDIO_SAMPLE_RATE == pytest.approx(1.0, abs=0.05)
