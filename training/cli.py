@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(the mouth held still over 30-70%% of it while speech runs on); 0 = the v1 recipe's draws",
     )
     train.add_argument(
+        "--av-sync-jitter", type=float, default=0.0, metavar="MS",
+        help="av_alignment: an in-sync training window that stays a positive has its audio moved by a random "
+        "lead within +-MS ms (recorded speech is rarely frame-exact); 0 = the v1 recipe's draws",
+    )
+    train.add_argument(
         "--fusion-input-noise", type=float, default=0.0,
         help="fusion: Gaussian noise on every input feature while training, in units of that feature's "
         "standard deviation over the fit split; 0 = none",
@@ -223,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "loader_workers": args.loader_workers, "command": command_line, "overwrite": args.force,
                 "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
                 "fusion_visual_peak": args.fusion_visual_peak, "av_freeze": args.av_freeze,
-                "fusion_input_noise": args.fusion_input_noise,
+                "fusion_input_noise": args.fusion_input_noise, "av_sync_jitter": args.av_sync_jitter,
             }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
@@ -238,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
                 overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
                 fusion_visual_peak=args.fusion_visual_peak, av_freeze=args.av_freeze,
-                fusion_input_noise=args.fusion_input_noise, **common,
+                fusion_input_noise=args.fusion_input_noise, av_sync_jitter=args.av_sync_jitter, **common,
             )}
         for name, result in results.items():
             print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")

@@ -97,6 +97,7 @@ class HParams:
     shift_prob: float = 0.5  # av: chance an in-sync window becomes a shifted (out-of-sync) negative
     shift_ms: tuple[float, float] = (150.0, 800.0)  # av: range of |shift| for those negatives
     freeze_prob: float = 0.0  # av: chance an in-sync, unshifted window becomes a frozen-mouth negative
+    sync_jitter_ms: float = 0.0  # av: an in-sync window that stays a positive has its audio moved by up to this
     input_noise: float = 0.0  # fusion: Gaussian noise on each feature, in that feature's std over the fit split
     freeze_frac: tuple[float, float] = (0.3, 0.7)  # av: share of that window's frames the mouth is held still
     offset_weight: float = 1.0  # av: weight of the offset regression loss
@@ -538,6 +539,10 @@ class AVWindows(EpochDataset):
     An in-sync "av" item becomes a shifted negative with probability `shift_prob`: audio moved by
     150-800 ms either way, sync target 0, offset target the lead (> 0 = audio early). Otherwise, with
     probability `freeze_prob`, a frozen-mouth negative (`freeze_mouth`): sync target 0, no offset target.
+    An in-sync window that stays a positive has its audio moved by a uniform lead within +-`sync_jitter_ms`
+    (sync target 1, offset target that lead): recorded speech reaches a file tens of ms off its picture (capture
+    and encoder latency; broadcast tolerates about 45 ms lead and 125 ms lag, ITU-R BT.1359), while the generator's
+    authentic clips are exact to the sample, so without it "a few frames off" is learned as fake.
     """
 
     def __init__(self, data: ManifestData, items: Sequence[tuple[int, str]], hp: HParams, seed: int) -> None:
@@ -564,6 +569,9 @@ class AVWindows(EpochDataset):
             sync, offset = 0, lead_ms
         elif sync == 1 and self.hp.freeze_prob > 0 and rng.random() < self.hp.freeze_prob:
             freeze = True
+        if sync == 1 and lead_ms == 0.0 and self.hp.sync_jitter_ms > 0:
+            lead_ms = float(rng.uniform(-self.hp.sync_jitter_ms, self.hp.sync_jitter_ms))
+            offset = lead_ms
         audio, frames, t0 = shift_window(arrays, self.hp.window_s, lead_ms / 1000.0, rng)
         lips, mouths = arrays.lip_trajectory[frames], arrays.mouth_crops[frames]
         if freeze and (held := freeze_mouth(lips, mouths, rng, self.hp.freeze_frac)) is not None:
@@ -661,12 +669,15 @@ def train_av_alignment(
 
 
 def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineConfig, device: str) -> dict[str, Any]:
-    """Full val clips as served, plus each in-sync clip again with its audio rotated 400 ms early, and again
-    with its mouth held still over 45 % of its frames (`freeze_mouth`, seeded per clip)."""
+    """Full val clips as served, plus each in-sync clip again with its audio rotated 400 ms early, again with it
+    80 ms late (still in sync by broadcast tolerances: `sync_at_audio_80ms_late` is the share of those clips
+    the model calls in sync), and again with its mouth held still over 45 % of its frames (`freeze_mouth`,
+    seeded per clip)."""
     sync_y, sync_p, shift_y, shift_p, spoof_y, spoof_p, offset_err = [], [], [], [], [], [], []
     freeze_y: list[int] = []
     freeze_p: list[float] = []
-    lead_ms = 400.0
+    late_p: list[float] = []
+    lead_ms, late_ms = 400.0, 80.0
     for i, _ in av_items(data, "val", settings):
         entry, arrays = data.entries[i], data.arrays(i)
         out = run_av(model, arrays, settings.av, device)
@@ -687,6 +698,8 @@ def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineC
             shift_y += [1, 0]
             shift_p += [out.av.details["sync_probability"], s_out.av.details["sync_probability"]]
             offset_err.append(abs(s_out.av.details["offset_ms"] - lead_ms))
+            late = np.roll(served_audio(arrays, settings.av), int(late_ms / 1000 * arrays.sample_rate))
+            late_p.append(run_av(model, replace(arrays, audio=late), settings.av, device).av.details["sync_probability"])
             held = freeze_mouth(arrays.lip_trajectory, arrays.mouth_crops, np.random.default_rng([i, 45]), (0.45, 0.45))
             if held is not None:
                 f_out = run_av(model, replace(arrays, lip_trajectory=held[0], mouth_crops=held[1]), settings.av, device)
@@ -697,6 +710,7 @@ def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineC
         "sync": binary_scores(sync_y, sync_p),  # target 1 = in sync
         "sync_vs_audio_400ms_early": binary_scores(shift_y, shift_p),
         "sync_vs_mouth_frozen_45pct": binary_scores(freeze_y, freeze_p) if freeze_y else None,
+        "sync_at_audio_80ms_late": float(np.mean(np.asarray(late_p) >= 0.5)) if late_p else None,
         "offset_mae_ms": float(np.mean(offset_err)) if offset_err else None,
         "spoof": binary_scores(spoof_y, spoof_p),
     }
@@ -894,7 +908,7 @@ def equivalent_command(
     name: str, manifest: Path, version: str, *, preset: str, epochs: int, batch_size: int, lr: float,
     seed: int, device: str, weights_dir: Path | None, branch_version: str | None, exclude_families: Sequence[str],
     fusion_scalars_only: bool = False, fusion_ignore: Sequence[str] = (), fusion_visual_peak: str = "second",
-    av_freeze: float = 0.0, fusion_input_noise: float = 0.0,
+    av_freeze: float = 0.0, fusion_input_noise: float = 0.0, av_sync_jitter: float = 0.0,
 ) -> str:
     """The CLI line that reproduces a call, for cards written by Python callers."""
     args = ["spectrashield", "train", name, "--manifest", str(manifest), "--version", version,
@@ -914,6 +928,8 @@ def equivalent_command(
         args += ["--fusion-input-noise", f"{fusion_input_noise:g}"] if fusion_input_noise > 0 else []
     if name == "av_alignment" and av_freeze > 0:
         args += ["--av-freeze", f"{av_freeze:g}"]
+    if name == "av_alignment" and av_sync_jitter > 0:
+        args += ["--av-sync-jitter", f"{av_sync_jitter:g}"]
     return shlex.join(args)
 
 
@@ -1023,6 +1039,7 @@ def train_model(
     save_root: Path | None = None,
     av_freeze: float = 0.0,
     fusion_input_noise: float = 0.0,
+    av_sync_jitter: float = 0.0,
 ) -> TrainResult:
     """Train one model and save it to `<weights_dir>/<name>/<version>/` as a `trained: true` bundle.
 
@@ -1049,13 +1066,14 @@ def train_model(
         batch_size=base.batch_size if batch_size is None else batch_size,
         lr=base.lr if lr is None else lr,
         freeze_prob=av_freeze if name == "av_alignment" else base.freeze_prob,
+        sync_jitter_ms=av_sync_jitter if name == "av_alignment" else base.sync_jitter_ms,
         input_noise=fusion_input_noise if name == "fusion" else base.input_noise,
     )
     command = command or equivalent_command(
         name, manifest, version, preset=preset, epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, seed=seed,
         device=device, weights_dir=weights_dir, branch_version=branch_version, exclude_families=exclude_families,
         fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore, fusion_visual_peak=fusion_visual_peak,
-        av_freeze=hp.freeze_prob, fusion_input_noise=hp.input_noise,
+        av_freeze=hp.freeze_prob, fusion_input_noise=hp.input_noise, av_sync_jitter=hp.sync_jitter_ms,
     )
     if data is None:
         splits = ("fusion", "val") if name == "fusion" else ("train", "val")

@@ -297,6 +297,26 @@ def test_frozen_mouth_windows_are_out_of_sync_negatives(tiny_manifest: Path) -> 
         assert (steps == 0).sum() > (np.abs(np.diff(plain["lips"], axis=0)).sum(axis=(1, 2)) == 0).sum()
 
 
+def test_in_sync_windows_stay_positives_within_the_sync_jitter(tiny_manifest: Path) -> None:
+    """With `sync_jitter_ms` 100 (and no shifts) every in-sync window stays a positive (sync 1) with its audio moved
+    by the lead its offset target says, within 100 ms, and not all by the same; at 0 every lead is 0."""
+    settings = PipelineConfig()
+    data = load_manifest_data(tiny_manifest, splits=("train",), decode_config=settings.decode, progress=False)
+    items = av_items(data, "train", settings)
+    in_sync = [k for k, (i, mode) in enumerate(items) if mode == "av" and sync_target(data.entries[i]) == 1]
+    assert in_sync
+    base = replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+    leads = []
+    for k in in_sync:
+        plain = AVWindows(data, items, base, seed=0)[k]
+        moved = AVWindows(data, items, replace(base, sync_jitter_ms=100.0), seed=0)[k]
+        assert plain["offset_s"] == 0.0 and moved["sync"] == 1.0 and abs(moved["offset_s"]) <= 0.1
+        leads.append(moved["offset_s"])
+        if abs(moved["offset_s"]) > 0.01:
+            assert not np.array_equal(moved["audio"], plain["audio"])
+    assert len(set(leads)) == len(leads) > 1
+
+
 def test_modality_dropout_keeps_one_modality() -> None:
     present = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, True, False]])
     generator = torch.Generator().manual_seed(0)
@@ -375,17 +395,19 @@ def test_cli_train_records_the_exact_command(trained: tuple[Path, dict[str, Trai
     assert load_bundle(weights / "fusion" / "t1").config.visual_peak == "second"  # the default
 
 
-def test_cli_train_av_freeze_is_recorded_and_validated(
+def test_cli_train_av_options_are_recorded_and_validated(
     trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path
 ) -> None:
     weights, _ = trained
     argv = ["train", "av_alignment", "--manifest", str(tiny_manifest), "--version", "t3", "--weights-dir",
-            str(weights), "--preset", "test", "--epochs", "1", "--device", "cpu", "--no-progress", "--av-freeze", "0.5"]
+            str(weights), "--preset", "test", "--epochs", "1", "--device", "cpu", "--no-progress", "--av-freeze", "0.5",
+            "--av-sync-jitter", "60"]
     assert cli_main(argv) == 0
     info = json.loads((weights / "av_alignment" / "t3" / "config.json").read_text())["training"]
-    assert info["command"].endswith("--av-freeze 0.5")
+    assert info["command"].endswith("--av-freeze 0.5 --av-sync-jitter 60")
     frozen = info["validation"]["sync_vs_mouth_frozen_45pct"]
     assert frozen["n"] > 0 and frozen["n"] % 2 == 0 and 0.0 <= frozen["auc"] <= 1.0  # each in-sync val clip twice
+    assert 0.0 <= info["validation"]["sync_at_audio_80ms_late"] <= 1.0
 
 
 def test_cli_delegates_generate_and_adapt(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
