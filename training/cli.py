@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         "lead within +-MS ms (recorded speech is rarely frame-exact); 0 = the v1 recipe's draws",
     )
     train.add_argument(
+        "--av-reverb", type=float, default=0.0, metavar="P",
+        help="av_alignment: chance a training window's audio is heard in a synthetic room (RT60 0.15-0.8 s; "
+        "the generator's speech is dry); 0 = the v1 recipe's draws",
+    )
+    train.add_argument(
         "--fusion-input-noise", type=float, default=0.0,
         help="fusion: Gaussian noise on every input feature while training, in units of that feature's "
         "standard deviation over the fit split; 0 = none",
@@ -229,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
                 "fusion_visual_peak": args.fusion_visual_peak, "av_freeze": args.av_freeze,
                 "fusion_input_noise": args.fusion_input_noise, "av_sync_jitter": args.av_sync_jitter,
+                "av_reverb": args.av_reverb,
             }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
@@ -243,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
                 overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
                 fusion_visual_peak=args.fusion_visual_peak, av_freeze=args.av_freeze,
-                fusion_input_noise=args.fusion_input_noise, av_sync_jitter=args.av_sync_jitter, **common,
+                fusion_input_noise=args.fusion_input_noise, av_sync_jitter=args.av_sync_jitter,
+                av_reverb=args.av_reverb, **common,
             )}
         for name, result in results.items():
             print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")

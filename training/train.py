@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -98,6 +99,7 @@ class HParams:
     shift_ms: tuple[float, float] = (150.0, 800.0)  # av: range of |shift| for those negatives
     freeze_prob: float = 0.0  # av: chance an in-sync, unshifted window becomes a frozen-mouth negative
     sync_jitter_ms: float = 0.0  # av: an in-sync window that stays a positive has its audio moved by up to this
+    reverb_prob: float = 0.0  # av: chance a training window's audio is heard in a synthetic room (`room_reverb`)
     input_noise: float = 0.0  # fusion: Gaussian noise on each feature, in that feature's std over the fit split
     freeze_frac: tuple[float, float] = (0.3, 0.7)  # av: share of that window's frames the mouth is held still
     offset_weight: float = 1.0  # av: weight of the offset regression loss
@@ -507,6 +509,24 @@ def shift_window(
     return audio.astype(np.float32), frames, t0
 
 
+def room_reverb(
+    audio: np.ndarray, sr: int, rng: np.random.Generator, rt60_s: tuple[float, float] = (0.15, 0.8),
+    drr_db: tuple[float, float] = (-3.0, 12.0),
+) -> np.ndarray:
+    """`audio` heard in a synthetic room, same length and RMS: the direct sound plus a tail of Gaussian noise
+    whose energy decays by 60 dB in an RT60 drawn from `rt60_s`, at a direct-to-reverberant ratio drawn from
+    `drr_db`. Rooms smear speech's energy later in time, which a sync model that only heard dry speech reads
+    as audio lagging the lips."""
+    rt60, drr = float(rng.uniform(*rt60_s)), float(rng.uniform(*drr_db))
+    t = np.arange(1, max(int(rt60 * sr), 2)) / sr
+    tail = rng.standard_normal(len(t)) * np.exp(-6.908 * t / rt60)  # 10^(-3) in amplitude at t = rt60
+    tail *= np.sqrt(10 ** (-drr / 10) / max(float(np.sum(tail**2)), 1e-12))  # energy ratio to the direct path's 1
+    impulse = torch.from_numpy(np.concatenate([[1.0], tail]).astype(np.float32))
+    wet = AF.fftconvolve(torch.from_numpy(audio.astype(np.float32)), impulse)[: len(audio)].numpy()
+    before, after = float(np.sqrt(np.mean(audio**2))), float(np.sqrt(np.mean(wet**2)))
+    return (wet * (before / after) if after > 0 else wet).astype(np.float32)
+
+
 def freeze_mouth(
     lips: np.ndarray, mouths: np.ndarray, rng: np.random.Generator, frac: tuple[float, float] = (0.3, 0.7),
     tries: int = 4,
@@ -543,6 +563,8 @@ class AVWindows(EpochDataset):
     (sync target 1, offset target that lead): recorded speech reaches a file tens of ms off its picture (capture
     and encoder latency; broadcast tolerates about 45 ms lead and 125 ms lag, ITU-R BT.1359), while the generator's
     authentic clips are exact to the sample, so without it "a few frames off" is learned as fake.
+    With probability `reverb_prob` a window's audio (any item, either mode) is heard in a synthetic room
+    (`room_reverb`): the generator's speech is dry, and rooms are not.
     """
 
     def __init__(self, data: ManifestData, items: Sequence[tuple[int, str]], hp: HParams, seed: int) -> None:
@@ -559,7 +581,7 @@ class AVWindows(EpochDataset):
         if mode == "audio":
             n = int(round(self.hp.window_s * arrays.sample_rate))
             start = int(rng.integers(0, max(len(arrays.audio) - n, 0) + 1))
-            item["audio"] = arrays.audio[start : start + n].astype(np.float32)
+            item["audio"] = self._room(arrays.audio[start : start + n].astype(np.float32), arrays.sample_rate, rng)
             return item
         sync, offset = sync_target(entry), offset_target_ms(entry)
         lead_ms, freeze = 0.0, False
@@ -577,7 +599,7 @@ class AVWindows(EpochDataset):
         if freeze and (held := freeze_mouth(lips, mouths, rng, self.hp.freeze_frac)) is not None:
             (lips, mouths), sync, offset = held, 0, None
         item.update(
-            audio=audio,
+            audio=self._room(audio, arrays.sample_rate, rng),
             lips=lips,
             mouths=mouths,
             times=(arrays.timestamps[frames] - t0).astype(np.float32),  # the window's own clock, as served
@@ -585,6 +607,12 @@ class AVWindows(EpochDataset):
             offset_s=np.nan if offset is None else float(offset) / 1000.0,
         )
         return item
+
+
+    def _room(self, audio: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+        if self.hp.reverb_prob > 0 and rng.random() < self.hp.reverb_prob:
+            return room_reverb(audio, sr, rng)
+        return audio
 
 
 def _collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -908,7 +936,7 @@ def equivalent_command(
     name: str, manifest: Path, version: str, *, preset: str, epochs: int, batch_size: int, lr: float,
     seed: int, device: str, weights_dir: Path | None, branch_version: str | None, exclude_families: Sequence[str],
     fusion_scalars_only: bool = False, fusion_ignore: Sequence[str] = (), fusion_visual_peak: str = "second",
-    av_freeze: float = 0.0, fusion_input_noise: float = 0.0, av_sync_jitter: float = 0.0,
+    av_freeze: float = 0.0, fusion_input_noise: float = 0.0, av_sync_jitter: float = 0.0, av_reverb: float = 0.0,
 ) -> str:
     """The CLI line that reproduces a call, for cards written by Python callers."""
     args = ["spectrashield", "train", name, "--manifest", str(manifest), "--version", version,
@@ -930,6 +958,8 @@ def equivalent_command(
         args += ["--av-freeze", f"{av_freeze:g}"]
     if name == "av_alignment" and av_sync_jitter > 0:
         args += ["--av-sync-jitter", f"{av_sync_jitter:g}"]
+    if name == "av_alignment" and av_reverb > 0:
+        args += ["--av-reverb", f"{av_reverb:g}"]
     return shlex.join(args)
 
 
@@ -1040,6 +1070,7 @@ def train_model(
     av_freeze: float = 0.0,
     fusion_input_noise: float = 0.0,
     av_sync_jitter: float = 0.0,
+    av_reverb: float = 0.0,
 ) -> TrainResult:
     """Train one model and save it to `<weights_dir>/<name>/<version>/` as a `trained: true` bundle.
 
@@ -1067,6 +1098,7 @@ def train_model(
         lr=base.lr if lr is None else lr,
         freeze_prob=av_freeze if name == "av_alignment" else base.freeze_prob,
         sync_jitter_ms=av_sync_jitter if name == "av_alignment" else base.sync_jitter_ms,
+        reverb_prob=av_reverb if name == "av_alignment" else base.reverb_prob,
         input_noise=fusion_input_noise if name == "fusion" else base.input_noise,
     )
     command = command or equivalent_command(
@@ -1074,6 +1106,7 @@ def train_model(
         device=device, weights_dir=weights_dir, branch_version=branch_version, exclude_families=exclude_families,
         fusion_scalars_only=fusion_scalars_only, fusion_ignore=fusion_ignore, fusion_visual_peak=fusion_visual_peak,
         av_freeze=hp.freeze_prob, fusion_input_noise=hp.input_noise, av_sync_jitter=hp.sync_jitter_ms,
+        av_reverb=hp.reverb_prob,
     )
     if data is None:
         splits = ("fusion", "val") if name == "fusion" else ("train", "val")

@@ -37,6 +37,7 @@ from training.train import (
     jitter,
     nll,
     offset_target_ms,
+    room_reverb,
     shift_window,
     spoof_target,
     sync_target,
@@ -317,6 +318,36 @@ def test_in_sync_windows_stay_positives_within_the_sync_jitter(tiny_manifest: Pa
     assert len(set(leads)) == len(leads) > 1
 
 
+def test_room_reverb_keeps_length_and_loudness_and_smears_energy_later() -> None:
+    """A click heard in the room: same length and RMS, the click still the loudest sample, and a tail whose
+    energy decays (more in its first 100 ms than in 300-400 ms); the same rng draws the same room."""
+    sr = 16_000
+    click = np.zeros(2 * sr, np.float32)
+    click[sr // 2] = 1.0
+    wet = room_reverb(click, sr, np.random.default_rng(0), rt60_s=(0.4, 0.4), drr_db=(0.0, 0.0))
+    assert wet.shape == click.shape and wet.dtype == np.float32
+    assert np.sqrt(np.mean(wet**2)) == pytest.approx(np.sqrt(np.mean(click**2)), rel=1e-4)
+    assert int(np.argmax(np.abs(wet))) == sr // 2 and np.abs(wet[: sr // 2]).max() < 1e-6  # nothing before it
+    early = np.sum(wet[sr // 2 + 1 : sr // 2 + sr // 10] ** 2)
+    late = np.sum(wet[sr // 2 + 3 * sr // 10 : sr // 2 + 4 * sr // 10] ** 2)
+    assert early > 10 * late > 0
+    np.testing.assert_array_equal(wet, room_reverb(click, sr, np.random.default_rng(0), (0.4, 0.4), (0.0, 0.0)))
+
+
+def test_reverb_changes_a_windows_audio_not_its_targets(tiny_manifest: Path) -> None:
+    settings = PipelineConfig()
+    data = load_manifest_data(tiny_manifest, splits=("train",), decode_config=settings.decode, progress=False)
+    items = av_items(data, "train", settings)
+    base = replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+    for k, (_, mode) in enumerate(items):
+        plain = AVWindows(data, items, base, seed=0)[k]
+        roomy = AVWindows(data, items, replace(base, reverb_prob=1.0), seed=0)[k]
+        assert roomy["audio"].shape == plain["audio"].shape and not np.array_equal(roomy["audio"], plain["audio"])
+        if mode == "av":
+            assert roomy["sync"] == plain["sync"] and roomy["offset_s"] == plain["offset_s"]
+            np.testing.assert_array_equal(roomy["lips"], plain["lips"])
+
+
 def test_modality_dropout_keeps_one_modality() -> None:
     present = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, True, False]])
     generator = torch.Generator().manual_seed(0)
@@ -401,10 +432,10 @@ def test_cli_train_av_options_are_recorded_and_validated(
     weights, _ = trained
     argv = ["train", "av_alignment", "--manifest", str(tiny_manifest), "--version", "t3", "--weights-dir",
             str(weights), "--preset", "test", "--epochs", "1", "--device", "cpu", "--no-progress", "--av-freeze", "0.5",
-            "--av-sync-jitter", "60"]
+            "--av-sync-jitter", "60", "--av-reverb", "0.5"]
     assert cli_main(argv) == 0
     info = json.loads((weights / "av_alignment" / "t3" / "config.json").read_text())["training"]
-    assert info["command"].endswith("--av-freeze 0.5 --av-sync-jitter 60")
+    assert info["command"].endswith("--av-freeze 0.5 --av-sync-jitter 60 --av-reverb 0.5")
     frozen = info["validation"]["sync_vs_mouth_frozen_45pct"]
     assert frozen["n"] > 0 and frozen["n"] % 2 == 0 and 0.0 <= frozen["auc"] <= 1.0  # each in-sync val clip twice
     assert 0.0 <= info["validation"]["sync_at_audio_80ms_late"] <= 1.0
