@@ -27,8 +27,9 @@ fitted, and its crops taken, there, at up to `_VIEW_FACE` px. Boxes and landmark
 analysis-frame pixels.
 
 Underexposed video. A frame whose brightest part is dim (`exposure_gain`) is searched lifted, and a face
-found there must convince HOG more than one found in a lit frame; a dim clip's landmarks and crops come from
-the clip lifted by one gain.
+found there must convince HOG more than one found in a lit frame (a face under 40 px must be scored at source
+resolution, so without a source picture it does not count; a track's re-detection in a lifted detail view is
+not held to it); a dim clip's landmarks and crops come from the clip lifted by one gain.
 
 Tracking. dlib's shape predictor is fast (~1 ms), so detection runs only on every Nth sampled
 frame and the face is tracked by its landmarks in between: each frame's box comes from the
@@ -457,7 +458,7 @@ class FaceAnalyzer:
             _Tracker(self, seen, frames, track, scheduled, searched, detect_max_side, views, min_face).run()
         # only frames left without a face get the stand-in crop (a resize each: not worth doing for all)
         for i in np.flatnonzero(~track.face_found):
-            track.face_crops[i] = _centre_square(frames[i])
+            track.face_crops[i] = _centre_square(seen[i])
         return track
 
     def find_faces(
@@ -497,7 +498,9 @@ class FaceAnalyzer:
         `_LIFTED_MIN_SCORE` (`_confirmed`): lifting a dark frame lifts its noise and compression too, and in crops
         of a page of text at 1080p darkened to a brightest grey of 23-46 the search found a letter-sized "face"
         in 12 of 24 frames (HOG scores -0.7 to 0.24), where the astronaut's 48-96 px face in H.264 wide shots
-        darkened to a brightest grey of 29-49 scores 0.88-1.53 (at 14, 0.05-0.9: some are dropped)."""
+        darkened to a brightest grey of 29-49 scores 0.88-1.53 (at 14, 0.05-0.9: some are dropped). A face the
+        turned search found (confirmed turned, at 0) is scored here in the upright frame, where HOG scored the
+        astronaut tilted 25 degrees either way and darkened to a tenth 0.72-0.74, higher than turned (0.32-0.63)."""
         lift = _lift_table(exposure_gain(frame))
         if lift is None:
             return self._search(frame, max_side, source, min_face, near)

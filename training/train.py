@@ -516,7 +516,8 @@ def room_reverb(
     """`audio` heard in a synthetic room, same length and RMS: the direct sound plus a tail of Gaussian noise
     whose energy decays by 60 dB in an RT60 drawn from `rt60_s`, at a direct-to-reverberant ratio drawn from
     `drr_db`. Rooms smear speech's energy later in time, which a sync model that only heard dry speech reads
-    as audio lagging the lips."""
+    as audio lagging the lips. Applied to a training window alone, its first RT60 gets no tail from the speech
+    before the window: that part is drier than a room would make it."""
     rt60, drr = float(rng.uniform(*rt60_s)), float(rng.uniform(*drr_db))
     t = np.arange(1, max(int(rt60 * sr), 2)) / sr
     tail = rng.standard_normal(len(t)) * np.exp(-6.908 * t / rt60)  # 10^(-3) in amplitude at t = rt60
@@ -591,7 +592,7 @@ class AVWindows(EpochDataset):
             sync, offset = 0, lead_ms
         elif sync == 1 and self.hp.freeze_prob > 0 and rng.random() < self.hp.freeze_prob:
             freeze = True
-        if sync == 1 and lead_ms == 0.0 and self.hp.sync_jitter_ms > 0:
+        if sync == 1 and lead_ms == 0.0 and not freeze and self.hp.sync_jitter_ms > 0:
             lead_ms = float(rng.uniform(-self.hp.sync_jitter_ms, self.hp.sync_jitter_ms))
             offset = lead_ms
         audio, frames, t0 = shift_window(arrays, self.hp.window_s, lead_ms / 1000.0, rng)
