@@ -502,22 +502,15 @@ class FaceAnalyzer:
         turned search found (confirmed turned, at 0) is scored here in the upright frame, where HOG scored the
         astronaut tilted 25 degrees either way and darkened to a tenth 0.72-0.74, higher than turned (0.32-0.63)."""
         lift = _lift_table(exposure_gain(frame))
-        if lift is None:
-            return self._search(frame, max_side, source, min_face, near)
-        frame, source = lift[frame], (_Lifted(source, lift) if source is not None else None)
-        faces = self._search(frame, max_side, source, min_face, near)
-        grey = source.grey(_GREY_MAX_SIDE) if faces and source is not None else None
-        return [box for box in faces if self._confirmed(frame, grey, box, _LIFTED_MIN_SCORE)]
-
-    def _search(
-        self, frame: np.ndarray, max_side: int, source: SourceFrame | None, min_face: int,
-        near: list[np.ndarray] | None,
-    ) -> list[np.ndarray]:
-        """`_detect`'s search, on the frame as given."""
+        if lift is not None:
+            frame, source = lift[frame], (_Lifted(source, lift) if source is not None else None)
         faces = self._detect_upright(frame, max_side, source, min_face, near)
-        if faces or near is not None:
+        if not faces and near is None:
+            faces = self._detect_turned(frame, max_side, min_face, source)
+        if lift is None or not faces:
             return faces
-        return self._detect_turned(frame, max_side, min_face, source)
+        grey = source.grey(_GREY_MAX_SIDE) if source is not None else None
+        return [box for box in faces if self._confirmed(frame, grey, box, _LIFTED_MIN_SCORE)]
 
     def _confirmed(self, frame: np.ndarray, grey: FaceView | None, box: np.ndarray, threshold: float) -> bool:
         """Whether HOG scores the face in `box` (analysis pixels) at least `threshold`: in `frame`, or, for a face

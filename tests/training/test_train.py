@@ -23,13 +23,14 @@ from training import cli, features
 from training.cli import main as cli_main
 from pipeline.config import KeyframeConfig, PipelineConfig
 from pipeline.keyframes import select_keyframes as keyframes_stage
-from training.features import ClipArrays, FeatureCache, load_manifest_data
+from training.features import ClipArrays, FeatureCache, ManifestData, load_manifest_data
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 from training.train import (
     MODEL_NAMES,
     TrainResult,
     AVWindows,
     HPARAMS,
+    HParams,
     av_items,
     drop_modalities,
     fit_temperature,
@@ -280,15 +281,21 @@ def test_freeze_mouth_holds_the_lips_still_where_they_moved() -> None:
     assert freeze_mouth(np.zeros_like(lips), mouths, np.random.default_rng(0)) is None
 
 
-def test_frozen_mouth_windows_are_out_of_sync_negatives(tiny_manifest: Path) -> None:
-    """With `freeze_prob` 1 (and no shifts) every in-sync training window becomes a frozen-mouth negative
-    (sync 0, no offset target); at 0, the default, none does (v1's recipe)."""
+def _av_training_windows(tiny_manifest: Path) -> tuple[ManifestData, list[tuple[int, str]], list[int], HParams]:
+    """The tiny manifest's AV training items, the indices of its in-sync "av" items (at least one), and the test
+    preset without shifted negatives."""
     settings = PipelineConfig()
     data = load_manifest_data(tiny_manifest, splits=("train",), decode_config=settings.decode, progress=False)
     items = av_items(data, "train", settings)
     in_sync = [k for k, (i, mode) in enumerate(items) if mode == "av" and sync_target(data.entries[i]) == 1]
     assert in_sync
-    base = replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+    return data, items, in_sync, replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+
+
+def test_frozen_mouth_windows_are_out_of_sync_negatives(tiny_manifest: Path) -> None:
+    """With `freeze_prob` 1 (and no shifts) every in-sync training window becomes a frozen-mouth negative
+    (sync 0, no offset target); at 0, the default, none does (v1's recipe)."""
+    data, items, in_sync, base = _av_training_windows(tiny_manifest)
     for k in in_sync:
         plain = AVWindows(data, items, base, seed=0)[k]
         frozen = AVWindows(data, items, replace(base, freeze_prob=1.0), seed=0)[k]
@@ -301,12 +308,7 @@ def test_frozen_mouth_windows_are_out_of_sync_negatives(tiny_manifest: Path) -> 
 def test_in_sync_windows_stay_positives_within_the_sync_jitter(tiny_manifest: Path) -> None:
     """With `sync_jitter_ms` 100 (and no shifts) every in-sync window stays a positive (sync 1) with its audio moved
     by the lead its offset target says, within 100 ms, and not all by the same; at 0 every lead is 0."""
-    settings = PipelineConfig()
-    data = load_manifest_data(tiny_manifest, splits=("train",), decode_config=settings.decode, progress=False)
-    items = av_items(data, "train", settings)
-    in_sync = [k for k, (i, mode) in enumerate(items) if mode == "av" and sync_target(data.entries[i]) == 1]
-    assert in_sync
-    base = replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+    data, items, in_sync, base = _av_training_windows(tiny_manifest)
     leads, checked = [], 0
     for k in in_sync:
         plain = AVWindows(data, items, base, seed=0)[k]
@@ -341,10 +343,7 @@ def test_room_reverb_keeps_length_and_loudness_and_smears_energy_later() -> None
 
 
 def test_reverb_changes_a_windows_audio_not_its_targets(tiny_manifest: Path) -> None:
-    settings = PipelineConfig()
-    data = load_manifest_data(tiny_manifest, splits=("train",), decode_config=settings.decode, progress=False)
-    items = av_items(data, "train", settings)
-    base = replace(HPARAMS[("av_alignment", "test")], shift_prob=0.0)
+    data, items, _, base = _av_training_windows(tiny_manifest)
     for k, (_, mode) in enumerate(items):
         plain = AVWindows(data, items, base, seed=0)[k]
         roomy = AVWindows(data, items, replace(base, reverb_prob=1.0), seed=0)[k]
