@@ -152,16 +152,41 @@ def run_av(
             skipped = BranchResult("av", "skipped", info, reason=reason, code="no_face")
         return AVResult(skipped, audio_branch)
     sync_logit, offset_ms = float(out.sync_logit[0]), float(out.offset_ms[0])
-    sync_p = sigmoid(sync_logit)
+    details = {"sync_probability": sigmoid(sync_logit), "offset_ms": offset_ms}
+    lag = capture_offset(offset_ms, config)
+    if lag:
+        with Timer() as again, torch.inference_mode():
+            out = model(
+                audio, lips_to_tensor(clip.lip_trajectory, device).unsqueeze(0),
+                mouths_to_tensor(clip.mouth_crops, device).unsqueeze(0),
+                (times_to_tensor(clip.timestamps, device) - lag / 1000.0).unsqueeze(0),  # the lips moved by the lag
+            )
+        timer.ms += again.ms
+        if float(out.sync_logit[0]) > sync_logit:  # the lips match the sound better there
+            sync_logit, embedding = float(out.sync_logit[0]), out.embedding[0].float().cpu().numpy()
+            details.update(
+                as_recorded_sync_probability=details["sync_probability"], capture_offset_ms=round(lag, 1),
+                sync_probability=sigmoid(sync_logit), offset_ms=lag + float(out.offset_ms[0]),
+            )
+            offset_ms = float(out.offset_ms[0])  # what is left once the capture offset is taken out
     av_branch = BranchResult(
         "av", "ok", info,
-        score=1.0 - sync_p,  # P(fake) rises as synchrony falls
+        score=1.0 - details["sync_probability"],  # P(fake) rises as synchrony falls
         # A spoof head of its own (v2) reports through the audio branch only: fusion does not read it twice.
         features=av_features(sync_logit, offset_ms, spoof_logit if model.config.spoof_net is None else 0.0, embedding),
-        details={"sync_probability": sync_p, "offset_ms": offset_ms},
+        details=details,
         timing_ms=timer.ms,
     )
     return AVResult(av_branch, audio_branch)
+
+
+def capture_offset(offset_ms: float, config: AVConfig, least_ms: float = 20.0) -> float:
+    """The offset (ms, + audio early) to take out before judging synchrony: the offset head's estimate where it is
+    one a capture chain makes (within `capture_lead_ms` early / `capture_lag_ms` late), else 0. Under `least_ms`
+    the clip is judged as recorded: that is within one video frame and the offset head's own error."""
+    if abs(offset_ms) < least_ms or not -config.capture_lag_ms <= offset_ms <= config.capture_lead_ms:
+        return 0.0
+    return offset_ms
 
 
 def run_av_bundle(

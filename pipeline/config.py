@@ -70,6 +70,11 @@ class AVConfig(_Strict):
     max_audio_s: float = Field(30.0, gt=0)  # longer audio is cut to bound latency
     # Less speech than this (Silero VAD, models.vad) and the spoof head and lip sync abstain: `no_speech`.
     min_speech_s: float = Field(0.3, ge=0.0)
+    # Audio that the offset head finds this far ahead of (lead) or behind (lag) the lips is judged for synchrony
+    # at that offset: capture chains shift sound by this much (ITU-R BT.1359's thresholds of detectability,
+    # +45 / -125 ms), so it is not evidence of a manipulation. 0 and 0 judge every clip as recorded.
+    capture_lead_ms: float = Field(45.0, ge=0.0)
+    capture_lag_ms: float = Field(125.0, ge=0.0)
 
 
 class FuseConfig(_Strict):
