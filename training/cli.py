@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         "standard deviation over the fit split; 0 = none",
     )
     train.add_argument(
+        "--fusion-linear", action="store_true",
+        help="fusion: a logistic regression over the branches' leading scalars (the av sync logit, not the offset), "
+        "one bias per modality present, no attention path; needs --fusion-scalars-only",
+    )
+    train.add_argument(
         "--fusion-visual-peak", default="second", choices=("second", "max"),
         help="fusion: the crop logit it reads beside the visual mean: the second largest (one frame alone is "
         "not evidence; default) or the largest (fusions v0-v4)",
@@ -234,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
                 "fusion_visual_peak": args.fusion_visual_peak, "av_freeze": args.av_freeze,
                 "fusion_input_noise": args.fusion_input_noise, "av_sync_jitter": args.av_sync_jitter,
-                "av_reverb": args.av_reverb,
+                "av_reverb": args.av_reverb, "fusion_linear": args.fusion_linear,
             }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
@@ -250,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
                 fusion_visual_peak=args.fusion_visual_peak, av_freeze=args.av_freeze,
                 fusion_input_noise=args.fusion_input_noise, av_sync_jitter=args.av_sync_jitter,
-                av_reverb=args.av_reverb, **common,
+                av_reverb=args.av_reverb, fusion_linear=args.fusion_linear, **common,
             )}
         for name, result in results.items():
             print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")

@@ -21,11 +21,17 @@ from models import (
 from models.av_alignment import TEST_CONFIG as AV_TEST_CONFIG
 from models.compression import TEST_CONFIG as COMPRESSION_TEST_CONFIG
 from models.fusion import TEST_CONFIG as FUSION_TEST_CONFIG
+from models.fusion import build_fusion
 
 
-@pytest.fixture(params=["fusion", "fusion_test"])
+LINEAR_CONFIG = FusionConfig(read_embeddings=False, linear_only=True)
+
+
+@pytest.fixture(params=["fusion", "fusion_test", "linear"])
 def fusion(request):
     torch.manual_seed(0)
+    if request.param == "linear":
+        return build_fusion(LINEAR_CONFIG).eval()
     return MODELS.get(request.param)().eval()
 
 
@@ -296,3 +302,34 @@ def test_a_fake_whose_manipulated_modalities_are_all_hidden_teaches_fusion_nothi
     shows = evidence_matrix(entries, scalars)
     no_audio = torch.tensor([[True, True, True, False]] * len(entries))
     assert ((no_audio & shows).any(dim=1)).tolist() == [False, True, True, True, True, True]
+
+
+def test_a_linear_fusion_is_a_logistic_regression_over_the_leading_scalars() -> None:
+    """`linear_only`: logit x temperature = bias + each present modality's weights . its leading scalars + its
+    presence bias; nothing else is built or read (the embeddings after the scalars change nothing)."""
+    torch.manual_seed(3)
+    model = build_fusion(LINEAR_CONFIG).eval()
+    assert not any(k.startswith(("proj", "gate", "attention", "head", "query")) for k in model.state_dict())
+    with torch.no_grad():
+        model.presence_bias.copy_(torch.tensor([0.3, -0.2, 0.5, 0.1]))
+        model.direct_bias.fill_(-0.4)
+        model.set_temperature(2.0)
+    features = random_features(model, 3, seed=4)
+    present = torch.tensor([[True, True, True, True], [False, True, True, False], [False, False, False, True]])
+    with torch.no_grad():
+        out = model(features, present)
+        noisy = model({k: torch.cat([v[:, :4], torch.randn(3, v.shape[1] - 4) * 50], 1) for k, v in features.items()},
+                      present)
+    expected = torch.full((3,), -0.4)
+    for i, (name, k) in enumerate(LINEAR_CONFIG.direct):
+        term = features[name][:, :k] @ model.direct[name].weight[0] + model.presence_bias[i]
+        expected = expected + torch.where(present[:, i], term, 0.0)
+    torch.testing.assert_close(out.logit, expected / 2.0)
+    torch.testing.assert_close(noisy.logit, out.logit)
+    # gate weights: each present modality's share of |its term|
+    assert out.gate_weights[2, 3] == 1.0 and torch.all(out.gate_weights[1, [0, 3]] == 0.0)
+
+
+def test_a_linear_fusion_needs_scalars_for_every_modality() -> None:
+    with pytest.raises(ValueError, match="linear_only"):
+        build_fusion(FusionConfig(read_embeddings=True, linear_only=True, direct=(("visual", 3),)))

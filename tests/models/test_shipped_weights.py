@@ -27,11 +27,11 @@ MAX_TOTAL_BYTES = 17 * 1024 * 1024
 # model (v1's weights with statistics of the voices it learned (v3) and of the recordings they came in
 # (v4), so it abstains on others; v2's spoof head is better on real TTS but false-alarms on real
 # speakers, see its card), and the fusion fitted on these branches (AV v3, the same weights), reading
-# their scores only (v4).
-SERVED = {"fast_triage": "v2", "compression_resilient": "v3", "av_alignment": "v4", "fusion": "v6"}
+# their scores only (v4); v7 is a logistic regression over those scores (README "A fusion that moves one way").
+SERVED = {"fast_triage": "v2", "compression_resilient": "v3", "av_alignment": "v4", "fusion": "v7"}
 VERSIONS = ("v0", "v1", "v2")  # every bundle has these
 BRANCHES_OF_FUSION = {
-    "v0": ("v0", "v0"), "v1": ("v1", "v1"), "v2": ("v2", "v2"), "v3": ("v2", "v1"), "v4": ("v2", "v3"), "v5": ("v2", "v4"), "v6": ("v3", "v4"),
+    "v0": ("v0", "v0"), "v1": ("v1", "v1"), "v2": ("v2", "v2"), "v3": ("v2", "v1"), "v4": ("v2", "v3"), "v5": ("v2", "v4"), "v6": ("v3", "v4"), "v7": ("v3", "v4"),
 }
 DEPLOYMENT_OF = {
     "fast_triage": "FastTriage", "compression_resilient": "CompressionResilient",
@@ -115,8 +115,14 @@ GOLDEN_V6: dict[str, dict[str, list[float]]] = {
     "fusion": {"logit": [2.245322, 4.153606], "gate_weights": [0.044032, 0.047877, 0.90809]},
 }
 
+# fusion v7: v6's inputs, a logistic regression over them (`--fusion-linear`)
+GOLDEN_V7: dict[str, dict[str, list[float]]] = {
+    "fusion": {"logit": [3.897459, 0.560732], "gate_weights": [0.080682, 0.525282, 0.394036]},
+}
+
 GOLDEN = {
     "v0": GOLDEN_V0, "v1": GOLDEN_V1, "v2": GOLDEN_V2, "v3": GOLDEN_V3, "v4": GOLDEN_V4, "v5": GOLDEN_V5, "v6": GOLDEN_V6,
+    "v7": GOLDEN_V7,
 }
 
 

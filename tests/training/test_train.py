@@ -416,6 +416,20 @@ def test_fusion_temperature_is_fitted_on_val(trained: tuple[Path, dict[str, Trai
     assert metrics["fit_files"] == 7  # the fusion split: every file produced some branch output
 
 
+def test_cli_trains_a_linear_fusion(trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path) -> None:
+    weights, _ = trained
+    argv = ["train", "fusion", "--manifest", str(tiny_manifest), "--version", "lin", "--branch-version", "t1",
+            "--weights-dir", str(weights), "--preset", "test", "--epochs", "2", "--device", "cpu", "--no-progress",
+            "--fusion-linear"]
+    with pytest.raises(ValueError, match="--fusion-scalars-only"):
+        cli_main(argv)
+    assert cli_main([*argv, "--fusion-scalars-only"]) == 0
+    card = (weights / "fusion" / "lin" / "card.md").read_text()
+    assert "--fusion-linear" in card and "logistic regression" in card
+    config = load_bundle(weights / "fusion" / "lin").config
+    assert config.linear_only and dict(config.direct)["av"] == 1  # the sync logit, not the signed offset
+
+
 def test_cli_train_records_the_exact_command(trained: tuple[Path, dict[str, TrainResult]], tiny_manifest: Path) -> None:
     weights, _ = trained
     argv = ["train", "fusion", "--manifest", str(tiny_manifest), "--version", "t2", "--branch-version", "t1",
