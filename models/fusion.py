@@ -91,7 +91,7 @@ class FusionConfig:
     # per modality present (`presence_bias`); no attention path is built. With ~120 fit files the attention path
     # learned a step (P(fake) 0.99 at an AV sync probability of 0.67, 0.47 at 0.88 with every branch below
     # 0.15), which media from elsewhere cross; a logistic regression's answer moves with each score smoothly and
-    # one way. `gate_weights` are then each present modality's share of |its term|.
+    # one way. `gate_weights` are then each present modality's share of |weights . its scalars| (biases excluded).
     linear_only: bool = False
 
 
@@ -188,17 +188,16 @@ class FusionModel(nn.Module):
             if name in self.direct:
                 k = self.direct[name].in_features
                 term = self.direct[name](x[:, :k]).squeeze(-1)  # zero when missing: x is zeroed
-            if linear:
-                term = term + mask.squeeze(1).float() * self.presence_bias[i]
             terms.append(term)
         terms = torch.stack(terms, dim=1)  # (B, M)
         direct = self.direct_bias + terms.sum(dim=1)  # (B,)
         if linear:
+            # gate weights: each modality's share of what its scores say (|weights . scalars|), not of its bias
             share = terms.abs().masked_fill(~present, 0.0)
             total = share.sum(dim=1, keepdim=True)
             even = present.float() / present.sum(dim=1, keepdim=True)
-            gate_weights = torch.where(total > 0, share / total.clamp_min(1e-12), even)
-            logit = direct / self.temperature
+            gate_weights = torch.where(total > 1e-12, share / total.clamp_min(1e-12), even)
+            logit = (direct + (present.float() * self.presence_bias).sum(dim=1)) / self.temperature
             return FusionOutput(logit=logit, probability=torch.sigmoid(logit), gate_weights=gate_weights)
         tokens = torch.stack(tokens, dim=1)  # (B, M, d)
 

@@ -162,7 +162,9 @@ def run_av(
                 (times_to_tensor(clip.timestamps, device) - lag / 1000.0).unsqueeze(0),  # the lips moved by the lag
             )
         timer.ms += again.ms
-        if float(out.sync_logit[0]) > sync_logit:  # the lips match the sound better there
+        # Kept where the lips match the sound better there and the offset head agrees that nothing is left over
+        # (a fake whose first estimate fell in the window by chance gets neither).
+        if float(out.sync_logit[0]) > sync_logit and abs(float(out.offset_ms[0])) < _LEAST_OFFSET_MS:
             sync_logit, embedding = float(out.sync_logit[0]), out.embedding[0].float().cpu().numpy()
             details.update(
                 as_recorded_sync_probability=details["sync_probability"], capture_offset_ms=round(lag, 1),
@@ -180,7 +182,10 @@ def run_av(
     return AVResult(av_branch, audio_branch)
 
 
-def capture_offset(offset_ms: float, config: AVConfig, least_ms: float = 20.0) -> float:
+_LEAST_OFFSET_MS = 20.0  # about a frame at 50 fps, and the offset head's error on clips in sync (11-12 ms)
+
+
+def capture_offset(offset_ms: float, config: AVConfig, least_ms: float = _LEAST_OFFSET_MS) -> float:
     """The offset (ms, + audio early) to take out before judging synchrony: the offset head's estimate where it is
     one a capture chain makes (within `capture_lead_ms` early / `capture_lag_ms` late), else 0. Under `least_ms`
     the clip is judged as recorded: that is within one video frame and the offset head's own error."""

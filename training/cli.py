@@ -215,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "fusion_linear", False) and not args.fusion_scalars_only:
+        parser.error("--fusion-linear reads scalars only: give --fusion-scalars-only too")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # eval --url: not one INFO line per request
     command_line = shlex.join(["spectrashield", *argv])

@@ -926,6 +926,12 @@ METHOD = {
     "(audio moved 150-800 ms either way, half of the in-sync windows). Offset: smooth-L1 in seconds "
     "on meta.av_offset_ms and the on-the-fly shifts (> 0 = audio leads). Spoof: class-balanced BCE on "
     "modality_labels.audio from the audio encoder alone (audio-only files included).",
+    "fusion_linear": "Inputs: the trained branches' fusion features on the `fusion` split, which no branch "
+    "trained on, computed by the served stages (keyframes from triage scores, etc.) with every branch "
+    "run. A logistic regression over each branch's leading scalars (the AV sync logit without the offset), "
+    "one bias per modality present, no attention path. Loss: BCE on label, modality dropout; a fake none of "
+    "whose manipulated modalities has a token left adds no loss (it looks authentic to what is left). "
+    "Temperature: LBFGS on val NLL.",
     "fusion": "Inputs: the trained branches' fusion features on the `fusion` split, which no branch "
     "trained on, computed by the served stages (keyframes from triage scores, etc.) with every branch "
     "run. The model's linear path over each branch's scores is trained jointly with the attention "
@@ -992,9 +998,9 @@ def training_data_line(data: ManifestData) -> str:
 def card_text(
     name: str, version: str, *, command: str, data: ManifestData, preset: str, hp: HParams,
     device: str, seed: int, wall_s: float, metrics: dict[str, Any], used: dict[str, int],
-    exclude_families: Sequence[str], extra_lines: Sequence[str] = (),
+    exclude_families: Sequence[str], extra_lines: Sequence[str] = (), method: str | None = None,
 ) -> str:
-    """Model card: what data, which command, how long, how well on validation."""
+    """Model card: what data, which command, how long, how well on validation (`method`: instead of METHOD's)."""
     counts = data.counts()
     families = sorted({f for split in counts.values() for f in split})
     rows = [
@@ -1023,7 +1029,7 @@ def card_text(
         "",
         "## Method",
         "",
-        METHOD[name],
+        method or METHOD[name],
         "",
         "## Data: decodable files per split and family (the splits this run read)",
         "",
@@ -1182,6 +1188,7 @@ def train_model(
     card = card_text(
         name, version, command=command, data=data, preset=preset, hp=hp, device=device, seed=seed,
         wall_s=wall_s, metrics=metrics, used=used, exclude_families=exclude_families, extra_lines=extra_lines,
+        method=METHOD["fusion_linear"] if name == "fusion" and fusion_linear else None,
     )
     training_info = {
         "manifest": str(manifest), "command": command, "preset": preset, "hparams": asdict(hp), "seed": seed,

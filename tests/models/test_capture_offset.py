@@ -71,25 +71,42 @@ def test_an_offset_a_viewer_sees_is_judged_as_recorded(av_model, lip_delay_s: fl
     assert served["sync_probability"] < 0.1, served
 
 
+class Misled:
+    """The served AV model, except that call n reports the offset `offsets[n]` (calls counted from 1)."""
+
+    def __init__(self, model, offsets: dict[int, float]) -> None:
+        self.model, self.offsets, self.calls = model, offsets, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, *args):
+        out = self.model(*args)
+        self.calls += 1
+        if self.calls in self.offsets:
+            return out._replace(offset_ms=torch.full_like(out.offset_ms, self.offsets[self.calls]))
+        return out
+
+
+def test_the_second_look_counts_only_where_the_offset_head_finds_nothing_left(av_model) -> None:
+    """Audio 80 ms late, but the second look's offset head says 60 ms are still off: it is not kept."""
+    arrays = _arrays(-0.08, 11)
+    misled = Misled(av_model, {2: 60.0})
+    details = _details(misled, arrays, AVConfig())
+    assert misled.calls == 2
+    as_recorded = _details(av_model, arrays, AVConfig(capture_lead_ms=0, capture_lag_ms=0))
+    assert "capture_offset_ms" not in details
+    assert details["sync_probability"] == pytest.approx(as_recorded["sync_probability"])
+    assert details["sync_probability"] < 0.5
+
+
 def test_synchrony_is_judged_at_the_capture_offset_only_where_the_lips_match_better(av_model) -> None:
     """The offset head's estimate is a mean over lags: where its belief is split, the mean can be a lag at which
     the lips match worse than as recorded (authentic clips of the independent generator did: AV 0.21 -> 0.56).
     There the clip is judged as recorded. Here: a clip in sync whose first estimate is made to say 100 ms late."""
 
-    class Misled:
-        def __init__(self, model) -> None:
-            self.model, self.calls = model, 0
-
-        def __getattr__(self, name: str):
-            return getattr(self.model, name)
-
-        def __call__(self, *args):
-            out = self.model(*args)
-            self.calls += 1
-            return out._replace(offset_ms=torch.full_like(out.offset_ms, -100.0)) if self.calls == 1 else out
-
     arrays = _arrays(0.0, 11)
-    misled = Misled(av_model)
+    misled = Misled(av_model, {1: -100.0})
     details = _details(misled, arrays, AVConfig())
     assert misled.calls == 2  # the second look, 100 ms later, was taken
     as_recorded = _details(av_model, arrays, AVConfig(capture_lead_ms=0, capture_lag_ms=0))

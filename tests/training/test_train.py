@@ -421,11 +421,13 @@ def test_cli_trains_a_linear_fusion(trained: tuple[Path, dict[str, TrainResult]]
     argv = ["train", "fusion", "--manifest", str(tiny_manifest), "--version", "lin", "--branch-version", "t1",
             "--weights-dir", str(weights), "--preset", "test", "--epochs", "2", "--device", "cpu", "--no-progress",
             "--fusion-linear"]
-    with pytest.raises(ValueError, match="--fusion-scalars-only"):
+    with pytest.raises(SystemExit):  # a usage error before anything trains
         cli_main(argv)
+    assert not (weights / "fusion" / "lin").exists()
     assert cli_main([*argv, "--fusion-scalars-only"]) == 0
     card = (weights / "fusion" / "lin" / "card.md").read_text()
     assert "--fusion-linear" in card and "logistic regression" in card
+    assert "jointly with the attention path" not in card  # the method section describes the linear model
     config = load_bundle(weights / "fusion" / "lin").config
     assert config.linear_only and dict(config.direct)["av"] == 1  # the sync logit, not the signed offset
 
