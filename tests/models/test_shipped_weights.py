@@ -27,8 +27,8 @@ MAX_TOTAL_BYTES = 17 * 1024 * 1024
 # model (v1's weights with statistics of the voices it learned (v3) and of the recordings they came in
 # (v4), so it abstains on others; v2's spoof head is better on real TTS but false-alarms on real
 # speakers, see its card), and the fusion fitted on these branches (AV v3, the same weights), reading
-# their scores only (v4); v7 is a logistic regression over those scores (README "A fusion that moves one way").
-SERVED = {"fast_triage": "v2", "compression_resilient": "v3", "av_alignment": "v4", "fusion": "v7"}
+# their scores only (v4); v7, a logistic regression over those scores, is shipped, not served (README "A fusion that moves one way").
+SERVED = {"fast_triage": "v2", "compression_resilient": "v3", "av_alignment": "v4", "fusion": "v6"}
 VERSIONS = ("v0", "v1", "v2")  # every bundle has these
 BRANCHES_OF_FUSION = {
     "v0": ("v0", "v0"), "v1": ("v1", "v1"), "v2": ("v2", "v2"), "v3": ("v2", "v1"), "v4": ("v2", "v3"), "v5": ("v2", "v4"), "v6": ("v3", "v4"), "v7": ("v3", "v4"),
