@@ -229,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "workers": args.workers, "progress": progress}
 
     if args.command == "train":
+        model_options = {  # each applies to its own model only (train all passes them to every step)
+            "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
+            "fusion_visual_peak": args.fusion_visual_peak, "fusion_input_noise": args.fusion_input_noise,
+            "fusion_linear": args.fusion_linear, "av_freeze": args.av_freeze, "av_sync_jitter": args.av_sync_jitter,
+            "av_reverb": args.av_reverb,
+        }
         if args.ray_address:
             from training.distributed import connect, train_models_on_ray
 
@@ -239,26 +245,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                 "branch_version": args.branch_version, "exclude_families": args.exclude_family,
                 "loader_workers": args.loader_workers, "command": command_line, "overwrite": args.force,
-                "fusion_scalars_only": args.fusion_scalars_only, "fusion_ignore": args.fusion_ignore,
-                "fusion_visual_peak": args.fusion_visual_peak, "av_freeze": args.av_freeze,
-                "fusion_input_noise": args.fusion_input_noise, "av_sync_jitter": args.av_sync_jitter,
-                "av_reverb": args.av_reverb, "fusion_linear": args.fusion_linear,
+                **model_options,
             }, workers=args.ray_workers, progress=progress)
         elif args.model == "all":
             results = train_all(
                 args.manifest, args.version, preset=args.preset, seed=args.seed, epochs=args.epochs,
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
-                overwrite=args.force, **common,
+                overwrite=args.force, **model_options, **common,
             )
         else:
             results = {args.model: train_model(
                 args.model, args.manifest, version=args.version, preset=args.preset, epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, branch_version=args.branch_version,
                 exclude_families=args.exclude_family, loader_workers=args.loader_workers, command=command_line,
-                overwrite=args.force, fusion_scalars_only=args.fusion_scalars_only, fusion_ignore=args.fusion_ignore,
-                fusion_visual_peak=args.fusion_visual_peak, av_freeze=args.av_freeze,
-                fusion_input_noise=args.fusion_input_noise, av_sync_jitter=args.av_sync_jitter,
-                av_reverb=args.av_reverb, fusion_linear=args.fusion_linear, **common,
+                overwrite=args.force, **model_options, **common,
             )}
         for name, result in results.items():
             print(f"{name}: {result.path} ({result.wall_s:.1f} s) {json.dumps(result.metrics, default=str)}")

@@ -1220,8 +1220,12 @@ def train_all(
     command: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **model_options: Any,
 ) -> dict[str, TrainResult]:
-    """Every model in dependency order (branches, then fusion on them), decoding the manifest once."""
+    """Every model in dependency order (branches, then fusion on them), decoding the manifest once.
+
+    `model_options` are `train_model`'s per-model options (`av_freeze`, `fusion_linear`, ...): each applies to
+    its own model only."""
     check_new_version(weights_dir if weights_dir is not None else weights_root(), MODEL_NAMES, version, overwrite)
     settings = settings or PipelineConfig()
     data = load_manifest_data(
@@ -1234,6 +1238,6 @@ def train_all(
             name, manifest, version=version, weights_dir=weights_dir, preset=preset, epochs=epochs, seed=seed,
             device=device, branch_version=version, exclude_families=exclude_families, settings=settings,
             loader_workers=loader_workers, data=data, overwrite=overwrite, progress=progress,
-            command=f"{command} (step {name})" if command else None,
+            command=f"{command} (step {name})" if command else None, **model_options,
         )
     return results

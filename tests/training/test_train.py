@@ -499,3 +499,27 @@ def test_an_excluded_source_leaves_every_split(tiny_manifest: Path) -> None:
     data = load_manifest_data(relabelled, splits=("train", "val", "test"), exclude_sources=["held"], progress=False)
     assert {e.path for e in data.entries} == {e.path for e in entries} - held
     assert {e.split for e in entries if e.path in held} >= {"train", "test"}  # the check covers both kinds of split
+
+
+def test_train_all_passes_each_model_its_options(monkeypatch, tmp_path: Path) -> None:
+    """`train all` used to drop the per-model options (--av-freeze, --fusion-linear, ...): each step now gets them,
+    and `train_model` applies each to its own model only."""
+    import training.train as train_module
+    from types import SimpleNamespace
+
+    calls: dict[str, dict] = {}
+
+    def fake_train_model(name: str, manifest: Path, **kwargs):
+        calls[name] = kwargs
+        return SimpleNamespace(path=tmp_path / name, wall_s=0.0, metrics={})
+
+    monkeypatch.setattr(train_module, "train_model", fake_train_model)
+    monkeypatch.setattr(train_module, "load_manifest_data", lambda *a, **k: None)
+    argv = ["train", "all", "--manifest", str(tmp_path / "m.jsonl"), "--version", "x", "--weights-dir",
+            str(tmp_path / "w"), "--preset", "test", "--no-progress", "--fusion-scalars-only", "--fusion-linear",
+            "--av-freeze", "0.3", "--fusion-ignore", "triage"]
+    assert cli_main(argv) == 0
+    assert set(calls) == set(MODEL_NAMES)
+    for kwargs in calls.values():
+        assert kwargs["fusion_linear"] is True and kwargs["fusion_scalars_only"] is True
+        assert kwargs["av_freeze"] == 0.3 and kwargs["fusion_ignore"] == ["triage"]
