@@ -16,6 +16,9 @@ from pipeline.tensors import audio_to_tensor, lips_to_tensor, mouths_to_tensor, 
 from pipeline.timing import Timer
 
 
+_LEAST_OFFSET_MS = 20.0  # about a frame at 50 fps, and the offset head's error on clips in sync (11-12 ms)
+
+
 def served_audio(clip: StageInput, config: AVConfig) -> np.ndarray:
     """The audio the model reads: the first `max_audio_s` seconds."""
     return clip.audio[: int(config.max_audio_s * clip.sample_rate)]
@@ -125,12 +128,10 @@ def run_av(
     usable = lips_usable(clip, config)
     with Timer() as timer, torch.inference_mode():
         if usable:
-            out = model(
-                audio,
-                lips_to_tensor(clip.lip_trajectory, device).unsqueeze(0),  # (1, T, 20, 2)
-                mouths_to_tensor(clip.mouth_crops, device).unsqueeze(0),  # (1, T, h, w)
-                times_to_tensor(clip.timestamps, device).unsqueeze(0),  # (1, T)
-            )
+            lips = lips_to_tensor(clip.lip_trajectory, device).unsqueeze(0)  # (1, T, 20, 2)
+            mouths = mouths_to_tensor(clip.mouth_crops, device).unsqueeze(0)  # (1, T, h, w)
+            times = times_to_tensor(clip.timestamps, device).unsqueeze(0)  # (1, T)
+            out = model(audio, lips, mouths, times)
             spoof_logit, embedding = float(out.spoof_logit[0]), out.embedding[0].float().cpu().numpy()
         else:
             spoof = model.spoof(audio)
@@ -156,11 +157,7 @@ def run_av(
     lag = capture_offset(offset_ms, config)
     if lag:
         with Timer() as again, torch.inference_mode():
-            out = model(
-                audio, lips_to_tensor(clip.lip_trajectory, device).unsqueeze(0),
-                mouths_to_tensor(clip.mouth_crops, device).unsqueeze(0),
-                (times_to_tensor(clip.timestamps, device) - lag / 1000.0).unsqueeze(0),  # the lips moved by the lag
-            )
+            out = model(audio, lips, mouths, times - lag / 1000.0)  # the lips moved by the lag
         timer.ms += again.ms
         # Kept where the lips match the sound better there and the offset head agrees that nothing is left over
         # (a fake whose first estimate fell in the window by chance gets neither).
@@ -180,9 +177,6 @@ def run_av(
         timing_ms=timer.ms,
     )
     return AVResult(av_branch, audio_branch)
-
-
-_LEAST_OFFSET_MS = 20.0  # about a frame at 50 fps, and the offset head's error on clips in sync (11-12 ms)
 
 
 def capture_offset(offset_ms: float, config: AVConfig, least_ms: float = _LEAST_OFFSET_MS) -> float:

@@ -701,8 +701,8 @@ def validate_av(model: AVAlignmentModel, data: ManifestData, settings: PipelineC
     """Full val clips as served, plus each in-sync clip again with its audio rotated 400 ms early, again with it
     80 ms late (still in sync by broadcast tolerances: `sync_at_audio_80ms_late` is the share of those clips
     called in sync as served, i.e. after `pipeline.av.capture_offset` with the settings' AV window; with
-    `capture_lag_ms` 0 it judges the head alone), and again with its mouth held still over 45 % of its frames (`freeze_mouth`,
-    seeded per clip)."""
+    `capture_lag_ms` 0 it judges the head alone), and again with its mouth held still over 45 % of its frames
+    (`freeze_mouth`, seeded per clip)."""
     sync_y, sync_p, shift_y, shift_p, spoof_y, spoof_p, offset_err = [], [], [], [], [], [], []
     freeze_y: list[int] = []
     freeze_p: list[float] = []
@@ -909,6 +909,14 @@ def train_fusion(
 
 # ---- cards and the public API -----------------------------------------------------------------
 
+_FUSION_INPUTS = (
+    "Inputs: the trained branches' fusion features on the `fusion` split, which no branch trained on, computed by "
+    "the served stages (keyframes from triage scores, etc.) with every branch run."
+)
+_FUSION_LOSS = (
+    "Loss: BCE on label, modality dropout; a fake none of whose manipulated modalities has a token left adds no "
+    "loss (it looks authentic to what is left). Temperature: LBFGS on val NLL."
+)
 METHOD = {
     "fast_triage": "CNN-LSTM on every sampled face crop (as FastTriage serves it); trained on random "
     "runs of consecutive crops from `train` videos. Loss: class-balanced BCE on the clip logit + "
@@ -926,17 +934,10 @@ METHOD = {
     "(audio moved 150-800 ms either way, half of the in-sync windows). Offset: smooth-L1 in seconds "
     "on meta.av_offset_ms and the on-the-fly shifts (> 0 = audio leads). Spoof: class-balanced BCE on "
     "modality_labels.audio from the audio encoder alone (audio-only files included).",
-    "fusion_linear": "Inputs: the trained branches' fusion features on the `fusion` split, which no branch "
-    "trained on, computed by the served stages (keyframes from triage scores, etc.) with every branch "
-    "run. A logistic regression over each branch's leading scalars (the AV sync logit without the offset), "
-    "one bias per modality present, no attention path. Loss: BCE on label, modality dropout; a fake none of "
-    "whose manipulated modalities has a token left adds no loss (it looks authentic to what is left). "
-    "Temperature: LBFGS on val NLL.",
-    "fusion": "Inputs: the trained branches' fusion features on the `fusion` split, which no branch "
-    "trained on, computed by the served stages (keyframes from triage scores, etc.) with every branch "
-    "run. The model's linear path over each branch's scores is trained jointly with the attention "
-    "path. Loss: BCE on label, modality dropout; a fake none of whose manipulated modalities has a "
-    "token left adds no loss (it looks authentic to what is left). Temperature: LBFGS on val NLL.",
+    "fusion": _FUSION_INPUTS + " The model's linear path over each branch's scores is trained jointly with the "
+    "attention path. " + _FUSION_LOSS,
+    "fusion_linear": _FUSION_INPUTS + " A logistic regression over each branch's leading scalars (the AV sync logit "
+    "without the offset), one bias per modality present, no attention path. " + _FUSION_LOSS,
 }
 
 
