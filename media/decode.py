@@ -176,7 +176,8 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
     frames = decoded.frames  # (T, H, W, 3)
     if analyzer is not None and len(frames):
         track = analyzer.analyze(
-            frames, config.face_detect_every, config.detect_max_side, detected, views, config.min_face_side
+            frames, config.face_detect_every, config.detect_max_side, detected, views, config.min_face_side,
+            _sampling_step(decoded.timestamps, config),
         )
     else:
         track = faceless_track(frames)
@@ -184,6 +185,13 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
     decoded.meta.faces_seen = track.faces_seen
     decoded.meta.n_frames = len(frames)
     return _assemble(decoded, track)
+
+
+def _sampling_step(timestamps: np.ndarray, config: DecodeConfig) -> float:
+    """Seconds between sampled frames (the median step; the grid's where there is no step to measure)."""
+    steps = np.diff(timestamps)
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if steps.size else 1.0 / config.analysis_fps
 
 
 @dataclass

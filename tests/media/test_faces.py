@@ -174,6 +174,58 @@ def test_tracking_stays_close_to_detecting_every_frame(analyzer: FaceAnalyzer, d
     np.testing.assert_allclose(tracked.lip_trajectory, every_frame.lip_trajectory, atol=0.05)
 
 
+def _eye_roll(landmarks: np.ndarray) -> np.ndarray:
+    """(T,) degrees of each frame's eye line from horizontal."""
+    eyes = landmarks[:, 42:48].mean(axis=1) - landmarks[:, 36:42].mean(axis=1)
+    return np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0]))
+
+
+def _turned(points: np.ndarray, degrees: float) -> np.ndarray:
+    centre, t = points.mean(axis=0), np.radians(degrees)
+    return ((points - centre) @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]).T + centre).astype(points.dtype)
+
+
+def test_a_tracked_fit_that_turns_off_the_upright_face_is_not_taken(
+    analyzer: FaceAnalyzer, detector_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fit on tracked frame 6 slips: its landmarks turn 24 degrees in one 0.1 s step while the face stays
+    upright (seen on a re-encoded authentic clip, whose lips the AV branch then read as out of sync). The track
+    does not take it: the detector looks at frame 6 and the fresh fit from its box is upright."""
+    frames = np.stack(_sliding_face(12))
+    honest = analyzer._landmarks
+    slipped: list[int] = []
+
+    def slipping(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        points = honest(image, box)
+        if not slipped and np.array_equal(image, frames[6]):
+            slipped.append(6)
+            return _turned(points, 24.0)
+        return points
+
+    monkeypatch.setattr(analyzer, "_landmarks", slipping)
+    track = analyzer.analyze(frames, detect_every=20)
+    assert slipped == [6] and track.face_found.all()
+    assert len(detector_calls) == 2  # frame 0 (scheduled) and frame 6 (the slipped fit)
+    roll = _eye_roll(track.landmarks)
+    assert np.abs(roll - roll[0]).max() < 3
+
+
+@pytest.mark.parametrize(("degrees", "eye_scale", "step_s", "plausible"), [
+    (6.0, 1.0, 0.1, True),  # a head turning 60 degrees a second
+    (24.0, 1.0, 0.1, False),  # 240 degrees a second
+    (24.0, 1.0, 0.5, True),  # the same turn between samples of a long clip, 0.5 s apart
+    (0.0, 1.3, 0.1, False),  # the eyes drawn apart inside a box of the same size
+])
+def test_a_step_is_plausible_by_its_turn_per_second_and_eye_distance(
+    analyzer: FaceAnalyzer, degrees: float, eye_scale: float, step_s: float, plausible: bool
+) -> None:
+    before = analyzer.analyze(astronaut()[None], detect_every=1, detect_max_side=512).landmarks[0]
+    after = _turned(before, degrees)
+    centre = after[36:48].mean(axis=0)
+    after[36:48] = centre + (after[36:48] - centre) * eye_scale  # eyes apart, the box (jaw, brows) unchanged
+    assert faces._plausible_step(before, after, step_s) is plausible
+
+
 def _shrunk(box: np.ndarray, factor: float) -> np.ndarray:
     centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * factor
     return np.concatenate([centre - half, centre + half]).astype(np.float32)
