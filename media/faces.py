@@ -147,8 +147,17 @@ _TRACK_MAX_SCALE = 1.25
 # upright, and the AV branch read those lips as out of sync (P(fake) 0.98 against 0.03). Over 202 clips of three
 # generators as decoded, the largest step of a track that stayed on the face was 9 degrees.
 _TRACK_MAX_ROLL_PER_S = 120.0
+# ... and the mouth's centre moved by at most this many eye distances in the face's own frame (eyes level, their
+# midpoint at 0). A fit can also keep the eyes and let the mouth slide to the chin: on that H.264 re-encode the mouth
+# points jumped 0.5-0.6 eye distances down for four frames and the AV branch read the clip as out of sync (P(fake)
+# 0.98, against 0.33 for the original). The largest step over 102 benchmark clips was 0.14; a jaw opening moves it less.
+_TRACK_MAX_MOUTH_STEP = 0.25
 _USUAL_STEP_S = 0.1  # the sampling step assumed where none is given (DecodeConfig.analysis_fps 10)
 _TRACK_MIN_CORRELATION = 0.5
+# ... and at least this much with the face at the track's last detection, so that a fit sliding off the face a little
+# each frame, each step plausible, is caught (an authentic clip re-encoded to H.264: the crops slid from the face to
+# the neck over six frames, correlating 0.59 with the detected face at the end; 0.85 and more over 102 benchmark clips).
+_TRACK_MIN_DETECTED_CORRELATION = 0.7
 _APPEARANCE_SIDE = 32
 
 # Underexposed video. Where a frame's brightest part (its 99.5th grey percentile) is under _DIM_BELOW, the face
@@ -888,7 +897,8 @@ class _Tracker:
         points, view = self._locate(i, box)
         if not self._fill(i, box, points, view):
             return None
-        return _Anchor(points, _box_offsets(box, points), _appearance(self.track.face_crops[i]), detected=True)
+        appearance = _appearance(self.track.face_crops[i])
+        return _Anchor(points, _box_offsets(box, points), appearance, detected=True, at_detection=appearance)
 
     def _meet(self, i: int, anchor: _Anchor, box: np.ndarray) -> _Anchor | None:
         """A scheduled detection on frame `i` while the track is live. Where it is the tracked face, the track
@@ -903,7 +913,8 @@ class _Tracker:
             points, view = self._locate(i, guess)
             box_here = _box_from(points, anchor.offsets)
             if _plausible_step(anchor.points, points, self.step_s) and self._fill(i, box_here, points, view):
-                return _Anchor(points, anchor.offsets, _appearance(self.track.face_crops[i]), detected=True)
+                appearance = _appearance(self.track.face_crops[i])
+                return _Anchor(points, anchor.offsets, appearance, detected=True, at_detection=appearance)
         return self._start(i, box)
 
     def _follow(self, i: int, anchor: _Anchor) -> _Anchor | None:
@@ -913,8 +924,11 @@ class _Tracker:
         box = _box_from(points, anchor.offsets)  # where the face is in this frame, as a detection would box it
         if _plausible_step(anchor.points, points, self.step_s) and self._fill(i, box, points, view):
             appearance = _appearance(self.track.face_crops[i])
-            if _correlation(anchor.appearance, appearance) >= _TRACK_MIN_CORRELATION:
-                return _Anchor(points, anchor.offsets, appearance, detected=False)
+            if (
+                _correlation(anchor.appearance, appearance) >= _TRACK_MIN_CORRELATION
+                and _correlation(anchor.at_detection, appearance) >= _TRACK_MIN_DETECTED_CORRELATION
+            ):
+                return _Anchor(points, anchor.offsets, appearance, detected=False, at_detection=anchor.at_detection)
             _clear_frame(self.track, i)
         if i in self.looked:
             return None
@@ -950,6 +964,7 @@ class _Anchor:
     offsets: np.ndarray  # (4,) the detector box's edges relative to the landmarks' bounding box
     appearance: np.ndarray  # (32, 32) float32 grey aligned face, zero mean, unit norm
     detected: bool  # this frame's box came from the detector
+    at_detection: np.ndarray  # `appearance` at the track's last detection
 
 
 def _landmark_bounds(points: np.ndarray) -> tuple[float, float, float, float]:
@@ -976,6 +991,17 @@ def _eye_line(points: np.ndarray) -> np.ndarray:
     return points[_LEFT_EYE].mean(axis=0) - points[_RIGHT_EYE].mean(axis=0)
 
 
+def _mouth_in_face(points: np.ndarray) -> np.ndarray:
+    """(2,) the mouth's centre in the face's own frame: from the eyes' midpoint, along and across the eye line,
+    in eye distances."""
+    eyes = _eye_line(points)
+    distance = max(float(np.hypot(*eyes)), 1e-6)
+    along = eyes / distance
+    across = np.array([-along[1], along[0]])
+    mouth = points[_MOUTH].mean(axis=0) - (points[_LEFT_EYE].mean(axis=0) + points[_RIGHT_EYE].mean(axis=0)) / 2
+    return np.array([mouth @ along, mouth @ across]) / distance
+
+
 def _plausible_step(before: np.ndarray, after: np.ndarray, step_s: float = _USUAL_STEP_S) -> bool:
     """Whether landmarks `after` can be the same face as `before` one sampled frame (`step_s` seconds) later."""
     bx, by, bw, bh = _landmark_bounds(before)
@@ -986,11 +1012,13 @@ def _plausible_step(before: np.ndarray, after: np.ndarray, step_s: float = _USUA
     eye_scale = np.hypot(*eyes_after) / max(float(np.hypot(*eyes_before)), 1e-6)
     cross = eyes_before[0] * eyes_after[1] - eyes_before[1] * eyes_after[0]
     turn = np.degrees(abs(np.arctan2(cross, np.dot(eyes_before, eyes_after))))
+    mouth_step = np.hypot(*(_mouth_in_face(after) - _mouth_in_face(before)))
     return bool(
         shift <= _TRACK_MAX_SHIFT * bw
         and 1 / _TRACK_MAX_SCALE <= scale <= _TRACK_MAX_SCALE
         and 1 / _TRACK_MAX_SCALE <= eye_scale <= _TRACK_MAX_SCALE
         and turn <= _TRACK_MAX_ROLL_PER_S * step_s
+        and mouth_step <= _TRACK_MAX_MOUTH_STEP
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -210,19 +211,65 @@ def test_a_tracked_fit_that_turns_off_the_upright_face_is_not_taken(
     assert np.abs(roll - roll[0]).max() < 3
 
 
-@pytest.mark.parametrize(("degrees", "eye_scale", "step_s", "plausible"), [
-    (6.0, 1.0, 0.1, True),  # a head turning 60 degrees a second
-    (24.0, 1.0, 0.1, False),  # 240 degrees a second
-    (24.0, 1.0, 0.5, True),  # the same turn between samples of a long clip, 0.5 s apart
-    (0.0, 1.3, 0.1, False),  # the eyes drawn apart inside a box of the same size
+def test_a_track_that_no_longer_looks_like_its_detected_face_asks_the_detector(
+    analyzer: FaceAnalyzer, detector_calls: list[int]
+) -> None:
+    """Each tracked frame must look like the one before and like the face at the track's last detection: a fit that
+    slides a little each frame passes the first test every time and fails the second."""
+    frames = np.stack(_sliding_face(3))
+    box = analyzer.find_faces(frames[0])[0]
+    detector_calls.clear()
+    tracker = faces._Tracker(analyzer, frames, frames, faces.empty_track(3), {0: box}, {0}, 480, {}, faces.MIN_FACE)
+    start = tracker._start(0, box)
+    followed = tracker._follow(1, start)
+    assert followed is not None and not followed.detected and not detector_calls  # looks like both: tracked
+    elsewhere = np.roll(start.at_detection, 12, axis=0)  # as if the detected face had looked otherwise
+    assert faces._correlation(elsewhere, followed.appearance) < faces._TRACK_MIN_DETECTED_CORRELATION
+    again = tracker._follow(1, replace(start, at_detection=elsewhere))
+    assert len(detector_calls) == 1 and again is not None and again.detected  # the detector looked and restarted it
+
+
+def test_a_tracked_fit_whose_mouth_slides_off_is_not_taken(
+    analyzer: FaceAnalyzer, detector_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fit on tracked frame 6 keeps the eyes but puts the mouth half an eye distance lower (seen on a re-encoded
+    clip: the mouth points slid to the chin, the mouth crops showed the neck): the detector looks again there."""
+    frames = np.stack(_sliding_face(12))
+    honest = analyzer._landmarks
+    slipped: list[int] = []
+
+    def slipping(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        points = honest(image, box)
+        if not slipped and np.array_equal(image, frames[6]):
+            slipped.append(6)
+            points = points.copy()
+            points[48:68, 1] += 0.5 * float(np.hypot(*(points[42:48].mean(axis=0) - points[36:42].mean(axis=0))))
+        return points
+
+    monkeypatch.setattr(analyzer, "_landmarks", slipping)
+    track = analyzer.analyze(frames, detect_every=20)
+    assert slipped == [6] and track.face_found.all() and len(detector_calls) == 2
+    mouth_y = track.landmarks[:, 48:68, 1].mean(axis=1) - track.landmarks[:, 36:48, 1].mean(axis=1)
+    assert np.abs(mouth_y - mouth_y[0]).max() < 3  # px: the face does not move vertically
+
+
+@pytest.mark.parametrize(("degrees", "eye_scale", "mouth_down", "step_s", "plausible"), [
+    (6.0, 1.0, 0.0, 0.1, True),  # a head turning 60 degrees a second
+    (24.0, 1.0, 0.0, 0.1, False),  # 240 degrees a second
+    (24.0, 1.0, 0.0, 0.5, True),  # the same turn between samples of a long clip, 0.5 s apart
+    (0.0, 1.3, 0.0, 0.1, False),  # the eyes drawn apart inside a box of the same size
+    (0.0, 1.0, 0.1, 0.1, True),  # a jaw opening: the mouth's centre down a tenth of the eye distance
+    (0.0, 1.0, 0.5, 0.1, False),  # the mouth points slid half an eye distance down, towards the chin
 ])
-def test_a_step_is_plausible_by_its_turn_per_second_and_eye_distance(
-    analyzer: FaceAnalyzer, degrees: float, eye_scale: float, step_s: float, plausible: bool
+def test_a_step_is_plausible_by_its_turn_eye_distance_and_mouth(
+    analyzer: FaceAnalyzer, degrees: float, eye_scale: float, mouth_down: float, step_s: float, plausible: bool
 ) -> None:
     before = analyzer.analyze(astronaut()[None], detect_every=1, detect_max_side=512).landmarks[0]
     after = _turned(before, degrees)
     centre = after[36:48].mean(axis=0)
     after[36:48] = centre + (after[36:48] - centre) * eye_scale  # eyes apart, the box (jaw, brows) unchanged
+    eye_distance = float(np.hypot(*(after[42:48].mean(axis=0) - after[36:42].mean(axis=0))))
+    after[48:68, 1] += mouth_down * eye_distance  # inside the jaw's box
     assert faces._plausible_step(before, after, step_s) is plausible
 
 
