@@ -49,6 +49,7 @@ class ClipMeta:
     n_frames: int = 0  # sampled frames in the Clip
     size_bytes: int = 0
     faces_seen: int = 0  # most faces found in one detected frame; the face track follows the most prominent
+    face_chosen_by: str = "prominence"  # or "speech": of several faces, a less prominent one that speaks
 
 
 @dataclass

@@ -80,6 +80,7 @@ from media.faces import (
     SourceFrame,
     default_analyzer,
     faceless_track,
+    speech_following,
 )
 from media.keyframes import small_gray
 
@@ -175,14 +176,18 @@ def decode_media(data: bytes, config: DecodeConfig = DecodeConfig(), analyzer: F
             early.close()
     frames = decoded.frames  # (T, H, W, 3)
     if analyzer is not None and len(frames):
+        def speaking(t: FaceTrack) -> float:
+            return speech_following(t.lip_trajectory, t.face_found, decoded.timestamps, decoded.audio, AUDIO_SAMPLE_RATE)
+
         track = analyzer.analyze(
             frames, config.face_detect_every, config.detect_max_side, detected, views, config.min_face_side,
-            _sampling_step(decoded.timestamps, config),
+            _sampling_step(decoded.timestamps, config), speaking if decoded.audio.size else None,
         )
     else:
         track = faceless_track(frames)
     decoded.meta.face_coverage = track.coverage
     decoded.meta.faces_seen = track.faces_seen
+    decoded.meta.face_chosen_by = track.chosen_by
     decoded.meta.n_frames = len(frames)
     return _assemble(decoded, track)
 

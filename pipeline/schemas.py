@@ -95,6 +95,11 @@ class MediaInfo(BaseModel):
     has_audio: bool
     face_coverage: float
     faces_seen: int = Field(0, description="the most faces one detection found; the most prominent track is analysed")
+    face_chosen_by: Literal["prominence", "speech"] = Field(
+        "prominence",
+        description="why the analysed face was chosen among several: the most prominent, or a less prominent one "
+        "whose lips follow the sound where the most prominent face's do not",
+    )
     frames_analyzed: int
     variable_frame_rate: bool
     container: str

@@ -224,7 +224,8 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
         media=MediaInfo(
             kind=meta.kind, duration_s=meta.duration_s, native_fps=meta.native_fps, width=meta.width,
             height=meta.height, rotation=meta.rotation, has_audio=meta.has_audio,
-            face_coverage=meta.face_coverage, faces_seen=meta.faces_seen, frames_analyzed=analysis.n_frames,
+            face_coverage=meta.face_coverage, faces_seen=meta.faces_seen, face_chosen_by=meta.face_chosen_by,
+            frames_analyzed=analysis.n_frames,
             variable_frame_rate=meta.variable_frame_rate, container=meta.container,
             video_codec=meta.video_codec, audio_codec=meta.audio_codec, size_bytes=meta.size_bytes,
         ),

@@ -23,6 +23,7 @@ from tests.mediagen import (
     encode_video,
     face_in_scene_frames,
     speech_like_audio,
+    talking_face_frames,
     talking_face_mouth,
     talking_face_video,
 )
@@ -729,3 +730,60 @@ def test_a_face_found_in_a_lifted_frame_must_convince_hog(monkeypatch: pytest.Mo
     assert decode_media(clip).meta.faces_seen == 0
     monkeypatch.setattr(faces, "_LIFTED_MIN_SCORE", -np.inf)  # the search alone
     assert decode_media(clip).meta.faces_seen > 0
+
+
+def _two_people(seconds: float, fps: float, speaker_size: tuple[int, int], listener_size: tuple[int, int],
+                lip_delay_s: float = 0.0) -> tuple[bytes, np.ndarray]:
+    """A 960x540 clip of two faces side by side (the speaker left, a listener with a still mouth right) and its
+    speech: the speaker's mouth follows the sound (`lip_delay_s` late), the listener's never opens."""
+    n = int(round(seconds * fps))
+    audio = speech_like_audio(seconds, 16_000, 0)
+    speaker = talking_face_frames(talking_face_mouth(audio, 16_000, fps, n, lip_delay_s), speaker_size, 0)
+    listener = talking_face_frames(np.zeros(n), listener_size, 1)
+    frames = np.full((n, 540, 960, 3), 60, np.uint8)
+    frames[:, 60 : 60 + speaker_size[1], 20 : 20 + speaker_size[0]] = speaker
+    frames[:, 60 : 60 + listener_size[1], 940 - listener_size[0] : 940] = listener
+    return encode_video(iter(frames), "mp4", "libx264", fps, audio), audio
+
+
+@pytest.mark.parametrize(("speaker_size", "with_audio", "lip_delay_s", "chosen_by", "side"), [
+    ((300, 225), True, 0.0, "speech", "left"),  # the larger face listens: the speaker is analysed
+    ((300, 225), True, 0.4, "speech", "left"),  # ... also when the speaker's lips are late (a fake to judge)
+    ((480, 360), True, 0.0, "prominence", "left"),  # the larger face speaks
+    ((300, 225), False, 0.0, "prominence", "right"),  # no sound to follow: the most prominent face
+])
+def test_of_several_faces_the_one_that_speaks_is_analysed(
+    speaker_size: tuple[int, int], with_audio: bool, lip_delay_s: float, chosen_by: str, side: str
+) -> None:
+    listener_size = (480, 360) if speaker_size[0] < 480 else (300, 225)
+    data, _ = _two_people(4.0, 25.0, speaker_size, listener_size, lip_delay_s)
+    if not with_audio:
+        data = encode_video(iter(decode_media(data, DecodeConfig(analyze_faces=False)).frames), "mp4", "libx264", 10.0)
+    clip = decode_media(data, DecodeConfig())
+    assert clip.meta.faces_seen == 2 and clip.meta.face_coverage > 0.9
+    assert clip.meta.face_chosen_by == chosen_by
+    centres = (clip.face_boxes[clip.face_found, 0] + clip.face_boxes[clip.face_found, 2]) / 2
+    width = clip.frames.shape[2]
+    assert ((centres < width / 2) if side == "left" else (centres > width / 2)).all()
+
+
+def test_lips_that_follow_the_sound_score_high_and_still_or_unrelated_lips_low() -> None:
+    fps, seconds = 10.0, 4.0
+    times = np.arange(int(fps * seconds)) / fps
+    audio = speech_like_audio(seconds, 16_000, 0)
+    opening = talking_face_mouth(audio, 16_000, fps, len(times))
+    lips = np.zeros((len(times), 20, 2), np.float32)
+    found = np.ones(len(times), bool)
+
+    def score(open_by: np.ndarray, lag_s: float = 0.5) -> float:
+        moving = lips.copy()
+        moving[:, INNER_LIP_BOTTOM, 1] = open_by
+        return faces.speech_following(moving, found, times, audio, 16_000, lag_s)
+
+    assert score(opening) > 0.8
+    assert score(np.roll(opening, 3)) > 0.8  # 0.3 s late: within the lags searched
+    assert score(np.roll(opening, 3), lag_s=0.0) < score(opening) - 0.2
+    assert score(np.zeros(len(times))) == -1.0  # a still mouth: nothing to correlate
+    noise = np.random.default_rng(0).normal(0, 0.01, len(times))
+    assert score(noise) < faces._SPEAKING_MIN
+    assert faces.speech_following(lips, found, times, np.zeros(0, np.float32), 16_000) == -1.0  # no sound
