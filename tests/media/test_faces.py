@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import replace
 import subprocess
 import sys
@@ -187,6 +188,25 @@ def _turned(points: np.ndarray, degrees: float) -> np.ndarray:
     return ((points - centre) @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]).T + centre).astype(points.dtype)
 
 
+def _slip_once(
+    analyzer: FaceAnalyzer, monkeypatch: pytest.MonkeyPatch, frame: np.ndarray, slip: Callable[[np.ndarray], np.ndarray]
+) -> list[int]:
+    """The landmark fit slips the first time it fits `frame` (its points changed by `slip`), and only then; the list
+    returned gets an entry when it has."""
+    honest = analyzer._landmarks
+    slipped: list[int] = []
+
+    def slipping(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        points = honest(image, box)
+        if not slipped and np.array_equal(image, frame):
+            slipped.append(1)
+            return slip(points)
+        return points
+
+    monkeypatch.setattr(analyzer, "_landmarks", slipping)
+    return slipped
+
+
 def test_a_tracked_fit_that_turns_off_the_upright_face_is_not_taken(
     analyzer: FaceAnalyzer, detector_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,19 +214,9 @@ def test_a_tracked_fit_that_turns_off_the_upright_face_is_not_taken(
     upright (seen on a re-encoded authentic clip, whose lips the AV branch then read as out of sync). The track
     does not take it: the detector looks at frame 6 and the fresh fit from its box is upright."""
     frames = np.stack(_sliding_face(12))
-    honest = analyzer._landmarks
-    slipped: list[int] = []
-
-    def slipping(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-        points = honest(image, box)
-        if not slipped and np.array_equal(image, frames[6]):
-            slipped.append(6)
-            return _turned(points, 24.0)
-        return points
-
-    monkeypatch.setattr(analyzer, "_landmarks", slipping)
+    slipped = _slip_once(analyzer, monkeypatch, frames[6], lambda points: _turned(points, 24.0))
     track = analyzer.analyze(frames, detect_every=20)
-    assert slipped == [6] and track.face_found.all()
+    assert slipped == [1] and track.face_found.all()
     assert len(detector_calls) == 2  # frame 0 (scheduled) and frame 6 (the slipped fit)
     roll = _eye_roll(track.landmarks)
     assert np.abs(roll - roll[0]).max() < 3
@@ -236,20 +246,15 @@ def test_a_tracked_fit_whose_mouth_slides_off_is_not_taken(
     """The fit on tracked frame 6 keeps the eyes but puts the mouth half an eye distance lower (seen on a re-encoded
     clip: the mouth points slid to the chin, the mouth crops showed the neck): the detector looks again there."""
     frames = np.stack(_sliding_face(12))
-    honest = analyzer._landmarks
-    slipped: list[int] = []
 
-    def slipping(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-        points = honest(image, box)
-        if not slipped and np.array_equal(image, frames[6]):
-            slipped.append(6)
-            points = points.copy()
-            points[48:68, 1] += 0.5 * float(np.hypot(*(points[42:48].mean(axis=0) - points[36:42].mean(axis=0))))
+    def mouth_down(points: np.ndarray) -> np.ndarray:
+        points = points.copy()
+        points[48:68, 1] += 0.5 * float(np.hypot(*(points[42:48].mean(axis=0) - points[36:42].mean(axis=0))))
         return points
 
-    monkeypatch.setattr(analyzer, "_landmarks", slipping)
+    slipped = _slip_once(analyzer, monkeypatch, frames[6], mouth_down)
     track = analyzer.analyze(frames, detect_every=20)
-    assert slipped == [6] and track.face_found.all() and len(detector_calls) == 2
+    assert slipped == [1] and track.face_found.all() and len(detector_calls) == 2
     mouth_y = track.landmarks[:, 48:68, 1].mean(axis=1) - track.landmarks[:, 36:48, 1].mean(axis=1)
     assert np.abs(mouth_y - mouth_y[0]).max() < 3  # px: the face does not move vertically
 
