@@ -23,6 +23,7 @@ _EXPORTS = {
     "decode_media": "media.decode",
     "MediaError": "media.errors",
     "MediaTooLargeError": "media.errors",
+    "DecodeDeadlineError": "media.errors",
     "NotMediaError": "media.errors",
     "UnusableMediaError": "media.errors",
     "FaceAnalyzer": "media.faces",
@@ -61,6 +62,6 @@ if TYPE_CHECKING:
     )
     from media.config import DecodeConfig
     from media.decode import decode_media
-    from media.errors import MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
+    from media.errors import DecodeDeadlineError, MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
     from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, landmark_model_path
     from media.keyframes import KeyframeSelection, find_hotspots, select_keyframes

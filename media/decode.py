@@ -66,6 +66,7 @@ import PIL.Image
 from media.clip import AUDIO_SAMPLE_RATE, Clip, ClipMeta, MediaKind
 from media.config import DecodeConfig
 from media.errors import (
+    DecodeDeadlineError,
     MediaError,
     MediaTooLargeError,
     NotMediaError,
@@ -401,7 +402,7 @@ class _Budget:
             return
         remaining = spent / self.fed * (self.planned - self.fed)
         if remaining > self.TIME_SLACK * max(self.deadline - now, 0.0):
-            raise MediaTooLargeError(
+            raise DecodeDeadlineError(
                 f"decoding would take about {spent + remaining:.0f} s at its pace so far "
                 f"({self.fed} of {self.planned} pictures in {spent:.1f} s); the limit is {self.config.deadline_s:g} s"
             )
@@ -411,7 +412,7 @@ class _Budget:
         if self.packets > self.config.max_packets:
             raise MediaTooLargeError(f"more than {self.config.max_packets} packets to read")
         if time.monotonic() > self.deadline:
-            raise MediaTooLargeError(f"decoding takes more than {self.config.deadline_s:g} s")
+            raise DecodeDeadlineError(f"decoding takes more than {self.config.deadline_s:g} s")
 
     def frame(self, frame: av.VideoFrame) -> None:
         self.frames += 1

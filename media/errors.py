@@ -19,6 +19,11 @@ class MediaTooLargeError(MediaError):
     http_status = 413
 
 
+class DecodeDeadlineError(MediaTooLargeError):
+    """Decoding ran, or at its pace would run, past `DecodeConfig.deadline_s` (HTTP 413). Unlike the other limits
+    this depends on how busy the machine was as well as on the file: a cache of decoded files does not keep it."""
+
+
 class UnusableMediaError(MediaError):
     """Decodable, but nothing to analyse: zero frames, zero samples, corrupt streams (HTTP 422)."""
 

@@ -17,12 +17,13 @@ import pytest
 import torch
 from skimage.data import astronaut
 
-from media import DecodeConfig, decode_media, select_keyframes
+from media import Clip, DecodeConfig, DecodeDeadlineError, decode_media, select_keyframes
 from models import load_bundle
 from training import cli, features
 from training.cli import main as cli_main
 from pipeline.config import KeyframeConfig, PipelineConfig
 from pipeline.keyframes import select_keyframes as keyframes_stage
+from training import features
 from training.features import ClipArrays, FeatureCache, ManifestData, load_manifest_data
 from training.manifest import ManifestEntry, ModalityLabels, read_manifest, write_manifest
 from training.train import (
@@ -193,6 +194,25 @@ def test_undecodable_file_is_recorded_and_cached(tmp_path: Path) -> None:
     assert bad in report.failed and bad not in report.paths
     again = FeatureCache(tmp_path / "cache").build([bad], progress=False)
     assert again.decoded == 0 and bad in again.failed
+
+
+def test_a_decode_too_slow_for_its_deadline_is_not_cached(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running past the deadline depends on the machine's load: reported, not kept, and decoded again next time."""
+    video = tiny_manifest.parent / "val_real.mp4"
+    real = features.decode_media
+
+    def busy(data: bytes, config: DecodeConfig) -> Clip:
+        raise DecodeDeadlineError("decoding takes more than 30 s")
+
+    monkeypatch.setattr(features, "decode_media", busy)
+    slow = FeatureCache(tmp_path / "cache").build([video], progress=False, workers=1)
+    assert video in slow.failed and "DecodeDeadlineError" in slow.failed[video]
+    assert not list((tmp_path / "cache").glob("*.err"))
+    monkeypatch.setattr(features, "decode_media", real)
+    again = FeatureCache(tmp_path / "cache").build([video], progress=False, workers=1)
+    assert again.decoded == 1 and video in again.paths and not again.failed
 
 
 def test_cached_grey_frames_give_the_served_keyframes(tiny_manifest: Path) -> None:
