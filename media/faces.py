@@ -58,10 +58,10 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Protocol
 
 import cv2
