@@ -25,6 +25,7 @@ from media import (
     UnusableMediaError,
     decode_media,
 )
+from media.faces import FaceAnalyzer
 from tests.mediagen import (
     encode_audio,
     encode_image,
@@ -534,6 +535,22 @@ def test_decode_runs_face_analysis_by_default() -> None:
     clip = decode_media(encode_image(photo, "png"))
     assert clip.face_found.tolist() == [True] and clip.meta.face_coverage == 1.0
     assert not np.isnan(clip.landmarks).any()
+
+
+@pytest.mark.parametrize(("max_frames", "step"), [(300, 0.1), (20, 25.0 / 20)])
+def test_the_face_tracker_is_told_the_sampling_step(max_frames: int, step: float) -> None:
+    """The tracker's limit on how far a head turns between frames is per second (`media.faces._plausible_step`):
+    the decoder passes the spacing of its samples, which is wider where a long video's `max_frames` are spread."""
+    told: list[float] = []
+
+    class Spy(FaceAnalyzer):
+        def analyze(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            told.append(kwargs.get("step_s", args[6] if len(args) > 6 else None))
+            return super().analyze(*args, **kwargs)
+
+    frames = numbered_frames(250)  # 25 s at 10 fps
+    decode_media(encode_video(frames, "mp4", "libx264", 10), DecodeConfig(max_frames=max_frames), Spy())
+    assert told == [pytest.approx(step, rel=1e-6)]
 
 
 def test_decode_config_rejects_nonsense() -> None:
