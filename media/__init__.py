@@ -26,6 +26,7 @@ _EXPORTS = {
     "DecodeDeadlineError": "media.errors",
     "NotMediaError": "media.errors",
     "UnusableMediaError": "media.errors",
+    "face_detail": "media.detail",
     "FaceAnalyzer": "media.faces",
     "FaceTrack": "media.faces",
     "default_analyzer": "media.faces",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     )
     from media.config import DecodeConfig
     from media.decode import decode_media
+    from media.detail import face_detail
     from media.errors import DecodeDeadlineError, MediaError, MediaTooLargeError, NotMediaError, UnusableMediaError
     from media.faces import FaceAnalyzer, FaceTrack, default_analyzer, landmark_model_path
     from media.keyframes import KeyframeSelection, find_hotspots, select_keyframes

@@ -37,7 +37,7 @@ from pipeline.results import (
 
 logger = logging.getLogger(__name__)
 # Branch codes that mean "nothing to judge here" (an abstention), not a failure.
-ABSTAINED = ("no_face", "no_speech", "out_of_distribution")  # nothing a model could judge: no verdict, no error
+ABSTAINED = ("no_face", "no_speech", "out_of_distribution", "low_quality")  # nothing a model could judge: no verdict, no error
 
 Progress = Callable[[str], Awaitable[None]]
 

@@ -57,10 +57,20 @@ class VisualConfig(_Strict):
     """CompressionResilient: crops scored when no keyframes were selected (images).
 
     The model was trained on face crops only: it scores frames with a face and abstains
-    (`no_face`) when none of the clip's frames has one.
+    (`no_face`) when none of the clip's frames has one, and (`low_quality`) when the face is too blurred or
+    enlarged from too small a picture to show any detail.
     """
 
     max_crops: int = Field(8, ge=1, le=128)
+    # A face is not judged (`low_quality`) when its crops show less detail than `min_face_detail` and the top quarter
+    # of the crops (the hair and the scene above the head) less than `min_surround_detail`: the whole picture is blurred
+    # or enlarged from a small one, and the model's score on it is a guess. A face blurred inside a sharp head is
+    # judged: that contrast is what a pasted low-resolution face looks like. Detail is `media.face_detail` (the share
+    # of spectral power above what a 32 px thumbnail of the crop can hold), the median over the scored crops. Both
+    # minimums are the 90th percentile of the training data's authentic face crops reduced to 32 px (0.0048 and
+    # 0.0116; as they are, their medians are 0.039 and 0.066). The benchmark's test faces measure 0.0056 and up.
+    min_face_detail: float = Field(0.005, ge=0.0, le=1.0)
+    min_surround_detail: float = Field(0.012, ge=0.0, le=1.0)
 
 
 class AVConfig(_Strict):

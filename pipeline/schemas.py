@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ReasonCode = Literal[
     "no_face", "no_speech", "no_usable_modality", "branch_failed", "near_threshold", "fusion_degraded", "out_of_distribution",
-    "weak_evidence",
+    "weak_evidence", "low_quality",
 ]
 
 
@@ -22,7 +22,9 @@ class VerdictReason(BaseModel):
         "fusion could not read a branch's features and averaged the branch scores; out_of_distribution: the "
         "input is unlike the training data: a face unlike the authentic faces (decisive: the verdict abstains), or "
         "a voice unlike both the authentic and the spoofed speech (the audio branch abstained, not decisive); "
-        "weak_evidence: fusion says fake but no branch it read says so on its own"
+        "weak_evidence: fusion says fake but no branch it read says so on its own; low_quality: a face model's "
+        "input shows too little detail to judge (a face blurred, or enlarged from a thumbnail): it abstained; "
+        "decisive where the verdict would otherwise be fake, which then rests on lips read off that face"
     )
     message: str
     modalities: list[str] = Field(default_factory=list, description="the modalities the reason is about")
@@ -35,7 +37,7 @@ class ModalityReport(BaseModel):
     reason: str | None = Field(None, description="why it did not run, or a caveat (no face, no audio, early exit)")
     code: str | None = Field(
         None, description="machine-readable reason it did not run: no_face, no_speech, no_audio, no_video, early_exit, "
-        "branch_failed, not_applicable"
+        "branch_failed, not_applicable, out_of_distribution, low_quality"
     )
     details: dict[str, float | int | str | bool | list[float] | None] = Field(default_factory=dict)
 

@@ -52,6 +52,16 @@ def reasons_for(analysis: Analysis, config: VerdictConfig) -> list[VerdictReason
             code="no_face", message="no face to analyse for " + ", ".join(faceless) + "; those modalities abstained",
             modalities=faceless, decisive=False,
         ))
+    blurred = [b.modality for b in analysis.branches() if b.code == "low_quality"]
+    if blurred:
+        accuses = _accuses_a_blurred_face(analysis, config)
+        reasons.append(VerdictReason(
+            code="low_quality", message="the face shows too little detail to judge for " + ", ".join(blurred)
+            + " (blurred, or enlarged from a small picture); those modalities abstained"
+            + ("; lips read off such a face can look out of step with the voice by misreading alone, so that "
+               "does not make a fake verdict" if accuses else ""),
+            modalities=blurred, decisive=accuses,
+        ))
     voiceless = [b.modality for b in analysis.branches() if b.code == "no_speech"]
     if voiceless:
         reasons.append(VerdictReason(
@@ -99,6 +109,20 @@ def reasons_for(analysis: Analysis, config: VerdictConfig) -> list[VerdictReason
             decisive=True,
         ))
     return reasons
+
+
+def _accuses_a_blurred_face(analysis: Analysis, config: VerdictConfig) -> bool:
+    """True when fusion would answer `fake` for a clip whose face showed too little detail for the visual branch
+    (`low_quality`) and no voice model says fake on its own. What remains is read off that face: its lips. Noise
+    in a lip reading can make speech look out of step with the lips, but it cannot make them look in step, so on
+    such a face a reading in sync is evidence and one out of sync is not."""
+    fused = analysis.fused
+    if fused is None or fused.probability < config.decision_threshold + config.uncertain_margin:
+        return False
+    return not any(
+        b.modality == "audio" and b.status == "ok" and b.score is not None and b.score >= config.decision_threshold
+        for b in analysis.branches()
+    )
 
 
 def weak_evidence(analysis: Analysis, config: VerdictConfig) -> VerdictReason | None:

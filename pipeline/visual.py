@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from models import CompressionResilientDetector, visual_features
+from media.detail import face_detail
 from models.ood import OODStats
 from pipeline.config import VisualConfig
 from pipeline.results import BranchResult, KeyframeResult, ModelInfo, StageInput, sigmoid
@@ -40,6 +41,9 @@ def run_visual(
 
     With `ood` (the bundle's authentic-data statistics) each clip's mean crop embedding is measured
     against them: `details.ood_distance`, and `out_of_distribution` above the fitted threshold.
+    A face whose crops show too little detail, and the head around it too (`config.min_face_detail`,
+    `min_surround_detail`), is scored but not judged: status `skipped`, code `low_quality`, the score reported,
+    fusion does not read it.
     """
     results: list[BranchResult | None] = [None] * len(clips)
     chosen: list[tuple[int, np.ndarray]] = []  # (clip position, its frame indices)
@@ -64,9 +68,19 @@ def run_visual(
         clip, rows = clips[i], slice(start, start + len(idx))
         start += len(idx)
         distance = ood.distance(embeddings[rows].mean(axis=0)) if ood is not None else None
+        faces = clip.face_crops[idx]
+        detail = float(np.median(face_detail(faces)))
+        around = float(np.median(face_detail(faces[:, : faces.shape[1] // 4])))  # hair and scene above the head
+        blurred = detail < config.min_face_detail and around < config.min_surround_detail
         results[i] = BranchResult(
-            "visual", "ok", info,
+            "visual", "skipped" if blurred else "ok", info,
             score=sigmoid(float(logits[rows].mean())),
+            reason=(
+                f"the face and the head around it show too little detail to judge (detail {detail:.4f} and "
+                f"{around:.4f}, minimums {config.min_face_detail:g} and {config.min_surround_detail:g}: about what a "
+                "32 px thumbnail holds), blurred or enlarged from a small picture: its score is a guess and is not used"
+            ) if blurred else None,
+            code="low_quality" if blurred else None,
             features=visual_features(logits[rows], embeddings[rows], errors[rows]),
             details={
                 "frames_analyzed": int(len(idx)),
@@ -75,6 +89,8 @@ def run_visual(
                 "max_frame_score": sigmoid(float(logits[rows].max())),
                 "reconstruction_error": float(errors[rows].mean()),
                 "batch_size": len(chosen),
+                "face_detail": round(detail, 5),
+                "surround_detail": round(around, 5),
                 **({"ood_distance": distance, "ood_threshold": ood.threshold} if ood is not None else {}),
             },
             timing_ms=timer.ms,

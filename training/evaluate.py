@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from models.bundle import update_card, weights_root
 
+from pipeline.analyze import ABSTAINED
 from pipeline.config import PipelineConfig
 from pipeline.local import LocalPipeline
 from training.features import (
@@ -152,10 +153,10 @@ def score_in_process(
         entry = data.entries[i]
         run = run_branches(models, data.arrays(i), honour_early_exit=False)
         if not run.features:
-            abstained = run.analysis is not None and any(b.code == "no_face" for b in run.analysis.branches())
+            abstained = run.analysis is not None and any(b.code in ABSTAINED for b in run.analysis.branches())
             scored.append(ScoredFile.of(
                 entry, fake_probability=None, error="no branch could run",
-                verdict="uncertain" if abstained else None,  # served: 200 uncertain (no_face), else 422
+                verdict="uncertain" if abstained else None,  # served: 200 uncertain (a model abstained), else 422
             ))
             continue
         fused = float(run_fusion(models, [run])[0])

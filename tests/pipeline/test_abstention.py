@@ -158,6 +158,68 @@ def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(l
         assert branch.details["ood_threshold"] == threshold and branch.details["ood_distance"] > 0
 
 
+def test_a_face_with_no_detail_is_scored_but_not_judged(local: LocalPipeline) -> None:
+    """The visual branch abstains (`low_quality`) on a face enlarged from a thumbnail: its score is reported,
+    fusion does not read it, the AV branch still judges the clip."""
+    import cv2
+
+    from pipeline.decode import decode
+    from pipeline.visual import run_visual
+    from tests.mediagen import talking_face_video
+
+    decoded = decode(talking_face_video(seconds=2.0, size=(320, 240), fps=10, seed=5), local.config.decode)
+    model = local.bundles["compression_resilient"].model
+    sharp = run_visual(model, [decoded], [None], VisualConfig(), "cpu")[0]
+    assert sharp.status == "ok" and sharp.code is None and sharp.details["face_detail"] > VisualConfig().min_face_detail
+    sharp_crops = decoded.face_crops.copy()
+    decoded.face_crops = np.stack(
+        [cv2.resize(cv2.resize(c, (20, 20), interpolation=cv2.INTER_AREA), c.shape[:2][::-1]) for c in sharp_crops]
+    )
+    blurred = run_visual(model, [decoded], [None], VisualConfig(), "cpu")[0]
+    assert (blurred.status, blurred.code) == ("skipped", "low_quality") and "too little detail" in blurred.reason
+    assert blurred.score is not None and blurred.details["face_detail"] < VisualConfig().min_face_detail
+    assert blurred.details["surround_detail"] < VisualConfig().min_surround_detail
+    assert run_visual(model, [decoded], [None], VisualConfig(min_face_detail=0.0), "cpu")[0].status == "ok"
+    pasted = decoded.face_crops.copy()  # a blurred face inside a sharp head is judged: the contrast is evidence
+    pasted[:, :32] = sharp_crops[:, :32]
+    blurred_crops, decoded.face_crops = decoded.face_crops, pasted
+    judged = run_visual(model, [decoded], [None], VisualConfig(), "cpu")[0]
+    assert judged.status == "ok" and judged.details["face_detail"] < VisualConfig().min_face_detail
+    decoded.face_crops = blurred_crops
+
+    answer = local.respond(local.run_clip(decoded))
+    assert answer.modalities["visual"].code == "low_quality" and answer.gate_weights["visual"] == 0.0
+    assert answer.modalities["av"].status == "ok" and answer.gate_weights["av"] > 0
+    assert "low_quality" in {r.code for r in answer.reasons}
+
+
+def _blurred_face(p: float, audio: BranchResult | None = None) -> Analysis:
+    """Fusion at `p` from the AV branch alone: the visual branch abstained on a face with no detail."""
+    triage = TriageResult(BranchResult("triage", "ok", score=0.9), np.zeros(4, np.float32))
+    visual = BranchResult("visual", "skipped", score=0.97, code="low_quality", reason="too little detail")
+    audio = audio or BranchResult("audio", "skipped", score=0.9, code="out_of_distribution")
+    fused = FusionResult(p, gate_weights={"visual": 0.0, "av": 1.0, "audio": 0.0})
+    return Analysis(META, 4, triage=triage, visual=visual, av=AVResult(BranchResult("av", "ok", score=p), audio),
+                    fused=fused)
+
+
+def test_lips_read_off_a_face_with_no_detail_do_not_make_a_fake_verdict() -> None:
+    """Misread lips look out of step with the voice, never in step: on such a face an AV reading in sync is
+    evidence (`real`), one out of sync is not (`uncertain`), unless the voice model says fake on its own."""
+    accused = respond(_blurred_face(0.99), VerdictConfig(), "r", None)
+    assert accused.verdict == "uncertain" and accused.fake_probability == 0.99
+    reason = next(r for r in accused.reasons if r.code == "low_quality")
+    assert reason.decisive and reason.modalities == ["visual"] and "misreading" in reason.message
+    cleared = respond(_blurred_face(0.1), VerdictConfig(), "r", None)
+    assert cleared.verdict == "real"
+    assert not next(r for r in cleared.reasons if r.code == "low_quality").decisive
+    spoofed = respond(_blurred_face(0.99, BranchResult("audio", "ok", score=0.97)), VerdictConfig(), "r", None)
+    assert spoofed.verdict == "fake"
+    from training.features import BranchRun, served_verdict
+
+    assert served_verdict(BranchRun(_blurred_face(0.99)), 0.99, VerdictConfig(), ("visual", "av", "audio")) == "uncertain"
+
+
 def _music(seconds: float, sr: int = 16_000) -> np.ndarray:
     """Steady chords and a little hiss: sound, but nobody speaking."""
     t = np.arange(int(seconds * sr)) / sr
