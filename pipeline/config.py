@@ -67,8 +67,9 @@ class VisualConfig(_Strict):
     # or enlarged from a small one, and the model's score on it is a guess. A face blurred inside a sharp head is
     # judged: that contrast is what a pasted low-resolution face looks like. Detail is `media.face_detail` (the share
     # of spectral power above what a 32 px thumbnail of the crop can hold), the median over the scored crops. Both
-    # minimums are the 90th percentile of the training data's authentic face crops reduced to 32 px (0.0048 and
-    # 0.0116; as they are, their medians are 0.039 and 0.066). The benchmark's test faces measure 0.0056 and up.
+    # minimums are the 90th percentile of the training benchmark's authentic faces made 32 px thumbnails:
+    # `spectrashield fit-detail --manifest build/bench400/manifest.jsonl` gives 0.0048 and 0.0116 over 177 faces (as
+    # they are, medians 0.039 and 0.065). The benchmark's test faces, fakes included, measure 0.0056 and up.
     min_face_detail: float = Field(0.005, ge=0.0, le=1.0)
     min_surround_detail: float = Field(0.012, ge=0.0, le=1.0)
 

@@ -36,7 +36,7 @@ from training.evaluate import (
 )
 from pipeline.config import PipelineConfig
 from training.features import parse_versions
-from training.ood import fit_ood
+from training.ood import face_detail_minimums, fit_ood
 from training.train import MODEL_NAMES, PRESETS, train_all, train_model
 
 DELEGATED = {
@@ -193,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     ood.add_argument("--quantile", type=float, default=0.99, help="of the val distances: the threshold")
     ood.add_argument("--hold-out-source", action="append", default=[],
                      help="leave this manifest source out (repeatable), as train-spoof --hold-out-source does")
+
+    detail = commands.add_parser(
+        "fit-detail", help="the visual stage's face-detail minimums, from the authentic training faces made thumbnails"
+    )
+    _common(detail)
+    detail.add_argument("--split", default="train")
+    detail.add_argument("--side", type=int, default=32, help="the thumbnail's side in pixels")
+    detail.add_argument("--quantile", type=float, default=0.9, help="of the thumbnails' detail: the minimum")
     return parser
 
 
@@ -282,6 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.record_in_cards:
             for path in record_in_cards(report, args.weights_dir, command_line):
                 print(f"recorded the scores in {path / 'card.md'}")
+        return 0
+
+    if args.command == "fit-detail":
+        report = face_detail_minimums(
+            args.manifest, split=args.split, side=args.side, quantile=args.quantile, cache_dir=args.cache_dir,
+            settings=settings, workers=args.workers, progress=progress,
+        )
+        print(json.dumps(report, indent=2))
         return 0
 
     if args.command == "fit-ood":

@@ -19,6 +19,9 @@ own profile cannot be fooled that way.
 The threshold is a quantile of the `val` files' distances (authentic only for visual, both classes
 for audio and channel), so in-distribution media is flagged about 1 - quantile of the time. Nothing here looks
 at a cross-generator set.
+
+Face detail (`face_detail_minimums`, no model): the visual stage's `min_face_detail` and `min_surround_detail`
+(`pipeline.config.VisualConfig`), measured on the authentic training faces made into thumbnails.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 from tqdm.auto import tqdm
 
+from media.detail import face_detail
 from models.bundle import CHANNEL_OOD_FILE, EXPERT_CHANNEL_OOD_FILE, EXPERT_OOD_FILE, OOD_FILE, attach_ood, load_version
 from models.channel import channel_profile
 from models.fusion import VISUAL_SCALARS
@@ -166,3 +171,47 @@ def fit_ood(
         logger.info("attached %s OOD statistics to %s (threshold %.3f)", branch, bundle.path, stats.threshold)
     return {"branch": branch, "bundle": str(bundle.path), "manifest": str(manifest),
             "held_out_sources": list(hold_out_sources), **report}
+
+
+def face_detail_minimums(
+    manifest: Path, *, split: str = "train", side: int = 32, quantile: float = 0.9, cache_dir: Path | None = None,
+    settings: PipelineConfig | None = None, workers: int = 1, progress: bool = True,
+) -> dict[str, Any]:
+    """The face-detail minimums of the visual stage, from the authentic faces of `split`: one face crop per file
+    (the middle frame with a face), reduced to a `side` px thumbnail and enlarged back, measured as the stage measures
+    (`media.face_detail` of the crop and of its top quarter). The minimums are the `quantile` of those: a face that
+    shows no more detail than such a thumbnail falls under them that often. The crops as they are, beside them."""
+    settings = settings or PipelineConfig()
+    data = load_manifest_data(manifest, splits=(split,), cache_dir=cache_dir, decode_config=settings.decode,
+                              workers=workers, progress=progress)
+    crops = []
+    for i in data.indices(split):
+        if data.entries[i].label != 0 or data.entries[i].kind == "audio":
+            continue
+        arrays = data.arrays(i)
+        found = np.flatnonzero(arrays.face_found)
+        if found.size:
+            crops.append(arrays.face_crops[found[found.size // 2]])
+    if not crops:
+        raise ValueError(f"no authentic face in the {split} split of {manifest}")
+    faces = np.stack(crops)
+    size = faces.shape[2], faces.shape[1]
+    small = np.stack([
+        cv2.resize(cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA), size, interpolation=cv2.INTER_CUBIC)
+        for c in faces
+    ])
+
+    def measure(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return face_detail(x), face_detail(x[:, : x.shape[1] // 4])
+
+    (face, surround), (face_small, surround_small) = measure(faces), measure(small)
+    return {
+        "split": split, "faces": int(len(faces)), "side": side, "quantile": quantile,
+        "min_face_detail": round(float(np.quantile(face_small, quantile)), 5),
+        "min_surround_detail": round(float(np.quantile(surround_small, quantile)), 5),
+        "as_they_are": {
+            "face_detail_median": round(float(np.median(face)), 5),
+            "surround_detail_median": round(float(np.median(surround)), 5),
+            "face_detail_quantile_" + f"{1 - quantile:g}": round(float(np.quantile(face, 1 - quantile)), 5),
+        },
+    }

@@ -521,6 +521,21 @@ def test_an_excluded_source_leaves_every_split(tiny_manifest: Path) -> None:
     assert {e.split for e in entries if e.path in held} >= {"train", "test"}  # the check covers both kinds of split
 
 
+def test_fit_detail_measures_the_authentic_faces_made_thumbnails(tiny_manifest: Path, capsys) -> None:
+    """`spectrashield fit-detail`: the visual stage's face-detail minimums from the train split's authentic faces,
+    below what those faces show as they are, and higher for a larger thumbnail."""
+    reports = {}
+    for side in (32, 64):
+        assert cli_main(["fit-detail", "--manifest", str(tiny_manifest), "--side", str(side), "--no-progress"]) == 0
+        reports[side] = json.loads(capsys.readouterr().out)
+    small, large = reports[32], reports[64]
+    assert small["split"] == "train" and small["faces"] == 3  # two real videos and a photo; fakes and audio are not read
+    for key in ("min_face_detail", "min_surround_detail"):
+        assert 0 < small[key] < large[key]
+    assert small["min_face_detail"] < small["as_they_are"]["face_detail_median"]
+    assert small["min_surround_detail"] < small["as_they_are"]["surround_detail_median"]
+
+
 def test_train_all_passes_each_model_its_options(monkeypatch, tmp_path: Path) -> None:
     """`train all` used to drop the per-model options (--av-freeze, --fusion-linear, ...): each step now gets them,
     and `train_model` applies each to its own model only."""
