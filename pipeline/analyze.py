@@ -36,8 +36,9 @@ from pipeline.results import (
 )
 
 logger = logging.getLogger(__name__)
-# Branch codes that mean "nothing to judge here" (an abstention), not a failure.
-ABSTAINED = ("no_face", "no_speech", "out_of_distribution", "low_quality")  # nothing a model could judge: no verdict, no error
+# Branch codes that mean "nothing to judge here" (an abstention), not a failure: where every branch abstained,
+# there is no verdict and no error.
+ABSTAINED = ("no_face", "no_speech", "out_of_distribution", "low_quality")
 
 Progress = Callable[[str], Awaitable[None]]
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models import CompressionResilientDetector, visual_features
 from media.detail import face_detail
+from models import CompressionResilientDetector, visual_features
 from models.ood import OODStats
 from pipeline.config import VisualConfig
 from pipeline.results import BranchResult, KeyframeResult, ModelInfo, StageInput, sigmoid
