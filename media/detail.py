@@ -48,3 +48,10 @@ def face_detail(crops: np.ndarray, cycles_per_px: float = DETAIL_CYCLES_PER_PX) 
     total = power.sum(axis=(1, 2), dtype=np.float64)
     above = power[:, high].sum(axis=1, dtype=np.float64)
     return np.where(total > 0, above / np.maximum(total, 1e-12), 0.0)
+
+
+def face_and_surround_detail(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) and (K,): `face_detail` of each face crop `(K, H, W, 3)`, and of its top quarter (the hair and the
+    scene above the head), the two measures the visual stage compares with its minimums."""
+    crops = np.asarray(crops)
+    return face_detail(crops), face_detail(crops[:, : crops.shape[1] // 4])

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from media.detail import face_detail
+from media.detail import face_and_surround_detail
 from models import CompressionResilientDetector, visual_features
 from models.ood import OODStats
 from pipeline.config import VisualConfig
@@ -68,9 +68,7 @@ def run_visual(
         clip, rows = clips[i], slice(start, start + len(idx))
         start += len(idx)
         distance = ood.distance(embeddings[rows].mean(axis=0)) if ood is not None else None
-        faces = clip.face_crops[idx]
-        detail = float(np.median(face_detail(faces)))
-        around = float(np.median(face_detail(faces[:, : faces.shape[1] // 4])))  # hair and scene above the head
+        detail, around = (float(np.median(d)) for d in face_and_surround_detail(crops[rows]))
         blurred = detail < config.min_face_detail and around < config.min_surround_detail
         results[i] = BranchResult(
             "visual", "skipped" if blurred else "ok", info,

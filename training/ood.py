@@ -36,7 +36,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from tqdm.auto import tqdm
 
-from media.detail import face_detail
+from media.detail import face_and_surround_detail
 from models.bundle import CHANNEL_OOD_FILE, EXPERT_CHANNEL_OOD_FILE, EXPERT_OOD_FILE, OOD_FILE, attach_ood, load_version
 from models.channel import channel_profile
 from models.fusion import VISUAL_SCALARS
@@ -178,9 +178,10 @@ def face_detail_minimums(
     settings: PipelineConfig | None = None, workers: int = 1, progress: bool = True,
 ) -> dict[str, Any]:
     """The face-detail minimums of the visual stage, from the authentic faces of `split`: one face crop per file
-    (the middle frame with a face), reduced to a `side` px thumbnail and enlarged back, measured as the stage measures
-    (`media.face_detail` of the crop and of its top quarter). The minimums are the `quantile` of those: a face that
-    shows no more detail than such a thumbnail falls under them that often. The crops as they are, beside them."""
+    (the middle frame with a face), reduced to a `side` px thumbnail and enlarged back, measured as the stage
+    measures (`media.detail.face_and_surround_detail`: the crop and its top quarter). The minimums are the
+    `quantile` of those: a face that shows no more detail than such a thumbnail falls under them that often. The
+    crops as they are, beside them."""
     settings = settings or PipelineConfig()
     data = load_manifest_data(manifest, splits=(split,), cache_dir=cache_dir, decode_config=settings.decode,
                               workers=workers, progress=progress)
@@ -201,10 +202,7 @@ def face_detail_minimums(
         for c in faces
     ])
 
-    def measure(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return face_detail(x), face_detail(x[:, : x.shape[1] // 4])
-
-    (face, surround), (face_small, surround_small) = measure(faces), measure(small)
+    (face, surround), (face_small, surround_small) = face_and_surround_detail(faces), face_and_surround_detail(small)
     return {
         "split": split, "faces": int(len(faces)), "side": side, "quantile": quantile,
         "min_face_detail": round(float(np.quantile(face_small, quantile)), 5),
