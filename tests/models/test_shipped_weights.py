@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,8 +28,9 @@ MAX_TOTAL_BYTES = 17 * 1024 * 1024
 # model (v1's weights with statistics of the voices it learned (v3) and of the recordings they came in
 # (v4), so it abstains on others; v2's spoof head is better on real TTS but false-alarms on real
 # speakers, see its card), and the fusion fitted on these branches (AV v3, the same weights), reading
-# their scores only (v4); v7, a logistic regression over those scores, is shipped, not served (README "A fusion that moves one way").
-SERVED = {"fast_triage": "v2", "compression_resilient": "v3", "av_alignment": "v4", "fusion": "v6"}
+# their scores only (v4); the fusion is v7, a logistic regression over those scores (monotone in each), served
+# since v6's attention path was found to fall as a branch's doubt rises (README "A fusion that moves one way").
+SERVED = {"fast_triage": "v2", "compression_resilient": "v3", "av_alignment": "v4", "fusion": "v7"}
 VERSIONS = ("v0", "v1", "v2")  # every bundle has these
 BRANCHES_OF_FUSION = {
     "v0": ("v0", "v0"), "v1": ("v1", "v1"), "v2": ("v2", "v2"), "v3": ("v2", "v1"), "v4": ("v2", "v3"), "v5": ("v2", "v4"), "v6": ("v3", "v4"), "v7": ("v3", "v4"),
@@ -240,3 +242,35 @@ def test_serve_configs_serve_the_trained_version(profile: str) -> None:
 def test_weights_stay_small() -> None:
     total = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
     assert total < MAX_TOTAL_BYTES, f"weights/ is {total} bytes"
+
+
+def _fused(model, visual: float | None, av: float | None) -> float:
+    """The served fusion's P(fake) for one clip whose visual crops all score `visual` and whose AV branch scores
+    `av` (1 - sync probability, audio as recorded), None where that branch did not run."""
+    from models.fusion import av_features, visual_features
+    from pipeline.fuse import fusion_batch
+
+    dims = dict(model.config.modalities)
+    logit = lambda p: float(np.log(p / (1.0 - p)))  # noqa: E731
+    sample = {}
+    if visual is not None:
+        k, e = 4, dims["visual"] - 3
+        sample["visual"] = visual_features(np.full(k, logit(visual)), np.zeros((k, e)), np.full(k, 0.003))
+    if av is not None:
+        sample["av"] = av_features(logit(1.0 - av), 0.0, -3.0, np.zeros(dims["av"] - 3))
+    features, present = fusion_batch([sample], model)
+    with torch.inference_mode():
+        return float(model(features, present).probability[0])
+
+
+def test_the_served_fusion_never_falls_as_a_branch_doubts_more() -> None:
+    """More doubt from one branch, the other held, never lowers the served P(fake). Fusion v6's attention path
+    did: at AV 0.33 a clip with visual 0.2 was 0.99 and one with visual 0.8 was 0.55, so a face the visual
+    branch doubted more made a fake look less fake."""
+    model = load_bundle(WEIGHTS / "fusion" / SERVED["fusion"]).model.eval()
+    grid = (0.02, 0.05, 0.1, 0.2, 0.33, 0.5, 0.7, 0.9, 0.98)
+    for held in (None, *grid):
+        along_av = [_fused(model, held, a) for a in grid]
+        assert all(b >= a - 1e-6 for a, b in zip(along_av, along_av[1:])), (held, along_av)
+        along_visual = [_fused(model, v, held) for v in grid]
+        assert all(b >= a - 1e-6 for a, b in zip(along_visual, along_visual[1:])), (held, along_visual)
