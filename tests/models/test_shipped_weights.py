@@ -18,6 +18,9 @@ import torch
 import yaml
 
 from models import BUNDLE_NAMES, MODELS, list_versions, load_bundle, modality_dims
+from models.fusion import av_features, visual_features
+from pipeline.fuse import run_fusion
+from pipeline.results import BranchResult
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "weights"
@@ -244,23 +247,24 @@ def test_weights_stay_small() -> None:
     assert total < MAX_TOTAL_BYTES, f"weights/ is {total} bytes"
 
 
-def _fused(model, visual: float | None, av: float | None) -> float:
-    """The served fusion's P(fake) for one clip whose visual crops all score `visual` and whose AV branch scores
-    `av` (1 - sync probability, audio as recorded), None where that branch did not run."""
-    from models.fusion import av_features, visual_features
-    from pipeline.fuse import fusion_batch
+def _logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
 
+
+def _fused(model, visual: float | None, av: float | None) -> float:
+    """The fuse stage's P(fake) for one clip whose visual crops all score `visual` and whose AV branch scores
+    `av` (1 - sync probability, audio as recorded), None where that branch did not run."""
     dims = dict(model.config.modalities)
-    logit = lambda p: float(np.log(p / (1.0 - p)))  # noqa: E731
-    sample = {}
+    branches = []
     if visual is not None:
         k, e = 4, dims["visual"] - 3
-        sample["visual"] = visual_features(np.full(k, logit(visual)), np.zeros((k, e)), np.full(k, 0.003))
+        features = visual_features(np.full(k, _logit(visual)), np.zeros((k, e)), np.full(k, 0.003))
+        branches.append(BranchResult("visual", "ok", score=visual, features=features))
     if av is not None:
-        sample["av"] = av_features(logit(1.0 - av), 0.0, -3.0, np.zeros(dims["av"] - 3))
-    features, present = fusion_batch([sample], model)
-    with torch.inference_mode():
-        return float(model(features, present).probability[0])
+        features = av_features(_logit(1.0 - av), 0.0, -3.0, np.zeros(dims["av"] - 3))
+        branches.append(BranchResult("av", "ok", score=av, features=features))
+    (result,) = run_fusion(model, [branches])
+    return result.probability
 
 
 def test_the_served_fusion_never_falls_as_a_branch_doubts_more() -> None:
