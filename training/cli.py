@@ -280,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_baselines=not args.no_baselines, timeout_s=args.timeout, **pins, **common,
         )
         print(json.dumps({"n_scored": report["n_scored"], "fused": report["fused"]["overall"]}, indent=2))
-        if args.cross_manifest is not None:
+        if args.cross_manifest is None:
+            print(format_side_by_side({args.split: report["summary"]}))
+        else:
             report = evaluate_cross_generator(
                 report, args.cross_manifest, out_dir=args.out, version=version, url=args.url,
                 timeout_s=args.timeout, **pins, **common,

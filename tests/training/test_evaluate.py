@@ -20,7 +20,9 @@ from training import evaluate as evaluate_module
 from training.cli import main as cli_main
 from training.evaluate import (
     METRIC_KEYS,
+    auc_interval,
     binary_metrics,
+    calibrated_ece,
     equal_error_rate,
     evaluate,
     expected_calibration_error,
@@ -101,6 +103,42 @@ def test_ece() -> None:
     p = rng.uniform(size=20_000)
     assert expected_calibration_error(rng.uniform(size=p.size) < p, p) < 0.02  # calibrated by construction
     assert expected_calibration_error(rng.uniform(size=p.size) < p, p**3) > 0.1
+
+
+def test_the_auc_interval_resamples_each_class_and_narrows_with_more_files() -> None:
+    """Fakes score Beta(4, 2), authentic files Beta(2, 4) (population AUC 0.897): the interval on 20 + 20
+    files holds that AUC and is wide; on 400 + 400 it holds it and is far narrower. Tied scores count half,
+    as in `roc_auc_score`, and a class with fewer than two files gives no interval."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    intervals = {}
+    for n in (20, 400):
+        y = np.r_[np.zeros(n, int), np.ones(n, int)]
+        p = np.r_[rng.beta(2, 4, n), rng.beta(4, 2, n)]
+        low, high = auc_interval(y, p)
+        assert low <= 0.897 <= high and low <= roc_auc_score(y, p) <= high
+        intervals[n] = high - low
+    assert intervals[20] > 0.15 and intervals[400] < 0.08
+    tied = np.array([0.5, 0.5, 0.5, 0.5])
+    assert evaluate_module._rank_auc(tied[:2], tied[2:]) == pytest.approx(0.5)  # every pair tied
+    assert auc_interval([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (1.0, 1.0)  # every resample separates
+    assert auc_interval([0, 1, 1], [0.1, 0.8, 0.9]) is None and auc_interval([], []) is None
+
+
+def test_a_calibrated_models_ece_is_the_floor_a_measured_one_is_read_against() -> None:
+    """Labels drawn from the probabilities: the measured ECE falls inside the reference, which shrinks as
+    files are added; a model that says 90 % where half are fake sits far above its reference."""
+    rng = np.random.default_rng(4)
+    p = rng.uniform(size=35)
+    median, p90 = calibrated_ece(p)
+    assert 0.05 < median < p90  # on 35 files even a calibrated model misses an ECE target of 0.05
+    larger, _ = calibrated_ece(rng.uniform(size=2000))
+    assert larger < median / 3
+    wrong = np.full(40, 0.9)
+    labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    assert expected_calibration_error(labels, wrong) > 3 * calibrated_ece(wrong)[1]
+    assert calibrated_ece([]) is None
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -222,13 +260,19 @@ def test_leave_one_family_out_trains_without_the_family_and_tests_on_it(
     assert (tmp_path / "upsample" / "roc.png").is_file()
 
 
-def test_cli_eval_writes_its_outputs(tiny_manifest: Path, untrained_weights: Path, tmp_path: Path) -> None:
+def test_cli_eval_writes_its_outputs(
+    tiny_manifest: Path, untrained_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eval"
     argv = ["eval", "--manifest", str(tiny_manifest), "--version", "u0", "--weights-dir", str(untrained_weights),
             "--out", str(out), "--family", "vocoder", "--no-baselines", "--device", "cpu", "--no-progress"]
     assert cli_main(argv) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["families"] == ["vocoder"] and report["n_scored"] == 4 and "baselines" not in report
+    summary = report["summary"]
+    assert set(summary) >= {"auc_ci95", "auc_video_ci95", "ece_answered_calibrated"}
+    assert summary["auc_ci95"] is None or summary["auc_ci95"][0] <= summary["auc_ci95"][1]
+    assert "AUC video, 95 % bootstrap interval" in capsys.readouterr().out  # the summary is printed
 
 
 def test_cli_eval_records_the_scores_in_the_cards(tiny_manifest: Path, tmp_path: Path) -> None:
