@@ -17,6 +17,7 @@ fakes against every authentic file; per compression means all files at that leve
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,8 +53,8 @@ from training.features import (
     load_pipeline,
     run_branches,
     run_fusion,
+    served_answer,
     served_probability,
-    served_verdict,
 )
 from training.manifest import ManifestEntry, read_manifest
 from training.train import Preset, train_all
@@ -180,6 +181,7 @@ class ScoredFile:
     item_scores: dict[str, list[float]] = field(default_factory=dict)
     error: str | None = None
     verdict: str | None = None  # "fake" / "real" / "uncertain", as the service answers
+    reasons: list[str] = field(default_factory=list)  # codes of the decisive reasons (why `uncertain`)
 
     @classmethod
     def of(cls, entry: ManifestEntry, **kwargs: Any) -> ScoredFile:
@@ -203,17 +205,20 @@ def score_in_process(
             scored.append(ScoredFile.of(
                 entry, fake_probability=None, error="no branch could run",
                 verdict="uncertain" if abstained else None,  # served: 200 uncertain (a model abstained), else 422
+                reasons=["no_usable_modality"] if abstained else [],
             ))
             continue
         fused = float(run_fusion(models, [run])[0])
         probability = served_probability(run, fused)
+        verdict, reasons = served_answer(run, fused, models.config.verdict, reads)
         scored.append(ScoredFile.of(
             entry,
             fake_probability=probability,
             early_exit=run.early_exit is not None,
             branch_scores=dict(run.scores),
             item_scores={m: [float(v) for v in s] for m, s in run.item_scores.items()},
-            verdict=served_verdict(run, fused, models.config.verdict, reads),
+            verdict=verdict,
+            reasons=reasons,
         ))
     return scored
 
@@ -253,13 +258,17 @@ def score_url(
                 m: float(report["score"]) for m, report in body["modalities"].items()
                 if report["status"] == "ok" and report.get("score") is not None
             }
+            decisive = [str(r["code"]) for r in body.get("reasons") or [] if r.get("decisive")]
             if any(r.get("code") == "no_usable_modality" for r in body.get("reasons") or []):
                 # No verdict (every model abstained): its 0.5 is not a probability; unanswered, as in process.
-                scored.append(ScoredFile.of(entry, fake_probability=None, error="no verdict", verdict="uncertain"))
+                scored.append(ScoredFile.of(
+                    entry, fake_probability=None, error="no verdict", verdict="uncertain", reasons=decisive,
+                ))
                 continue
             scored.append(ScoredFile.of(
                 entry, fake_probability=float(body["fake_probability"]), early_exit=bool(body["early_exit"]),
                 branch_scores=scores, item_scores={m: [s] for m, s in scores.items()}, verdict=body.get("verdict"),
+                reasons=decisive,
             ))
     return scored, {deployment: sorted(versions) for deployment, versions in sorted(served.items())}
 
@@ -496,6 +505,8 @@ SIDE_BY_SIDE_ROWS = (  # (key in `operating_summary`, label printed)
     ("uncertain_share", "verdict uncertain, all files"), ("uncertain_share_authentic", "verdict uncertain, authentic"),
     ("authentic_verdict_fake", "authentic with verdict fake"), ("ece_answered", "ECE on answered (not uncertain)"),
     ("ece_answered_calibrated", "  a calibrated model's ECE there (median, 90th pct.)"),
+    ("uncertain_reasons_authentic", "why authentic files were uncertain (decisive reasons)"),
+    ("uncertain_reasons_fake", "why fakes were uncertain (decisive reasons)"),
     ("faceless_authentic_called_fake", "faceless authentic photos answered fake"),
     ("auc_ci95", "AUC, 95 % bootstrap interval"), ("auc_video_ci95", "AUC video, 95 % bootstrap interval"),
 )
@@ -508,9 +519,12 @@ def operating_summary(
     """One column of the side-by-side table: the verdict's AUC, EER and ECE, the share of authentic
     files answered fake at the operating `threshold` (and of fakes answered authentic), AUC per
     input kind, and where the scores carry a verdict the share of `uncertain` and the ECE of the
-    files answered. `faceless`: paths of authentic photos without a face (None when there are none);
-    one without an answer counts as not answered fake. Metrics are over the answered files;
-    `undecodable` files (never scored) count as unanswered."""
+    files answered, with the decisive reasons behind each `uncertain` (counted per code, over every
+    file answered `uncertain`). AUCs carry a bootstrap interval (`auc_interval`); ECE on answered
+    carries what a calibrated model's would be on the same probabilities (`calibrated_ece`).
+    `faceless`: paths of authentic photos without a face (None when there are none); one without an
+    answer counts as not answered fake. Metrics are over the answered files; `undecodable` files
+    (never scored) count as unanswered."""
     everything = list(files)
     files = [f for f in everything if f.fake_probability is not None]
     y = np.array([f.label for f in files], int)
@@ -530,7 +544,7 @@ def operating_summary(
     out["auc_video_ci95"] = auc_interval(y[video], p[video])
     verdicts = [f.verdict for f in files]
     out.update(uncertain_share=None, uncertain_share_authentic=None, authentic_verdict_fake=None, ece_answered=None,
-               ece_answered_calibrated=None)
+               ece_answered_calibrated=None, uncertain_reasons_authentic=None, uncertain_reasons_fake=None)
     if files and all(v is not None for v in verdicts):
         uncertain = np.array([v == "uncertain" for v in verdicts], bool)
         authentic = y == 0
@@ -542,6 +556,11 @@ def operating_summary(
         )
         out["ece_answered"] = expected_calibration_error(y[~uncertain], p[~uncertain]) if (~uncertain).any() else None
         out["ece_answered_calibrated"] = calibrated_ece(p[~uncertain])
+        for name, label in (("authentic", 0), ("fake", 1)):
+            counts = Counter(  # every file answered `uncertain`, those with no probability (no verdict) too
+                code for f in everything if f.label == label and f.verdict == "uncertain" for code in f.reasons
+            )
+            out[f"uncertain_reasons_{name}"] = dict(counts.most_common())
     photos = [f for f in everything if f.path in faceless and f.label == 0]
     out["faceless_authentic_called_fake"] = {
         "n": len(photos),
@@ -566,8 +585,10 @@ def format_side_by_side(table: Mapping[str, Mapping[str, Any]]) -> str:
     def cell(value: Any) -> str:
         if value is None:
             return "-"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "n" in value:
             return f"{value['fake']}/{value['n']}"
+        if isinstance(value, dict):  # reason code -> files
+            return ", ".join(f"{code} {n}" for code, n in value.items()) or "-"
         if isinstance(value, (list, tuple)):
             return "-".join(f"{v:.3f}" for v in value)
         return f"{value:.3f}" if isinstance(value, float) else str(value)

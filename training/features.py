@@ -327,15 +327,24 @@ def run_fusion(pipeline: LocalPipeline, runs: Sequence[BranchRun]) -> np.ndarray
     return probs
 
 
-def served_verdict(run: BranchRun, fused: float, config: VerdictConfig, read: Sequence[str] = ()) -> str:
-    """What the service answers as `verdict`: triage's on early exit, else the verdict stage's on the fused
-    probability, `uncertain` under any decisive reason (a branch out of distribution, near the threshold,
-    no branch among `read`, the modalities fusion reads, saying fake on its own)."""
+def served_answer(
+    run: BranchRun, fused: float, config: VerdictConfig, read: Sequence[str] = ()
+) -> tuple[str, list[str]]:
+    """What the service answers as `verdict`, with the codes of the decisive reasons in its `reasons`:
+    triage's verdict on early exit, else the verdict stage's on the fused probability, `uncertain` under any
+    decisive reason (a branch out of distribution, near the threshold, no branch among `read`, the
+    modalities fusion reads, saying fake on its own)."""
     if run.early_exit is not None:
-        return run.early_exit
+        return run.early_exit, []
     analysis = replace(run.analysis, fused=FusionResult(fused, gate_weights={m: 1.0 for m in read}))
     _, verdict = decide(fused, config)
-    return "uncertain" if any(r.decisive for r in reasons_for(analysis, config)) else verdict
+    decisive = [r.code for r in reasons_for(analysis, config) if r.decisive]
+    return ("uncertain" if decisive else verdict), decisive
+
+
+def served_verdict(run: BranchRun, fused: float, config: VerdictConfig, read: Sequence[str] = ()) -> str:
+    """`served_answer`'s verdict alone."""
+    return served_answer(run, fused, config, read)[0]
 
 
 def served_probability(run: BranchRun, fused: float) -> float:

@@ -128,13 +128,17 @@ def test_a_fake_verdict_needs_a_branch_that_says_fake() -> None:
 def test_the_evaluation_applies_the_rule_as_the_service_does() -> None:
     """`spectrashield eval` rebuilds the verdict from the fused probability: told which modalities fusion
     reads, it abstains where the service does."""
-    from training.features import BranchRun, served_verdict
+    from training.features import BranchRun, served_answer, served_verdict
 
     run = BranchRun(_doubts(0.18, 0.42))
     assert served_verdict(run, 0.99, VerdictConfig(), ("visual", "av", "audio")) == "uncertain"
     assert served_verdict(BranchRun(_doubts(0.7, 0.42)), 0.99, VerdictConfig(), ("visual", "av", "audio")) == "fake"
     served = respond(_doubts(0.18, 0.42), VerdictConfig(), "r", None)
     assert served.verdict == served_verdict(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))
+    # and it names the same decisive reasons the service gives
+    verdict, codes = served_answer(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))
+    assert (verdict, codes) == ("uncertain", [r.code for r in served.reasons if r.decisive]) and codes == ["weak_evidence"]
+    assert served_answer(BranchRun(_doubts(0.7, 0.42)), 0.99, VerdictConfig(), ("visual", "av", "audio")) == ("fake", [])
 
 
 def test_visual_branch_measures_its_embedding_against_the_authentic_statistics(local: LocalPipeline) -> None:

@@ -394,7 +394,7 @@ def test_url_mode_counts_a_no_verdict_answer_as_unanswered_not_fake(tiny_manifes
     def no_verdict(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={
             "fake_probability": 0.5, "early_exit": False, "verdict": "uncertain",
-            "reasons": [{"code": "no_face"}, {"code": "no_usable_modality"}],
+            "reasons": [{"code": "no_face", "decisive": False}, {"code": "no_usable_modality", "decisive": True}],
             "modalities": {"visual": {"status": "skipped", "score": None}}, "models": {},
         })
 
@@ -402,6 +402,32 @@ def test_url_mode_counts_a_no_verdict_answer_as_unanswered_not_fake(tiny_manifes
     (scored,), _ = score_url("http://service", [(entry, tiny_manifest.parent / entry.path)], client=client,
                              progress=False)
     assert scored.fake_probability is None and scored.verdict == "uncertain"
+    assert scored.reasons == ["no_usable_modality"]  # the decisive reasons only
     photo = evaluate_module.ScoredFile.of(entry.model_copy(update={"label": 0}), fake_probability=0.5, verdict="uncertain")
     summary = evaluate_module.operating_summary([photo], 0.5, faceless={entry.path})
     assert summary["faceless_authentic_called_fake"]["fake"] == 0
+
+
+def test_the_summary_counts_why_files_were_uncertain(tiny_manifest: Path) -> None:
+    """Each decisive reason code of an `uncertain` answer counts once per file, authentic and fakes apart;
+    answers that are not `uncertain` count nothing, and a file with no verdict (every model abstained) does."""
+    entry = next(e for e in read_manifest(tiny_manifest) if e.split == "test")
+    authentic, fake = entry.model_copy(update={"label": 0}), entry.model_copy(update={"label": 1})
+    of = evaluate_module.ScoredFile.of
+    files = [
+        of(authentic, fake_probability=0.9, verdict="uncertain", reasons=["weak_evidence"]),
+        of(authentic, fake_probability=0.55, verdict="uncertain", reasons=["near_threshold", "out_of_distribution"]),
+        of(authentic, fake_probability=0.45, verdict="uncertain", reasons=["near_threshold"]),
+        of(authentic, fake_probability=None, verdict="uncertain", reasons=["no_usable_modality"]),
+        of(authentic, fake_probability=0.1, verdict="real"),
+        of(fake, fake_probability=0.99, verdict="uncertain", reasons=["low_quality"]),
+        of(fake, fake_probability=0.99, verdict="fake"),
+    ]
+    summary = evaluate_module.operating_summary(files, 0.5)
+    assert summary["uncertain_reasons_authentic"] == {
+        "near_threshold": 2, "weak_evidence": 1, "out_of_distribution": 1, "no_usable_modality": 1,
+    }
+    assert summary["uncertain_reasons_fake"] == {"low_quality": 1}
+    assert summary["uncertain_share_authentic"] == pytest.approx(3 / 4)  # over the answered files
+    table = evaluate_module.format_side_by_side({"test": summary})
+    assert "near_threshold 2, weak_evidence 1" in table
