@@ -113,10 +113,12 @@ class MediaInfo(BaseModel):
 class AnalyzeResponse(BaseModel):
     request_id: str
     filename: str | None
-    is_fake: bool
+    is_fake: bool = Field(description="true exactly when `verdict` is `fake`: an `uncertain` answer never calls "
+                          "the upload fake, however high `fake_probability` is")
     confidence: float = Field(
-        description="calibrated probability of the more likely class: P(fake) if is_fake else 1 - P(fake); the same "
-        "for all three verdicts (for `uncertain` it says how close to a coin flip the evidence is; 0.5 with no evidence)"
+        description="calibrated probability of the side of the decision threshold P(fake) falls on: P(fake) at or "
+        "above it, else 1 - P(fake); the same for all three verdicts (for `uncertain` it says how close to a coin "
+        "flip the evidence is; 0.5 with no evidence)"
     )
     fake_probability: float = Field(description="calibrated P(fake) of the fused verdict; 0.5 when there is no evidence")
     verdict: Literal["fake", "real", "uncertain"] = Field(

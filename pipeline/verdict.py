@@ -169,15 +169,16 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
     reasons = reasons_for(analysis, config)
     if early:  # triage settled the clip
         p = served_probability(analysis)
-        is_fake = triage.early_exit == "fake"
-        verdict = "fake" if is_fake else "real"
+        leans_fake = triage.early_exit == "fake"
+        verdict = "fake" if leans_fake else "real"
     elif fused is None:  # every modality abstained
-        p, is_fake, verdict = 0.5, False, "uncertain"
+        p, leans_fake, verdict = 0.5, False, "uncertain"
     else:
         p = fused.probability
-        is_fake, verdict = decide(p, config)
+        leans_fake, verdict = decide(p, config)
         if any(r.decisive for r in reasons):
             verdict = "uncertain"
+    is_fake = verdict == "fake"  # the service calls it fake; an `uncertain` answer never does, whatever P says
 
     def why_skipped(modality: str) -> tuple[str, str]:
         if modality in failures:
@@ -232,7 +233,7 @@ def respond(analysis: Analysis, config: VerdictConfig, request_id: str, filename
         request_id=request_id,
         filename=filename,
         is_fake=is_fake,
-        confidence=p if is_fake else 1.0 - p,
+        confidence=p if leans_fake else 1.0 - p,
         fake_probability=p,
         verdict=verdict,
         reasons=reasons,

@@ -115,7 +115,8 @@ def test_a_fake_verdict_needs_a_branch_that_says_fake() -> None:
     """Two doubts are not a certainty: fusion at 0.99 from visual 0.18 and AV 0.42 abstains (`weak_evidence`);
     triage (not read by fusion) and the abstaining voice model's guess do not count as support."""
     weak = respond(_doubts(0.18, 0.42), VerdictConfig(), "r", None)
-    assert weak.verdict == "uncertain" and weak.fake_probability == 0.99 and weak.is_fake
+    assert weak.verdict == "uncertain" and weak.fake_probability == 0.99 and not weak.is_fake
+    assert weak.confidence == pytest.approx(0.99)  # P(fake) is above the threshold: the same meaning as for `fake`
     reason = next(r for r in weak.reasons if r.code == "weak_evidence")
     assert reason.decisive and reason.modalities == ["visual", "av"] and "visual 0.18, av 0.42" in reason.message
     assert respond(_doubts(0.18, 0.62), VerdictConfig(), "r", None).verdict == "fake"

@@ -134,7 +134,7 @@ def test_decide_follows_the_threshold() -> None:
     ("p", "is_fake", "verdict", "confidence"),
     [
         (0.8, True, "fake", 0.8), (0.2, False, "real", 0.8),
-        (0.45, False, "uncertain", 0.55), (0.55, True, "uncertain", 0.55),
+        (0.45, False, "uncertain", 0.55), (0.55, False, "uncertain", 0.55),  # `uncertain` never calls it fake
     ],
 )
 def test_fused_probability_verdict_and_confidence(p: float, is_fake: bool, verdict: str, confidence: float) -> None:
