@@ -8,6 +8,7 @@
     spectrashield train-spoof --manifest M --out DIR [--version V]   # the spoof head on real speech
     spectrashield train {MODEL|all} --manifest M --version V
     spectrashield eval --manifest M (--version V | --url http://127.0.0.1:8000) --out DIR [--cross-manifest M2]
+    spectrashield compare EVAL_DIR_A EVAL_DIR_B     # two eval runs of the same files: paired AUC difference
     spectrashield lofo --manifest M --out DIR
     spectrashield analyze FILE... [--json] [--url URL --api-key K]   # verdicts, in-process or from a service
     spectrashield batch DIR --out REPORT [--url URL]                 # a folder -> jsonl, csv, HTML report
@@ -28,8 +29,10 @@ from pathlib import Path
 import torch
 
 from training.evaluate import (
+    compare_runs,
     evaluate,
     evaluate_cross_generator,
+    format_comparison,
     format_side_by_side,
     leave_one_family_out,
     record_in_cards,
@@ -171,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the scores into each evaluated bundle's card.md under --weights-dir (checksums updated)",
     )
 
+    compare = commands.add_parser(
+        "compare", help="two eval outputs of the same files (e.g. a new version and the served one): the AUC "
+        "difference with a paired bootstrap interval, and how verdicts moved",
+    )
+    compare.add_argument("a", type=Path, help="an `eval --out` directory (or its scores.jsonl): A")
+    compare.add_argument("b", type=Path, help="another, of the same files: B (the difference is A - B)")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
     lofo = commands.add_parser("lofo", help="leave-one-family-out: retrain without each family, test on it (slow)")
     _common(lofo)
     lofo.add_argument("--out", type=Path, required=True)
@@ -225,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _delegate(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "compare":  # reads two finished evaluations: no models, no settings
+        comparison = compare_runs(args.a, args.b)
+        print(json.dumps(comparison, indent=2) if args.json else format_comparison(comparison))
+        return 0
     if getattr(args, "fusion_linear", False) and not args.fusion_scalars_only:
         parser.error("--fusion-linear reads scalars only: give --fusion-scalars-only too")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

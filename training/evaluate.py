@@ -125,6 +125,86 @@ def auc_interval(labels: Sequence[int], probs: Sequence[float], confidence: floa
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def _rank_auc_difference(negatives: np.ndarray, positives: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC of scorer A minus AUC of scorer B, each class given as a (2, ..., n) array: scorer on the first
+    axis (A, B), files on `axis` (`scipy.stats.bootstrap` puts its resamples between the two)."""
+    return _rank_auc(negatives[0], positives[0], axis) - _rank_auc(negatives[1], positives[1], axis)
+
+
+def paired_auc_difference(
+    labels: Sequence[int], probs_a: Sequence[float], probs_b: Sequence[float], confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """AUC(A) - AUC(B) on the same files with a paired bootstrap interval: each resample draws authentic
+    files and fakes apart, and both scorers are read on the same draw, so what the files share cancels.
+    Also the share of resamples in which A ranks better. None with fewer than two files of a class.
+
+    Far tighter than comparing two separate intervals: on the independent benchmark's 200-video sample,
+    Fusion v7 against v6 is +0.027 with the interval -0.005 to +0.059, while each AUC alone spans
+    about ±0.06."""
+    y = np.asarray(labels, int)
+    a, b = np.asarray(probs_a, float), np.asarray(probs_b, float)
+    if not (y.shape == a.shape == b.shape):
+        raise ValueError(f"labels and both scorers need one value per file, got {y.shape}, {a.shape}, {b.shape}")
+    negatives, positives = np.stack([a[y == 0], b[y == 0]]), np.stack([a[y == 1], b[y == 1]])
+    if negatives.shape[1] < 2 or positives.shape[1] < 2:
+        return None
+    result = bootstrap(
+        (negatives, positives), _rank_auc_difference, vectorized=True, paired=False, axis=-1,
+        confidence_level=confidence, n_resamples=N_RESAMPLES, method="percentile", rng=np.random.default_rng(seed),
+    )
+    return {
+        "difference": float(_rank_auc_difference(negatives, positives)),
+        "ci95": (float(result.confidence_interval.low), float(result.confidence_interval.high)),
+        "share_a_ahead": float(np.mean(result.bootstrap_distribution > 0)),
+        "n_authentic": int(negatives.shape[1]), "n_fake": int(positives.shape[1]),
+    }
+
+
+def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
+    """Two `spectrashield eval` outputs (`scores.jsonl`, in process or from a service) of the same files,
+    paired by path: the AUC difference A - B with a paired interval, over all files and over videos,
+    and how each side's verdicts changed between them (authentic files and fakes apart). Files either
+    side left without a probability are left out of the AUCs and counted."""
+    def read(run: Path) -> dict[str, ScoredFile]:
+        path = Path(run) / "scores.jsonl" if Path(run).is_dir() else Path(run)
+        return {f.path: f for f in (ScoredFile(**json.loads(line)) for line in path.read_text().splitlines() if line)}
+
+    a, b = read(run_a), read(run_b)
+    shared = sorted(set(a) & set(b))
+    both = [p for p in shared if a[p].fake_probability is not None and b[p].fake_probability is not None]
+    out: dict[str, Any] = {
+        "a": str(run_a), "b": str(run_b), "files_a": len(a), "files_b": len(b), "paired": len(shared),
+        "unanswered_by_either": len(shared) - len(both),
+    }
+    for name, keep in (("all", lambda f: True), ("video", lambda f: f.kind == "video")):
+        chosen = [p for p in both if keep(a[p])]
+        out[f"auc_difference_{name}"] = paired_auc_difference(
+            [a[p].label for p in chosen], [a[p].fake_probability for p in chosen], [b[p].fake_probability for p in chosen],
+        )
+    for label, name in ((0, "authentic"), (1, "fake")):
+        moves = Counter(f"{a[p].verdict} -> {b[p].verdict}" for p in shared if a[p].label == label)
+        out[f"verdicts_{name}"] = dict(sorted(moves.items()))
+    return out
+
+
+def format_comparison(comparison: Mapping[str, Any]) -> str:
+    """`compare_runs` as lines of text."""
+    lines = [f"A: {comparison['a']}", f"B: {comparison['b']}",
+             f"paired files {comparison['paired']} (without a probability on either side: "
+             f"{comparison['unanswered_by_either']})"]
+    for name in ("all", "video"):
+        d = comparison[f"auc_difference_{name}"]
+        lines.append(f"AUC A - B, {name}: " + ("-" if d is None else (
+            f"{d['difference']:+.3f} (95 % paired interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}; "
+            f"A ahead in {100 * d['share_a_ahead']:.1f} % of resamples; {d['n_authentic']} authentic, {d['n_fake']} fake)"
+        )))
+    for name in ("authentic", "fake"):
+        moves = comparison[f"verdicts_{name}"]
+        lines.append(f"verdicts of {name} files, A -> B: " + (", ".join(f"{k} {v}" for k, v in moves.items()) or "-"))
+    return "\n".join(lines)
+
+
 def calibrated_ece(probs: Sequence[float], seed: int = 0) -> tuple[float, float] | None:
     """(median, 90th percentile) of the ECE that a perfectly calibrated model would show on these
     probabilities: labels drawn from the probabilities themselves, `N_RESAMPLES` times. It is the

@@ -8,6 +8,7 @@ the scores are, and training has its own tests.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,8 @@ from training.evaluate import (
     auc_interval,
     binary_metrics,
     calibrated_ece,
+    compare_runs,
+    paired_auc_difference,
     equal_error_rate,
     evaluate,
     expected_calibration_error,
@@ -139,6 +142,64 @@ def test_a_calibrated_models_ece_is_the_floor_a_measured_one_is_read_against() -
     labels = np.r_[np.zeros(20, int), np.ones(20, int)]
     assert expected_calibration_error(labels, wrong) > 3 * calibrated_ece(wrong)[1]
     assert calibrated_ece([]) is None
+
+
+def test_a_paired_difference_cancels_what_both_scorers_share() -> None:
+    """Two scorers that share most of their signal and differ a little: the paired interval of AUC(A) -
+    AUC(B) is far narrower than either AUC's own interval, holds the measured difference, and flips sign
+    with A and B. A scorer against itself differs by exactly 0 in every resample; a clearly better one is
+    ahead in (nearly) every resample."""
+    rng = np.random.default_rng(5)
+    n = 60
+    y = np.r_[np.zeros(n, int), np.ones(n, int)]
+    shared = y * 1.0 + rng.normal(0, 1.0, 2 * n)
+    a, b = shared + rng.normal(0, 0.15, 2 * n), shared + rng.normal(0, 0.15, 2 * n)
+    d = paired_auc_difference(y, a, b)
+    low, high = d["ci95"]
+    assert low <= d["difference"] <= high and (d["n_authentic"], d["n_fake"]) == (n, n)
+    own_low, own_high = auc_interval(y, a)
+    assert high - low < (own_high - own_low) / 3  # pairing: the shared noise cancels
+    flipped = paired_auc_difference(y, b, a)
+    assert flipped["difference"] == pytest.approx(-d["difference"])
+    assert flipped["ci95"][0] == pytest.approx(-high, abs=0.01) and flipped["ci95"][1] == pytest.approx(-low, abs=0.01)
+    same = paired_auc_difference(y, a, a)
+    assert same["difference"] == 0.0 and same["ci95"] == (0.0, 0.0) and same["share_a_ahead"] == 0.0
+    better = paired_auc_difference(y, y + rng.normal(0, 0.3, 2 * n), rng.normal(0, 1, 2 * n))
+    assert better["ci95"][0] > 0.2 and better["share_a_ahead"] > 0.99
+    assert paired_auc_difference([0, 1, 1], [0.1, 0.8, 0.9], [0.2, 0.7, 0.9]) is None
+    with pytest.raises(ValueError, match="one value per file"):
+        paired_auc_difference([0, 1], [0.1, 0.9], [0.5])
+
+
+def test_compare_pairs_two_evaluations_by_path(tiny_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`spectrashield compare A B`: files paired by path (one only A scored is left out, one B could not
+    answer is counted), the AUC difference over all files and videos, and the verdict moves per class."""
+    entry = next(e for e in read_manifest(tiny_manifest) if e.split == "test")
+    of = evaluate_module.ScoredFile.of
+
+    def file(name: str, label: int, p: float | None, verdict: str, kind: str = "video") -> evaluate_module.ScoredFile:
+        return of(entry.model_copy(update={"path": name, "label": label, "kind": kind}), fake_probability=p, verdict=verdict)
+
+    a = [file("v1", 0, 0.1, "real"), file("v2", 0, 0.6, "uncertain"), file("v3", 0, 0.2, "real"),
+         file("v4", 1, 0.9, "fake"), file("v5", 1, 0.4, "uncertain"), file("v6", 1, 0.8, "fake"),
+         file("i1", 0, 0.3, "real", "image"), file("i2", 1, 0.7, "fake", "image"), file("only_a", 1, 0.9, "fake")]
+    b = [file("v1", 0, 0.2, "real"), file("v2", 0, 0.3, "real"), file("v3", 0, None, "uncertain"),
+         file("v4", 1, 0.95, "fake"), file("v5", 1, 0.1, "real"), file("v6", 1, 0.7, "uncertain"),
+         file("i1", 0, 0.3, "real", "image"), file("i2", 1, 0.6, "uncertain", "image")]
+    for name, files in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.jsonl").write_text("".join(json.dumps(asdict(f)) + "\n" for f in files))
+    comparison = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert (comparison["files_a"], comparison["files_b"], comparison["paired"]) == (9, 8, 8)
+    assert comparison["unanswered_by_either"] == 1  # v3: B gave no probability
+    video = comparison["auc_difference_video"]
+    assert (video["n_authentic"], video["n_fake"]) == (2, 3)
+    assert video["difference"] == pytest.approx(5 / 6 - 4 / 6)  # A orders 5 of 6 pairs (v5 under v2), B 4 (v5 last)
+    assert comparison["auc_difference_all"]["n_authentic"] == 3
+    assert comparison["verdicts_authentic"] == {"real -> real": 2, "real -> uncertain": 1, "uncertain -> real": 1}
+    assert comparison["verdicts_fake"] == {"fake -> fake": 1, "fake -> uncertain": 2, "uncertain -> real": 1}
+    assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "AUC A - B, video: +0.167" in capsys.readouterr().out
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
