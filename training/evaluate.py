@@ -172,6 +172,10 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
 
     a, b = read(run_a), read(run_b)
     shared = sorted(set(a) & set(b))
+    differ = [p for p in shared if (a[p].label, a[p].kind) != (b[p].label, b[p].kind)]
+    if differ:
+        raise ValueError(f"{len(differ)} paths name different files in the two runs (label or kind differ, "
+                         f"e.g. {differ[0]}): were they made from the same manifest?")
     both = [p for p in shared if a[p].fake_probability is not None and b[p].fake_probability is not None]
     out: dict[str, Any] = {
         "a": str(run_a), "b": str(run_b), "files_a": len(a), "files_b": len(b), "paired": len(shared),

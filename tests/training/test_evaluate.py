@@ -200,6 +200,11 @@ def test_compare_pairs_two_evaluations_by_path(tiny_manifest: Path, tmp_path: Pa
     assert comparison["verdicts_fake"] == {"fake -> fake": 1, "fake -> uncertain": 2, "uncertain -> real": 1}
     assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "AUC A - B, video: +0.167" in capsys.readouterr().out
+    (tmp_path / "c").mkdir()  # the same paths, other files: refused
+    other = [file("v1", 1, 0.2, "real")]
+    (tmp_path / "c" / "scores.jsonl").write_text("".join(json.dumps(asdict(f)) + "\n" for f in other))
+    with pytest.raises(ValueError, match="same manifest"):
+        compare_runs(tmp_path / "a", tmp_path / "c")
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
