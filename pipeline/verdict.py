@@ -20,11 +20,12 @@ from pipeline.schemas import (
 
 
 def decide(p: float, config: VerdictConfig) -> tuple[bool, str]:
-    """(is_fake, verdict) for a fused P(fake): "uncertain" within `uncertain_margin` of the threshold."""
-    is_fake = p >= config.decision_threshold
+    """(leans fake, verdict) for a fused P(fake): whether P is at or above the threshold (the side `confidence`
+    is read on; the answer's `is_fake` is the verdict's), and "uncertain" within `uncertain_margin` of it."""
+    leans_fake = p >= config.decision_threshold
     if abs(p - config.decision_threshold) < config.uncertain_margin:
-        return is_fake, "uncertain"
-    return is_fake, "fake" if is_fake else "real"
+        return leans_fake, "uncertain"
+    return leans_fake, "fake" if leans_fake else "real"
 
 
 def model_version(info: ModelInfo) -> ModelVersion:

@@ -67,6 +67,7 @@ METRIC_KEYS = (
     "accuracy", "f1", "brier", "ece", "far", "frr",
 )
 N_BINS = 10
+SCORES_FILE = "scores.jsonl"  # one `ScoredFile` per line in an eval's output directory
 
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
     and how each side's verdicts changed between them (authentic files and fakes apart). Files either
     side left without a probability are left out of the AUCs and counted."""
     def read(run: Path) -> dict[str, ScoredFile]:
-        path = Path(run) / "scores.jsonl" if Path(run).is_dir() else Path(run)
+        path = Path(run) / SCORES_FILE if Path(run).is_dir() else Path(run)
         return {f.path: f for f in (ScoredFile(**json.loads(line)) for line in path.read_text().splitlines() if line)}
 
     a, b = read(run_a), read(run_b)
@@ -567,12 +568,12 @@ def evaluate(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-        with (out_dir / "scores.jsonl").open("w") as f:
+        with (out_dir / SCORES_FILE).open("w") as f:
             for scored in files:
                 f.write(json.dumps(asdict(scored)) + "\n")
         plot_roc(curves, out_dir / "roc.png")
         plot_reliability(calibration_curves, out_dir / "reliability.png")
-        outputs = ("metrics.json", "scores.jsonl", "roc.png", "reliability.png")
+        outputs = ("metrics.json", SCORES_FILE, "roc.png", "reliability.png")
         report["outputs"] = {name: str(out_dir / name) for name in outputs}
     return report
 
