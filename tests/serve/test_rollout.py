@@ -33,6 +33,11 @@ def _wait_for(service, condition: Callable[[dict], bool], what: str) -> dict:
     pytest.fail(f"timed out waiting for {what}: {models}")
 
 
+def _settled(models: dict) -> bool:
+    """Every replica of every deployment RUNNING: no autoscaling step (left by an earlier test's load) under way."""
+    return all(set(dep["replicas"]) == {"RUNNING"} for dep in models.values())
+
+
 def _analyze_versions(service, clip: bytes) -> dict:
     with service.client() as c:
         r = c.post("/v1/analyze", files={"file": ("clip.mp4", clip)})
@@ -118,13 +123,14 @@ def test_rollout_then_bad_version_then_rollback(service):
     blob[-1] ^= 0xFF  # one flipped bit: the manifest checksum must catch it
     (corrupt / "model.safetensors").write_bytes(bytes(blob))
 
-    before = _models(service)
+    # An earlier test's burst may have the autoscaler adding or removing replicas: compare settled states only.
+    before = _wait_for(service, _settled, "every deployment's replicas RUNNING")
     try:
         with SteadyLoad(service, clip) as load:
             service.deploy(_with_triage_version(service, "rollout-new"))
             after = _wait_for(  # the weights swap in reconfigure() before the controller marks the update done
                 service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/rollout-new"
-                and m["FastTriage"]["status"] == "HEALTHY" and "UPDATING" not in m["FastTriage"]["replicas"],
+                and m["FastTriage"]["status"] == "HEALTHY" and _settled(m),
                 "the new version, its update done",
             )
             time.sleep(3)  # keep the load on a little past the switch
