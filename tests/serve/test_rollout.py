@@ -33,9 +33,19 @@ def _wait_for(service, condition: Callable[[dict], bool], what: str) -> dict:
     pytest.fail(f"timed out waiting for {what}: {models}")
 
 
-def _settled(models: dict) -> bool:
-    """Every replica of every deployment RUNNING: no autoscaling step (left by an earlier test's load) under way."""
-    return all(set(dep["replicas"]) == {"RUNNING"} for dep in models.values())
+def _at_rest(service) -> Callable[[dict], bool]:
+    """Every deployment at its configured minimum, every replica RUNNING.
+
+    An earlier test's burst can leave the autoscaler adding replicas (STARTING) or holding extra ones
+    until its downscale delay (60 s) runs out: replicas are compared between states at rest only.
+    """
+    config = service.fresh_config()
+
+    def least(name: str) -> int:
+        dep = service.deployment_config(config, name)
+        return int((dep.get("autoscaling_config") or {}).get("min_replicas", dep.get("num_replicas", 1)))
+
+    return lambda models: all(dep["replicas"] == {"RUNNING": least(name)} for name, dep in models.items())
 
 
 def _analyze_versions(service, clip: bytes) -> dict:
@@ -123,14 +133,14 @@ def test_rollout_then_bad_version_then_rollback(service):
     blob[-1] ^= 0xFF  # one flipped bit: the manifest checksum must catch it
     (corrupt / "model.safetensors").write_bytes(bytes(blob))
 
-    # An earlier test's burst may have the autoscaler adding or removing replicas: compare settled states only.
-    before = _wait_for(service, _settled, "every deployment's replicas RUNNING")
+    at_rest = _at_rest(service)
+    before = _wait_for(service, at_rest, "every deployment at its minimum replicas, all RUNNING")
     try:
         with SteadyLoad(service, clip) as load:
             service.deploy(_with_triage_version(service, "rollout-new"))
             after = _wait_for(  # the weights swap in reconfigure() before the controller marks the update done
                 service, lambda m: m["FastTriage"]["model"]["version"] == "fast_triage/rollout-new"
-                and m["FastTriage"]["status"] == "HEALTHY" and _settled(m),
+                and m["FastTriage"]["status"] == "HEALTHY" and at_rest(m),
                 "the new version, its update done",
             )
             time.sleep(3)  # keep the load on a little past the switch
