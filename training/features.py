@@ -342,11 +342,6 @@ def served_answer(
     return ("uncertain" if decisive else verdict), decisive
 
 
-def served_verdict(run: BranchRun, fused: float, config: VerdictConfig, read: Sequence[str] = ()) -> str:
-    """`served_answer`'s verdict alone."""
-    return served_answer(run, fused, config, read)[0]
-
-
 def served_probability(run: BranchRun, fused: float) -> float:
     """What the service answers as `fake_probability`: triage's score on early exit, else fusion's."""
     return run.scores["triage"] if run.early_exit is not None else fused

@@ -129,13 +129,13 @@ def test_a_fake_verdict_needs_a_branch_that_says_fake() -> None:
 def test_the_evaluation_applies_the_rule_as_the_service_does() -> None:
     """`spectrashield eval` rebuilds the verdict from the fused probability: told which modalities fusion
     reads, it abstains where the service does."""
-    from training.features import BranchRun, served_answer, served_verdict
+    from training.features import BranchRun, served_answer
 
     run = BranchRun(_doubts(0.18, 0.42))
-    assert served_verdict(run, 0.99, VerdictConfig(), ("visual", "av", "audio")) == "uncertain"
-    assert served_verdict(BranchRun(_doubts(0.7, 0.42)), 0.99, VerdictConfig(), ("visual", "av", "audio")) == "fake"
+    assert served_answer(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))[0] == "uncertain"
+    assert served_answer(BranchRun(_doubts(0.7, 0.42)), 0.99, VerdictConfig(), ("visual", "av", "audio"))[0] == "fake"
     served = respond(_doubts(0.18, 0.42), VerdictConfig(), "r", None)
-    assert served.verdict == served_verdict(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))
+    assert served.verdict == served_answer(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))[0]
     # and it names the same decisive reasons the service gives
     verdict, codes = served_answer(run, 0.99, VerdictConfig(), ("visual", "av", "audio"))
     assert (verdict, codes) == ("uncertain", [r.code for r in served.reasons if r.decisive]) and codes == ["weak_evidence"]
@@ -220,9 +220,9 @@ def test_lips_read_off_a_face_with_no_detail_do_not_make_a_fake_verdict() -> Non
     assert not next(r for r in cleared.reasons if r.code == "low_quality").decisive
     spoofed = respond(_blurred_face(0.99, BranchResult("audio", "ok", score=0.97)), VerdictConfig(), "r", None)
     assert spoofed.verdict == "fake"
-    from training.features import BranchRun, served_verdict
+    from training.features import BranchRun, served_answer
 
-    assert served_verdict(BranchRun(_blurred_face(0.99)), 0.99, VerdictConfig(), ("visual", "av", "audio")) == "uncertain"
+    assert served_answer(BranchRun(_blurred_face(0.99)), 0.99, VerdictConfig(), ("visual", "av", "audio"))[0] == "uncertain"
 
 
 def _music(seconds: float, sr: int = 16_000) -> np.ndarray:

@@ -25,11 +25,11 @@ from training.evaluate import (
     binary_metrics,
     calibrated_ece,
     compare_runs,
-    paired_auc_difference,
     equal_error_rate,
     evaluate,
     expected_calibration_error,
     leave_one_family_out,
+    paired_auc_difference,
     score_url,
 )
 from training.manifest import read_manifest
